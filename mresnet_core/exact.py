@@ -1,0 +1,265 @@
+"""Exact fixed-point arithmetic for reversible momentum updates.
+
+The memory-free backward pass rebuilds activations by running the momentum update
+backwards. Dividing by gamma in floating point amplifies rounding error by 1/gamma per
+layer, so instead (Maclaurin, Duvenaud & Adams 2015, Algorithm 1) we:
+
+* hold x and v as int64 fixed-point numbers with ``FRACTION_BITS`` fractional bits, so
+  ``x + v`` and ``x - v`` are exact;
+* write gamma = n / 2**16 and multiply v by it exactly, pushing the information the
+  rounding would destroy into a per-element *information buffer*;
+* stream that buffer in 32-bit words (the rANS construction): each element keeps a
+  64-bit state in ``[2**30, 2**62)``; when the state would overflow, its low 32 bits
+  are moved to a new word. The buffer never overflows and costs ``log2(1/gamma)`` bits
+  per element per layer, plus one 64-bit state per element.
+
+Precision and range (the documented trade-off): values are multiples of 2**-40
+(about 1e-12) and must stay below 2**22 (about 4.2e6) in magnitude; anything larger is a
+:class:`FixedPointRangeError`, never a silent wrap. Each exact multiplication by gamma
+is off from the real product by less than one unit of the last place (2**-40), far below
+float32 rounding of values of order 1e-5 and larger.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import torch
+
+FRACTION_BITS = 40
+SCALE = float(2**FRACTION_BITS)
+INV_SCALE = float(2.0**-FRACTION_BITS)
+GAMMA_BITS = 16
+GAMMA_DENOMINATOR = 1 << GAMMA_BITS
+LOW_MASK = GAMMA_DENOMINATOR - 1
+#: Largest magnitude a value may reach; twice this still fits int64 with FRACTION_BITS.
+VALUE_LIMIT = float(2 ** (62 - FRACTION_BITS))
+WORD_BITS = 32
+WORD_MASK = (1 << WORD_BITS) - 1
+STATE_LOW = 1 << 30  # buffer states live in [STATE_LOW, 2**62)
+
+
+class FixedPointRangeError(ValueError):
+    """An activation left the range the exact fixed-point arithmetic can hold."""
+
+
+class ReconstructionError(RuntimeError):
+    """The backward pass did not land back on the forward pass's starting point."""
+
+
+def gamma_numerator(gamma: float) -> int:
+    """Numerator n of the fraction n / 2**16 closest to ``gamma`` (clear errors otherwise)."""
+    if isinstance(gamma, torch.Tensor):
+        gamma = float(gamma)
+    if not isinstance(gamma, (int, float, Fraction)) or isinstance(gamma, bool):
+        raise TypeError(f"gamma must be a number in [0, 1], got {type(gamma).__name__}")
+    if not (0.0 <= float(gamma) <= 1.0) or math.isnan(float(gamma)):
+        raise ValueError(f"gamma must lie in [0, 1] (0: ResNet, 1: no forgetting), got {gamma}")
+    return int(round(float(gamma) * GAMMA_DENOMINATOR))
+
+
+def rounded_gamma(gamma: float) -> float:
+    """The value of gamma that both the plain and the exact paths actually use."""
+    return gamma_numerator(gamma) / GAMMA_DENOMINATOR
+
+
+def check_invertible(n: int) -> None:
+    if n == 0:
+        raise ValueError(
+            "gamma rounds to 0 (a plain ResNet), which cannot be inverted: the memory-free "
+            f"path needs gamma >= {1 / GAMMA_DENOMINATOR:.2e}. Use memory_efficient=False "
+            "for a ResNet, or a positive gamma."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Element-wise kernels. Each is written once in plain torch; `kernels()` returns either
+# these (eager) or torch.compile'd versions of them (one fused loop each). Both give the
+# same bits: only integer operations and correctly rounded conversions are involved.
+# --------------------------------------------------------------------------------------
+
+def _to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (x.to(torch.float64) * INV_SCALE).to(dtype)
+
+
+def _forward_step(x, v, state, f, n: int, c: float):
+    """One layer forward: v <- gamma v + (1-gamma) f, x <- x + v; returns float x too."""
+    s = state % n
+    z = (v & LOW_MASK) * n + s
+    v = (v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + (f.to(torch.float64) * c).to(torch.int64)
+    state = ((state // n) << GAMMA_BITS) | (z & LOW_MASK)
+    x = x + v
+    xf = _to_float(x, f.dtype)
+    peak = torch.maximum(xf.abs().amax(), f.abs().amax()).to(torch.float64)
+    return x, v, state, xf, peak
+
+
+def _undo_position(x, v, dtype: torch.dtype):
+    """x_n = x_{n+1} - v_{n+1}, exactly; and its float value for recomputing f."""
+    x = x - v
+    return x, _to_float(x, dtype)
+
+
+def _undo_velocity(v, state, f, n: int, c: float):
+    """Inverse of the velocity update of `_forward_step`, given f(x_n) recomputed."""
+    v = v - (f.to(torch.float64) * c).to(torch.int64)
+    t = state & LOW_MASK
+    q = torch.div(v, n, rounding_mode="floor")
+    z = ((v - q * n) << GAMMA_BITS) | t
+    r0 = z // n
+    state = (state >> GAMMA_BITS) * n + (z - r0 * n)
+    v = (q << GAMMA_BITS) | r0
+    return v, state
+
+
+_EAGER = {"forward": _forward_step, "undo_position": _undo_position, "undo_velocity": _undo_velocity}
+_COMPILED: dict | None = None
+_COMPILE_FAILED = False
+#: Below this many elements the fused kernels are not worth their compile time.
+COMPILE_MIN_NUMEL = 1 << 15
+
+
+def backend_setting() -> str:
+    """'auto' (default), 'eager' or 'compile', from the MRESNET_EXACT_BACKEND variable."""
+    value = os.environ.get("MRESNET_EXACT_BACKEND", "auto").strip().lower()
+    if value not in ("auto", "eager", "compile"):
+        raise ValueError(f"MRESNET_EXACT_BACKEND must be auto, eager or compile, got {value!r}")
+    return value
+
+
+def kernels(example: torch.Tensor) -> dict:
+    """The element-wise kernels to use for tensors like ``example``.
+
+    'auto' compiles (torch.compile, one fused loop per kernel) on the CPU for tensors of
+    at least COMPILE_MIN_NUMEL elements and falls back to eager torch, with one warning,
+    where compilation is impossible. On CUDA 'auto' stays eager (memory-bound kernels
+    already); 'compile' forces compilation everywhere.
+    """
+    global _COMPILED, _COMPILE_FAILED
+    setting = backend_setting()
+    want = setting == "compile" or (
+        setting == "auto" and example.device.type == "cpu" and example.numel() >= COMPILE_MIN_NUMEL
+    )
+    if not want or _COMPILE_FAILED:
+        return _EAGER
+    if _COMPILED is None:
+        try:
+            _COMPILED = {k: torch.compile(fn, dynamic=True) for k, fn in _EAGER.items()}
+        except Exception as err:  # pragma: no cover - depends on the installation
+            _COMPILE_FAILED = True
+            warnings.warn(f"torch.compile unavailable ({err}); exact arithmetic runs eagerly")
+            return _EAGER
+    return _COMPILED
+
+
+def run_kernel(table: dict, name: str, *args):
+    """Call one kernel; if a compiled kernel cannot be built, fall back to eager once."""
+    global _COMPILE_FAILED
+    try:
+        return table[name](*args)
+    except Exception as err:
+        if table is _EAGER:
+            raise
+        _COMPILE_FAILED = True
+        warnings.warn(f"compiling the exact kernels failed ({type(err).__name__}: {err}); "
+                      "falling back to eager torch (slower, same results)")
+        return _EAGER[name](*args)
+
+
+# --------------------------------------------------------------------------------------
+# Conversions and the information buffer
+# --------------------------------------------------------------------------------------
+
+def to_fixed(t: torch.Tensor, what: str = "input") -> torch.Tensor:
+    """Float tensor -> int64 fixed point (truncating below 2**-40), with a range check."""
+    if not t.is_floating_point():
+        raise TypeError(f"{what} must be a floating-point tensor, got {t.dtype}")
+    peak = float(t.detach().abs().amax()) if t.numel() else 0.0
+    check_range(peak, what)
+    return (t.detach().to(torch.float64) * SCALE).to(torch.int64)
+
+
+def to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """int64 fixed point -> float of ``dtype`` (correctly rounded through float64)."""
+    return _to_float(x, dtype)
+
+
+def check_range(peak: float, what: str) -> None:
+    if not peak < VALUE_LIMIT:  # also catches NaN
+        if math.isnan(peak) or math.isinf(peak):
+            raise FixedPointRangeError(
+                f"{what} contains NaN or inf; the exact memory-free path cannot hold it. "
+                "Check the learning rate / inputs, or use memory_efficient=False to debug."
+            )
+        raise FixedPointRangeError(
+            f"{what} reached magnitude {peak:.3g}, beyond the exact fixed-point range "
+            f"+-{VALUE_LIMIT:.3g} (2**{62 - FRACTION_BITS}). Normalise the activations "
+            "(e.g. BatchNorm/LayerNorm in the residual functions) or use memory_efficient=False."
+        )
+
+
+@dataclass
+class InformationBuffer:
+    """Per-element stack of the bits that exact multiplication by gamma must keep.
+
+    ``state`` holds the live top of each element's stack (64 bits); ``words`` the full
+    32-bit words moved out of it, oldest first, each a 1-D tensor of the elements that
+    spilled at that layer. Forward steps grow it by about log2(1/gamma) bits per element.
+    """
+
+    state: torch.Tensor
+    words: list = field(default_factory=list)
+    _upper: int = STATE_LOW  # upper bound on state.max(), tracked without reading state
+    _lower: int = STATE_LOW  # lower bound on state.min()
+
+    @classmethod
+    def empty(cls, shape, device) -> "InformationBuffer":
+        return cls(torch.full(shape, STATE_LOW, dtype=torch.int64, device=device))
+
+    def copy(self) -> "InformationBuffer":
+        """A copy that can be unwound without touching this one (tensors are shared)."""
+        return InformationBuffer(self.state, list(self.words), self._upper, -1)
+
+    def before_push(self, n: int) -> None:
+        """Spill low words so the next forward step cannot overflow the 64-bit state."""
+        limit = n << (62 - GAMMA_BITS)
+        if self._upper >= limit:
+            spill = self.state >= limit
+            if bool(spill.any()):
+                self.words.append((self.state[spill] & WORD_MASK).to(torch.int32))
+                self.state = torch.where(spill, self.state >> WORD_BITS, self.state)
+            self._upper = int(self.state.max())
+        self._upper = (self._upper // n) * GAMMA_DENOMINATOR + LOW_MASK
+        self._lower = -1  # unknown: the first inverse step reads the true minimum
+
+    def after_pop(self, n: int) -> None:
+        """Refill states that an inverse step took below 2**30 from the last word."""
+        self._lower = (self._lower >> GAMMA_BITS) * n
+        if self._lower < STATE_LOW:
+            refill = self.state < STATE_LOW
+            count = int(refill.sum())
+            if count:
+                if not self.words or self.words[-1].numel() != count:
+                    raise ReconstructionError(
+                        "information buffer out of step: the recomputed residual functions "
+                        "differ from the forward pass (non-deterministic f, or parameters "
+                        "changed between forward and backward)."
+                    )
+                word = self.words.pop().to(torch.int64) & WORD_MASK
+                state = self.state.clone()
+                state[refill] = (state[refill] << WORD_BITS) | word
+                self.state = state
+            self._lower = int(self.state.min())
+        self._upper = 1 << 62  # unknown: the next forward step reads the true maximum
+
+    def is_empty(self) -> bool:
+        return not self.words and bool((self.state == STATE_LOW).all())
+
+    def nbytes(self) -> int:
+        return self.state.numel() * 8 + sum(w.numel() * 4 for w in self.words)
+
+    def tensors(self) -> list:
+        return [self.state, *self.words]

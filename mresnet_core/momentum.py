@@ -1,0 +1,181 @@
+"""MomentumNet: a stack of residual functions with momentum (Sander et al. 2021, Eq. 2).
+
+    v_{n+1} = gamma * v_n + (1 - gamma) * f_n(x_n),    x_{n+1} = x_n + v_{n+1}
+
+``memory_efficient=False`` runs this with ordinary autograd (every layer's activations
+stored). ``memory_efficient=True`` stores none: the backward pass rebuilds them by
+running the update backwards in exact fixed-point arithmetic (``reversible.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from . import exact
+from .reversible import MemoryFreeMomentum, Stack, Tape, flatten_args, run_inverse, stack_params
+
+
+@dataclass
+class MomentumState:
+    """(x, v) at one depth of a MomentumNet; ``tape`` holds the exact state when known.
+
+    Unpacks as ``x, v = state``. Pass the whole state to :meth:`MomentumNet.inverse` to
+    run back exactly (bit for bit); plain tensors give the closed-form float inverse.
+    """
+
+    x: torch.Tensor
+    v: torch.Tensor
+    tape: Tape | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return iter((self.x, self.v))
+
+
+def _residual_of_block(module, x, args, kwargs):
+    """f(x) for a module that adds its own skip connection (torchvision blocks)."""
+    return module(x, *args, **kwargs) - x
+
+
+def _residual_of_function(module, x, args, kwargs):
+    return module(x, *args, **kwargs)
+
+
+class MomentumNet(nn.Module):
+    """Momentum residual stack; see the module docstring for the update rule.
+
+    Args:
+        functions: modules f_n, each mapping a tensor to one of the same shape. A module
+            may appear several times (shared weights).
+        gamma: momentum in [0, 1], rounded to the nearest n / 2**16 (``self.gamma``).
+            0 is a ResNet, 1 keeps the initial velocity forever.
+        memory_efficient: rebuild activations in backward instead of storing them.
+        residual: True if each module *is* f; False if it already adds its input
+            (a torchvision block), so that f(x) = module(x) - x.
+        init_velocity: None for v0 = 0, or a module giving v0 = init_velocity(x0).
+
+    Extra positional and keyword arguments of ``forward`` reach every function unchanged.
+    """
+
+    def __init__(self, functions: Sequence[nn.Module], gamma: float = 0.9, *,
+                 memory_efficient: bool = True, residual: bool = True,
+                 init_velocity: nn.Module | None = None):
+        super().__init__()
+        if isinstance(functions, nn.Module) and not isinstance(functions, (nn.ModuleList, nn.Sequential)):
+            raise TypeError("functions must be a sequence of nn.Module (e.g. a list or "
+                            f"nn.ModuleList), got a single {type(functions).__name__}")
+        functions = list(functions)
+        bad = [i for i, m in enumerate(functions) if not isinstance(m, nn.Module)]
+        if bad:
+            raise TypeError(f"functions[{bad[0]}] is a {type(functions[bad[0]]).__name__}, "
+                            "not an nn.Module; wrap plain callables in a module")
+        if init_velocity is not None and not isinstance(init_velocity, nn.Module):
+            raise TypeError("init_velocity must be None (v0 = 0) or an nn.Module computing v0 from x0")
+        self.functions = nn.ModuleList(functions)
+        self.init_velocity = init_velocity
+        self.residual = bool(residual)
+        self.memory_efficient = bool(memory_efficient)
+        self._n = exact.gamma_numerator(gamma)
+        if self.memory_efficient:
+            exact.check_invertible(self._n)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def gamma(self) -> float:
+        """The gamma both paths use: the requested value rounded to n / 2**16."""
+        return self._n / exact.GAMMA_DENOMINATOR
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        n = exact.gamma_numerator(value)
+        if self.memory_efficient:
+            exact.check_invertible(n)
+        self._n = n
+
+    def extra_repr(self) -> str:
+        return (f"depth={len(self.functions)}, gamma={self.gamma:.6g}, "
+                f"memory_efficient={self.memory_efficient}, residual={self.residual}")
+
+    def _stack(self, args_spec=None) -> Stack:
+        residual_of = _residual_of_function if self.residual else _residual_of_block
+        return Stack(functions=list(self.functions), residual_of=residual_of, n=self._n, args_spec=args_spec)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """x_L of the stack; extra arguments reach every function."""
+        return self.forward_state(x, *args, **kwargs).x
+
+    def forward_state(self, x: torch.Tensor, *args, **kwargs) -> MomentumState:
+        """(x_L, v_L) of the stack; with memory_efficient=True also the exact tape."""
+        self._check_input(x)
+        v0 = self._initial_velocity(x)
+        if not self.memory_efficient:
+            return MomentumState(*self._plain(x, v0, args, kwargs))
+        leaves, spec = flatten_args(args, kwargs)
+        stack = self._stack(spec)
+        params = stack_params(self.functions)
+        holder: dict = {}
+        xL, vL = MemoryFreeMomentum.apply(stack, holder, len(params), x, v0, *params, *leaves)
+        return MomentumState(xL, vL, holder["tape"])
+
+    def _plain(self, x, v, args, kwargs):
+        stack = self._stack()
+        gamma = self.gamma
+        for module in self.functions:
+            f = stack.residual_of(module, x, args, kwargs)
+            v = v * gamma + f * (1.0 - gamma)
+            x = x + v
+        return x, v
+
+    def _initial_velocity(self, x):
+        if self.init_velocity is None:
+            return torch.zeros_like(x)
+        v0 = self.init_velocity(x)
+        if not isinstance(v0, torch.Tensor) or v0.shape != x.shape:
+            raise ValueError(f"init_velocity must return a tensor shaped like x {tuple(x.shape)}, "
+                             f"got {getattr(v0, 'shape', type(v0).__name__)}")
+        return v0
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"MomentumNet expects a tensor input, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"MomentumNet expects a floating-point input, got {x.dtype}; "
+                            "convert it with x.float()")
+
+    # ------------------------------------------------------------------ inverse
+    def inverse(self, x_L, *args, **kwargs):
+        """Run the stack backwards: returns (x_0, v_0).
+
+        ``inverse(state, *args, **kwargs)`` with a :class:`MomentumState` from
+        :meth:`forward_state` (memory_efficient=True) is exact: it returns the fixed-point
+        input the network saw, bit for bit. ``inverse(x_L, v_L, *args, **kwargs)`` with
+        plain tensors applies the closed form of Eq. 3 in floating point, whose rounding
+        error grows like gamma**-L (shown in the exact-reversibility notebook).
+        """
+        if isinstance(x_L, MomentumState):
+            if x_L.tape is None:
+                raise ValueError("this MomentumState has no exact tape (computed with "
+                                 "memory_efficient=False); pass (state.x, state.v) for the "
+                                 "floating-point inverse instead")
+            leaves, spec = flatten_args(args, kwargs)
+            with torch.no_grad():
+                tape = run_inverse(self._stack(spec), x_L.tape, args, kwargs)
+            x0 = exact.to_float(tape.x, tape.dtype)
+            v0 = exact.to_float(tape.v, tape.dtype)
+            return MomentumState(x0, v0, tape)
+        if not args:
+            raise TypeError("inverse needs (x_L, v_L, ...) or a MomentumState")
+        v_L, args = args[0], args[1:]
+        if self.gamma == 0:
+            raise ValueError("gamma = 0 (a plain ResNet) cannot be inverted in closed form")
+        stack = self._stack()
+        x, v = x_L, v_L
+        with torch.no_grad():
+            for module in reversed(self.functions):
+                x = x - v
+                f = stack.residual_of(module, x, args, kwargs)
+                v = (v - (1.0 - self.gamma) * f) / self.gamma
+        return x, v

@@ -1,0 +1,308 @@
+"""The memory-free momentum stack: forward without a graph, backward by exact inversion.
+
+`run_forward` and `run_inverse` walk the stack in fixed point (see `exact.py`);
+`MemoryFreeMomentum` is the autograd.Function that keeps only the final (x, v), the
+information buffer and the per-layer replay records, and rebuilds each layer's input
+during backward to recompute its residual function with a graph, one layer at a time.
+Parameter gradients are accumulated as it goes; no per-layer gradient list is held.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from . import exact
+
+
+@dataclass
+class LayerReplay:
+    """What layer n needs to recompute f bit for bit: RNG states and module buffers."""
+
+    cpu_rng: torch.Tensor | None = None
+    cuda_rng: torch.Tensor | None = None
+    buffers: list | None = None  # values of the function's buffers before its call
+
+
+@dataclass
+class Tape:
+    """Exact state of a momentum stack at one depth, plus what is needed to run back."""
+
+    x: torch.Tensor  # int64 fixed point
+    v: torch.Tensor  # int64 fixed point
+    buffer: exact.InformationBuffer
+    replays: list = field(default_factory=list)
+    dtype: torch.dtype = torch.float32
+
+    def tensors(self) -> list:
+        """Every tensor the tape holds (for saving and for memory accounting)."""
+        out = [self.x, self.v, *self.buffer.tensors()]
+        for r in self.replays:
+            out += [t for t in (r.cpu_rng, r.cuda_rng) if t is not None]
+            out += list(r.buffers or [])
+        return out
+
+
+@dataclass
+class Stack:
+    """The static description of a momentum stack: functions, gamma, argument layout."""
+
+    functions: Sequence[torch.nn.Module]
+    residual_of: Callable  # (module, x, args, kwargs) -> f(x)
+    n: int  # gamma = n / 2**16
+    args_spec: object = None  # pytree spec of (args, kwargs)
+
+    @property
+    def gamma(self) -> float:
+        return self.n / exact.GAMMA_DENOMINATOR
+
+    @property
+    def increment_scale(self) -> float:
+        return (exact.GAMMA_DENOMINATOR - self.n) / exact.GAMMA_DENOMINATOR * exact.SCALE
+
+
+def _rng_snapshot(device: torch.device):
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return cpu, cuda
+
+
+def _call_recording(stack: Stack, module, xf, args, kwargs, record: bool):
+    """Evaluate f(x) for one layer; if ``record``, return what replaying it needs."""
+    if not record:
+        return stack.residual_of(module, xf, args, kwargs), None
+    bufs = [b.detach().clone() for b in module.buffers()] or None
+    cpu, cuda = _rng_snapshot(xf.device)
+    f = stack.residual_of(module, xf, args, kwargs)
+    cpu_after, cuda_after = _rng_snapshot(xf.device)
+    replay = LayerReplay(
+        cpu_rng=None if torch.equal(cpu, cpu_after) else cpu,
+        cuda_rng=None if cuda is None or torch.equal(cuda, cuda_after) else cuda,
+        buffers=bufs,
+    )
+    return f, replay
+
+
+class _Replaying:
+    """Context manager: put layer n's RNG and buffers back as they were, then restore."""
+
+    def __init__(self, module, replay: LayerReplay | None, device):
+        self.module, self.replay, self.device = module, replay, device
+
+    def __enter__(self):
+        r = self.replay
+        if r is None:
+            return self
+        self.saved_cpu = torch.get_rng_state() if r.cpu_rng is not None else None
+        self.saved_cuda = torch.cuda.get_rng_state(self.device) if r.cuda_rng is not None else None
+        if r.cpu_rng is not None:
+            torch.set_rng_state(r.cpu_rng)
+        if r.cuda_rng is not None:
+            torch.cuda.set_rng_state(r.cuda_rng, self.device)
+        if r.buffers:
+            bufs = list(self.module.buffers())
+            self.saved_buffers = [b.detach().clone() for b in bufs]
+            with torch.no_grad():
+                for b, value in zip(bufs, r.buffers):
+                    b.copy_(value)
+        return self
+
+    def __exit__(self, *exc):
+        r = self.replay
+        if r is None:
+            return False
+        if r.cpu_rng is not None:
+            torch.set_rng_state(self.saved_cpu)
+        if r.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.saved_cuda, self.device)
+        if r.buffers:
+            with torch.no_grad():
+                for b, value in zip(self.module.buffers(), self.saved_buffers):
+                    b.copy_(value)
+        return False
+
+
+def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, record: bool) -> Tape:
+    """Exact forward pass without autograd; ``record`` keeps the replay records."""
+    dtype = x0.dtype
+    x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
+    buffer = exact.InformationBuffer.empty(x.shape, x.device)
+    k = exact.kernels(x)
+    c = stack.increment_scale
+    replays, peaks = [], []
+    xf = exact.to_float(x, dtype)
+    with torch.no_grad():
+        for module in stack.functions:
+            f, replay = _call_recording(stack, module, xf, args, kwargs, record)
+            _check_shape(f, xf, module)
+            buffer.before_push(stack.n)
+            x, v, buffer.state, xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f, stack.n, c)
+            peaks.append(peak)
+            replays.append(replay)
+    if peaks:
+        peak_per_layer = torch.stack(peaks)
+        worst = float(peak_per_layer.max())
+        if not worst < exact.VALUE_LIMIT:
+            layer = int(torch.nan_to_num(peak_per_layer, nan=float("inf")).argmax())
+            exact.check_range(worst, f"the activation after layer {layer + 1} of the momentum stack")
+    return Tape(x=x, v=v, buffer=buffer, replays=replays if record else [], dtype=dtype)
+
+
+def _check_shape(f: torch.Tensor, x: torch.Tensor, module) -> None:
+    if not isinstance(f, torch.Tensor) or f.shape != x.shape:
+        got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+        raise ValueError(
+            f"residual function {type(module).__name__} must return a tensor shaped like its "
+            f"input {tuple(x.shape)}, got {got}; a block that changes shape cannot be part of a "
+            "momentum stack (keep it outside, e.g. keep_first=True in to_momentumnet)."
+        )
+    if f.dtype != x.dtype:
+        raise TypeError(f"residual function {type(module).__name__} returned {f.dtype} for a "
+                        f"{x.dtype} input; the momentum stack needs one dtype throughout")
+
+
+def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None) -> Tape:
+    """Walk the tape back to depth 0 exactly. ``on_layer(i, xf, f)`` sees each recompute.
+
+    With ``on_layer`` the residual function is recomputed with autograd enabled (for the
+    backward pass); otherwise without.
+    """
+    buffer = tape.buffer.copy()
+    x, v = tape.x, tape.v
+    k = exact.kernels(x)
+    c = stack.increment_scale
+    replays = tape.replays or [None] * len(stack.functions)
+    for i in range(len(stack.functions) - 1, -1, -1):
+        module = stack.functions[i]
+        x, xf = exact.run_kernel(k, "undo_position", x, v, tape.dtype)
+        with _Replaying(module, replays[i], x.device):
+            if on_layer is None:
+                with torch.no_grad():
+                    f = stack.residual_of(module, xf, args, kwargs)
+            else:
+                xf = xf.requires_grad_(True)
+                with torch.enable_grad():
+                    f = stack.residual_of(module, xf, args, kwargs)
+        v, buffer.state = exact.run_kernel(k, "undo_velocity", v, buffer.state, f.detach(), stack.n, c)
+        buffer.after_pop(stack.n)
+        if on_layer is not None:
+            on_layer(i, xf, f)
+    if not buffer.is_empty():
+        raise exact.ReconstructionError(
+            "the memory-free backward pass did not reconstruct the forward activations "
+            "exactly: a residual function is not deterministic, or parameters or buffers "
+            "were changed between forward and backward. Use memory_efficient=False for "
+            "such functions."
+        )
+    return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype)
+
+
+class MemoryFreeMomentum(torch.autograd.Function):
+    """autograd.Function: inputs (x0, v0, *params, *arg tensors) -> (x_L, v_L)."""
+
+    @staticmethod
+    def forward(ctx, stack: Stack, holder: dict, n_params: int, x0, v0, *inputs):
+        params, arg_leaves = inputs[:n_params], inputs[n_params:]
+        args, kwargs = tree_unflatten(list(arg_leaves), stack.args_spec)
+        tape = run_forward(stack, x0, v0, args, kwargs, record=True)
+        holder["tape"] = tape
+        ctx.stack, ctx.tape_layout = stack, (len(tape.buffer.words), [_replay_layout(r) for r in tape.replays])
+        ctx.n_params, ctx.dtype = n_params, tape.dtype
+        ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
+        ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
+        ctx.save_for_backward(*tape.tensors(), *[a for a in arg_leaves if isinstance(a, torch.Tensor)])
+        ctx.n_tape = len(tape.tensors())
+        xL = exact.to_float(tape.x, tape.dtype)
+        vL = exact.to_float(tape.v, tape.dtype)
+        return xL, vL
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_v):
+        saved = ctx.saved_tensors
+        tape = _rebuild_tape(saved[: ctx.n_tape], ctx.tape_layout, ctx.dtype)
+        saved_args = iter(saved[ctx.n_tape:])
+        arg_leaves = [next(saved_args) if t else o for t, o in zip(ctx.leaf_is_tensor, ctx.other_leaves)]
+        stack: Stack = ctx.stack
+        params = stack_params(stack.functions)
+        # arguments that need gradients are recomputed through detached leaves
+        needs = ctx.needs_input_grad[5:]
+        param_needs, arg_needs = needs[: ctx.n_params], needs[ctx.n_params:]
+        leaves = [a.detach().requires_grad_(True) if (need and isinstance(a, torch.Tensor)) else a
+                  for a, need in zip(arg_leaves, arg_needs)]
+        args, kwargs = tree_unflatten(list(leaves), stack.args_spec)
+        wrt_params = [p for p, need in zip(params, param_needs) if need]
+        wrt_args = [a for a, need in zip(leaves, arg_needs) if need]
+        grad_params = [None] * len(wrt_params)
+        grad_args = [None] * len(wrt_args)
+
+        dtype = ctx.dtype
+        shape = tape.x.shape
+        zeros = lambda: torch.zeros(shape, dtype=dtype, device=tape.x.device)  # noqa: E731
+        a = grad_x if grad_x is not None else zeros()
+        b = grad_v if grad_v is not None else zeros()
+        gamma, one_minus = stack.gamma, 1.0 - stack.gamma
+        state = {"a": a, "b": b}
+
+        def on_layer(i, xf, f):
+            g = state["a"] + state["b"]  # total gradient reaching v_{i+1}
+            grads = torch.autograd.grad(f, [xf, *wrt_params, *wrt_args], g * one_minus,
+                                        allow_unused=True)
+            gx = grads[0]
+            state["a"] = state["a"] + gx if gx is not None else state["a"]
+            state["b"] = g * gamma
+            for j, gp in enumerate(grads[1: 1 + len(wrt_params)]):
+                if gp is not None:
+                    grad_params[j] = gp if grad_params[j] is None else grad_params[j].add_(gp)
+            for j, ga in enumerate(grads[1 + len(wrt_params):]):
+                if ga is not None:
+                    grad_args[j] = ga if grad_args[j] is None else grad_args[j].add_(ga)
+
+        run_inverse(stack, tape, args, kwargs, on_layer=on_layer)
+        it_p, it_a = iter(grad_params), iter(grad_args)
+        out_params = [next(it_p) if need else None for need in param_needs]
+        out_args = [next(it_a) if need else None for need in arg_needs]
+        return (None, None, None, state["a"], state["b"], *out_params, *out_args)
+
+
+def _replay_layout(r: LayerReplay | None):
+    if r is None:
+        return None
+    return (r.cpu_rng is not None, r.cuda_rng is not None, len(r.buffers) if r.buffers else 0)
+
+
+def _rebuild_tape(tensors, layout, dtype) -> Tape:
+    n_words, replay_layout = layout
+    x, v, state = tensors[:3]
+    words = list(tensors[3: 3 + n_words])
+    rest = list(tensors[3 + n_words:])
+    replays = []
+    for lay in replay_layout:
+        if lay is None:
+            replays.append(None)
+            continue
+        has_cpu, has_cuda, n_buf = lay
+        cpu = rest.pop(0) if has_cpu else None
+        cuda = rest.pop(0) if has_cuda else None
+        bufs = [rest.pop(0) for _ in range(n_buf)] or None
+        replays.append(LayerReplay(cpu, cuda, bufs))
+    buffer = exact.InformationBuffer(state, words, _upper=1 << 62, _lower=-1)
+    return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype)
+
+
+def stack_params(functions) -> list:
+    """Unique parameters of the stack's functions, in a fixed order."""
+    seen, out = set(), []
+    for m in functions:
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+def flatten_args(args, kwargs):
+    """Split (args, kwargs) into tensor leaves and a spec that rebuilds them."""
+    leaves, spec = tree_flatten((args, kwargs))
+    return leaves, spec
