@@ -50,6 +50,13 @@ class ReconstructionError(RuntimeError):
     """The backward pass did not land back on the forward pass's starting point."""
 
 
+NOT_REPLAYABLE = (
+    "the memory-free backward pass could not rebuild the forward activations exactly: a "
+    "residual function is not deterministic, or parameters or buffers were changed between "
+    "forward and backward. Use memory_efficient=False for such functions."
+)
+
+
 def gamma_numerator(gamma: float) -> int:
     """Numerator n of the fraction n / 2**16 closest to ``gamma`` (clear errors otherwise)."""
     if isinstance(gamma, torch.Tensor):
@@ -243,11 +250,7 @@ class InformationBuffer:
             count = int(refill.sum())
             if count:
                 if not self.words or self.words[-1].numel() != count:
-                    raise ReconstructionError(
-                        "information buffer out of step: the recomputed residual functions "
-                        "differ from the forward pass (non-deterministic f, or parameters "
-                        "changed between forward and backward)."
-                    )
+                    raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
                 word = self.words.pop().to(torch.int64) & WORD_MASK
                 state = self.state.clone()
                 state[refill] = (state[refill] << WORD_BITS) | word

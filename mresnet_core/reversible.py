@@ -177,6 +177,7 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None) -> Tape:
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
         x, xf = exact.run_kernel(k, "undo_position", x, v, tape.dtype)
+        # the gradient is taken inside the replay too: autograd may check saved buffers
         with _Replaying(module, replays[i], x.device):
             if on_layer is None:
                 with torch.no_grad():
@@ -185,17 +186,12 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None) -> Tape:
                 xf = xf.requires_grad_(True)
                 with torch.enable_grad():
                     f = stack.residual_of(module, xf, args, kwargs)
-        v, buffer.state = exact.run_kernel(k, "undo_velocity", v, buffer.state, f.detach(), stack.n, c)
-        buffer.after_pop(stack.n)
-        if on_layer is not None:
-            on_layer(i, xf, f)
+            v, buffer.state = exact.run_kernel(k, "undo_velocity", v, buffer.state, f.detach(), stack.n, c)
+            buffer.after_pop(stack.n)
+            if on_layer is not None:
+                on_layer(i, xf, f)
     if not buffer.is_empty():
-        raise exact.ReconstructionError(
-            "the memory-free backward pass did not reconstruct the forward activations "
-            "exactly: a residual function is not deterministic, or parameters or buffers "
-            "were changed between forward and backward. Use memory_efficient=False for "
-            "such functions."
-        )
+        raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
     return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype)
 
 

@@ -1,0 +1,241 @@
+"""to_momentumnet: turn the residual containers of a model into momentum stacks.
+
+The converted model keeps every parameter and buffer (same values, so pretrained weights
+carry over); only the blocks after the first of each container move into a
+:class:`~mresnet_core.MomentumNet`. At gamma = 0 it computes what the original did.
+
+Where parameters go, for a converted container ``S`` and ``j >= 1``:
+
+* nn.Sequential or nn.ModuleList, keep_first=True: ``S.0.*`` stays, ``S.j.*`` becomes
+  ``S.1.functions.{j-1}.*``;
+* nn.Sequential, keep_first=False: ``S.j.*`` becomes ``S.functions.j.*``;
+* nn.ModuleList, keep_first=False: ``S.j.*`` becomes ``S.0.functions.j.*``.
+
+A Sequential is replaced by ``Sequential(first, momentum)`` (or the bare momentum stack),
+a ModuleList by ``ModuleList([first, momentum])`` (or ``[momentum]``), so the code that
+iterates over it still works. E.g. torchvision's ``layer2.3.conv1.weight`` becomes
+``layer2.1.functions.2.conv1.weight``. An ``nn.TransformerEncoder`` (or
+``nn.TransformerDecoder``) whose ``layers`` are converted is replaced by a
+:class:`MomentumTransformerEncoder` (``MomentumTransformerDecoder``) with the same
+``layers`` mapping and the same ``norm``.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.transformer import _detect_is_causal_mask, _get_seq_len
+
+from . import exact
+from .momentum import MomentumNet
+
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_TRANSFORMERS = (nn.TransformerEncoder, nn.TransformerDecoder)
+
+
+def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_first: bool = True,
+                   memory_efficient: bool = True) -> nn.Module:
+    """A copy of ``model`` whose residual containers are momentum stacks (same parameters).
+
+    Args:
+        model: a torchvision ResNet (anything with ``layer1``..``layer4`` made of blocks is
+            detected) or any model whose residual containers you name in ``stages``.
+        gamma: momentum in [0, 1]; 0 gives back the original network.
+        stages: dotted paths of the containers (nn.Sequential or nn.ModuleList of blocks
+            that add their own skip connection), e.g. ``["encoder.layers"]``; for an
+            ``nn.TransformerEncoder`` itself use ``["layers"]`` with ``keep_first=False``.
+            Default: ``layer1``..``layer4``.
+        keep_first: leave each container's first block (which may change shape) plain.
+        memory_efficient: rebuild activations in backward instead of storing them.
+
+    The parameter name mapping is in this module's docstring.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"to_momentumnet expects an nn.Module, got {type(model).__name__}")
+    if isinstance(gamma, bool) or not isinstance(gamma, (Real, torch.Tensor)):
+        raise TypeError(f"gamma must be a number in [0, 1], got {type(gamma).__name__}")
+    gamma = float(gamma)
+    n = exact.gamma_numerator(gamma)  # raises for gamma outside [0, 1]
+    if memory_efficient:
+        exact.check_invertible(n)
+    paths = _resolve_stages(model, stages)
+
+    new = copy.deepcopy(model)
+    for path in paths:
+        container, parent_path = _container_at(new, path)
+        stack = _convert_container(container, path, gamma, keep_first, memory_efficient)
+        if parent_path is not None:  # the container belongs to a TransformerEncoder/Decoder
+            encoder = new.get_submodule(parent_path) if parent_path else new
+            stack = _momentum_transformer(encoder, stack)
+            path = parent_path
+        if not path:
+            new = stack
+        else:
+            owner, _, name = path.rpartition(".")
+            setattr(new.get_submodule(owner) if owner else new, name, stack)
+    return new
+
+
+# ---------------------------------------------------------------------------- stages
+def _resolve_stages(model, stages) -> list:
+    """The dotted paths to convert, checked before anything is copied."""
+    if stages is None:
+        missing = [s for s in RESNET_STAGES if not isinstance(getattr(model, s, None), nn.Module)]
+        if missing:
+            hint = (" For nn.TransformerEncoder use stages=['layers'], keep_first=False."
+                    if isinstance(model, _TRANSFORMERS) else "")
+            raise ValueError(
+                f"{type(model).__name__} has no residual container {missing[0]!r}: only models "
+                "with layer1..layer4 (torchvision ResNets) are detected; pass stages=[...] with "
+                f"the dotted paths of its containers of residual blocks.{hint}")
+        stages = list(RESNET_STAGES)
+    if isinstance(stages, str):
+        stages = [stages]
+    stages = list(stages)
+    if not stages or not all(isinstance(s, str) for s in stages):
+        raise TypeError(f"stages must be a non-empty list of dotted paths (strings), got {stages!r}")
+    if len(set(stages)) != len(stages):
+        raise ValueError(f"stages names a container twice: {stages!r}")
+    for path in stages:
+        _container_at(model, path)  # raises a clear error for a wrong path
+    return stages
+
+
+def _container_at(model, path):
+    """(container, path of the Transformer owning it or None) for a dotted ``path``."""
+    module, parent = model, None
+    for i, name in enumerate(path.split(".") if path else []):
+        child = getattr(module, name, None) if isinstance(module, nn.Module) else None
+        if child is None:
+            where = ".".join(path.split(".")[:i]) or "the model"
+            raise ValueError(f"stage {path!r} not found: {where} ({type(module).__name__}) has no "
+                             f"submodule {name!r}; pass stages=[...] with dotted paths of "
+                             "containers of residual blocks")
+        module, parent = child, module
+    if isinstance(module, _TRANSFORMERS):  # the path names the encoder/decoder itself
+        return module.layers, path
+    if isinstance(parent, _TRANSFORMERS) and path.rpartition(".")[2] == "layers":
+        return module, path.rpartition(".")[0]
+    return module, None
+
+
+def _convert_container(container, path, gamma, keep_first, memory_efficient):
+    """Sequential(first, MomentumNet(rest)) (or a ModuleList) in place of ``container``."""
+    if not isinstance(container, (nn.Sequential, nn.ModuleList)):
+        raise TypeError(f"stage {path!r} is a {type(container).__name__}, not a sequence of "
+                        "modules: name an nn.Sequential or nn.ModuleList of residual blocks")
+    blocks = list(container)
+    if not blocks:
+        raise ValueError(f"stage {path!r} is empty: there are no blocks to convert")
+    first, rest = (blocks[0], blocks[1:]) if keep_first else (None, blocks)
+    for j, block in enumerate(rest, start=len(blocks) - len(rest)):
+        why = _shape_change(block)
+        if why:
+            fix = ("use keep_first=True to keep it out of the momentum stack" if j == 0 else
+                   "only a stage's first block may change shape; name the part of the "
+                   "container whose blocks keep their input's shape")
+            raise ValueError(f"block {path}.{j} ({type(block).__name__}) changes the shape of "
+                             f"its input ({why}): {fix}")
+    if not rest:
+        return container  # a single kept block: nothing to put in a momentum stack
+    stack = MomentumNet(rest, gamma, memory_efficient=memory_efficient, residual=False)
+    stack.training = container.training
+    parts = [first, stack] if keep_first else [stack]
+    if isinstance(container, nn.Sequential):
+        new = nn.Sequential(*parts) if keep_first else stack
+    else:
+        new = nn.ModuleList(parts)
+    new.training = container.training
+    return new
+
+
+def _shape_change(block) -> str | None:
+    """Why ``block`` changes its input's shape, when visible without running it."""
+    if getattr(block, "downsample", None) is not None:
+        return "it has a downsample branch on its skip connection"
+    if isinstance(block, nn.Linear) and block.in_features != block.out_features:
+        return f"Linear({block.in_features} -> {block.out_features})"
+    if isinstance(block, nn.modules.conv._ConvNd) and (
+            block.in_channels != block.out_channels or any(s != 1 for s in block.stride)):
+        return f"{block.in_channels} -> {block.out_channels} channels, stride {block.stride}"
+    return None
+
+
+# ---------------------------------------------------------------------------- transformers
+@contextlib.contextmanager
+def _slow_attention():
+    """Turn off PyTorch's fused attention fast path for the duration.
+
+    The fast path runs only without autograd, so the memory-free forward (no graph) would
+    take it while the backward's recomputation (with a graph) would not: they would differ
+    by rounding, and the exact inversion needs f recomputed bit for bit.
+    """
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
+class MomentumTransformerEncoder(nn.Module):
+    """nn.TransformerEncoder whose ``layers`` hold a momentum stack (see ``to_momentumnet``).
+
+    Same call and same per-layer arguments as ``nn.TransformerEncoder.forward`` (masks
+    canonicalised, causal mask detected, then ``norm``), without its nested-tensor fast
+    path: outputs at padded positions are computed rather than set to 0.
+    """
+
+    def __init__(self, layers: nn.ModuleList, norm: nn.Module | None, batch_first: bool):
+        super().__init__()
+        self.layers, self.norm, self.batch_first = layers, norm, batch_first
+
+    def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+        src_key_padding_mask = F._canonical_mask(
+            mask=src_key_padding_mask, mask_name="src_key_padding_mask",
+            other_type=F._none_or_dtype(mask), other_name="mask", target_type=src.dtype)
+        mask = F._canonical_mask(mask=mask, mask_name="mask", other_type=None, other_name="",
+                                 target_type=src.dtype, check_other=False)
+        is_causal = _detect_is_causal_mask(mask, is_causal, _get_seq_len(src, self.batch_first))
+        out = src
+        with _slow_attention():
+            for layer in self.layers:
+                out = layer(out, src_mask=mask, is_causal=is_causal,
+                            src_key_padding_mask=src_key_padding_mask)
+        return out if self.norm is None else self.norm(out)
+
+
+class MomentumTransformerDecoder(nn.Module):
+    """nn.TransformerDecoder whose ``layers`` hold a momentum stack (same call, same norm)."""
+
+    def __init__(self, layers: nn.ModuleList, norm: nn.Module | None, batch_first: bool):
+        super().__init__()
+        self.layers, self.norm, self.batch_first = layers, norm, batch_first
+
+    def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False):
+        tgt_is_causal = _detect_is_causal_mask(tgt_mask, tgt_is_causal,
+                                               _get_seq_len(tgt, self.batch_first))
+        out = tgt
+        with _slow_attention():
+            for layer in self.layers:
+                out = layer(out, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                            tgt_key_padding_mask=tgt_key_padding_mask,
+                            memory_key_padding_mask=memory_key_padding_mask,
+                            tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+        return out if self.norm is None else self.norm(out)
+
+
+def _momentum_transformer(original, layers):
+    """The Momentum version of an nn.TransformerEncoder/Decoder, given its converted layers."""
+    cls = (MomentumTransformerEncoder if isinstance(original, nn.TransformerEncoder)
+           else MomentumTransformerDecoder)
+    if isinstance(layers, MomentumNet):  # a bare stack would not be iterable
+        layers = nn.ModuleList([layers])
+    new = cls(layers, original.norm, original.layers[0].self_attn.batch_first)
+    new.training = original.training
+    return new

@@ -1,0 +1,313 @@
+"""Activation-memory accounting and peak-memory measurement.
+
+Three measurements, from the most to the least deterministic:
+
+* :func:`saved_tensor_bytes` (and :func:`saved_tensors`, which also returns the
+  output): the bytes of the tensors autograd keeps for backward after one forward pass.
+  Exact, deterministic and device independent; this is the "activation memory" of the
+  paper's Figure 2. Parameters are excluded (see below).
+* :func:`peak_step_memory` (and :func:`measure_step_memory`): the peak memory of one
+  training step (forward + backward). On CUDA it is the caching allocator's
+  ``max_memory_allocated``; on the CPU it replays the allocation and free events that
+  ``torch.profiler`` records (``profile_memory=True``). It includes the temporaries of
+  both passes and the parameter gradients, so it is what actually limits batch size.
+* :func:`peak_rss_in_fresh_process`: the peak resident set size (``ru_maxrss``) of a
+  fresh Python process running one step; the coarsest, whole-process view (includes the
+  interpreter, torch and allocator caching), useful as a sanity check on the CPU.
+
+Example::
+
+    from mresnet_core import MomentumNet
+    from mresnet_core.memory import saved_tensor_bytes, peak_step_memory
+
+    net = MomentumNet(functions, gamma=0.9, memory_efficient=True)
+    activations = saved_tensor_bytes(net, x)          # bytes kept for backward
+    peak = peak_step_memory(lambda: net(x).pow(2).mean().backward(), x.device)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "SavedTensors",
+    "StepMemory",
+    "saved_tensors",
+    "saved_tensor_bytes",
+    "measure_step_memory",
+    "peak_step_memory",
+    "peak_rss_in_fresh_process",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Bytes saved for backward
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class SavedTensors:
+    """What one forward pass saved for backward.
+
+    Attributes:
+        nbytes: bytes of the distinct storages saved, parameters excluded.
+        count: number of distinct storages counted in ``nbytes``.
+        parameter_nbytes: bytes of the distinct parameter storages that were saved too
+            (not part of ``nbytes``).
+        output: what the forward function returned (keeps the graph alive).
+    """
+
+    nbytes: int
+    count: int
+    parameter_nbytes: int
+    output: Any = None
+
+
+def _storage_key(t: torch.Tensor):
+    """Identity of the memory block behind ``t`` (views of one storage share it)."""
+    storage = t.untyped_storage()
+    ptr = storage.data_ptr()
+    if ptr == 0:  # empty, or a device without real memory (meta): key by the object
+        return ("id", id(t)), storage.nbytes()
+    return (t.device.type, t.device.index, ptr), storage.nbytes()
+
+
+def _parameter_tensors(fn, exclude) -> list:
+    if exclude is None:
+        owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
+        return list(owner.parameters()) if isinstance(owner, nn.Module) else []
+    if isinstance(exclude, nn.Module):
+        return list(exclude.parameters())
+    out = []
+    for item in exclude:
+        out += list(item.parameters()) if isinstance(item, nn.Module) else [item]
+    return out
+
+
+def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = None,
+                  **kwargs) -> SavedTensors:
+    """Run ``fn(*args, **kwargs)`` once with autograd on; account for what it saved.
+
+    Every tensor that autograd saves for backward during the call (through
+    ``torch.autograd.graph.saved_tensors_hooks``: the inputs and outputs that built-in
+    ops keep, and whatever custom ``autograd.Function``s pass to ``ctx.save_for_backward``,
+    such as the int64 fixed-point state and information buffer of the memory-free
+    momentum stack) is counted once per storage: views and repeated saves of one tensor
+    (a ``tanh`` output that the next ``Linear`` saves again) cost their storage once,
+    the whole storage (a saved view of a large tensor keeps all of it alive).
+
+    Parameters are not activation memory and are excluded: a tensor is skipped when it
+    is an ``nn.Parameter`` or shares its storage with one of the parameters of
+    ``exclude`` (a module, or an iterable of modules and tensors). By default ``exclude``
+    is ``fn`` itself when it is a module, or the module a bound method ``fn`` belongs to
+    (``net.forward_state``); pass the model explicitly when ``fn`` is a lambda. Buffers
+    (BatchNorm running statistics) are counted when saved, and so are inputs: an input
+    that a layer keeps is memory the step holds.
+
+    Limits: the result counts what was saved during the call, including saves in parts
+    of the graph that ``fn`` dropped before returning (the tensors are held until the
+    count is done, so a freed address cannot be counted twice); tensors saved under an
+    inner ``saved_tensors_hooks`` context (activation checkpointing, CPU offloading)
+    are seen by that context, not by this one; and a tensor subclass is counted by its
+    own storage. The forward runs under ``torch.enable_grad()``.
+    """
+    params = _parameter_tensors(fn, exclude)
+    param_keys = {_storage_key(p)[0] for p in params if p.numel()}
+    seen: dict = {}
+    seen_params: dict = {}
+    held: list = []
+
+    def pack(t: torch.Tensor):
+        held.append(t)
+        key, nbytes = _storage_key(t)
+        if isinstance(t, nn.Parameter) or key in param_keys:
+            seen_params.setdefault(key, nbytes)
+        else:
+            seen.setdefault(key, nbytes)
+        return t
+
+    def unpack(t: torch.Tensor):
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        out = fn(*args, **kwargs)
+    result = SavedTensors(nbytes=sum(seen.values()), count=len(seen),
+                          parameter_nbytes=sum(seen_params.values()), output=out)
+    held.clear()
+    return result
+
+
+def saved_tensor_bytes(fn: Callable, *args, exclude: nn.Module | Iterable | None = None,
+                       **kwargs) -> int:
+    """Bytes saved for backward by one call ``fn(*args, **kwargs)``, parameters excluded.
+
+    Deterministic and device independent; see :func:`saved_tensors` for exactly what is
+    counted. The output (and its graph) is released before returning.
+    """
+    return saved_tensors(fn, *args, exclude=exclude, **kwargs).nbytes
+
+
+# --------------------------------------------------------------------------------------
+# Peak memory of a training step
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class StepMemory:
+    """Memory of one step, in bytes, relative to the level just before it.
+
+    Attributes:
+        peak: the highest level reached during the step (>= 0).
+        retained: the level after the step (what it left allocated: gradients created
+            for the first time, outputs it returned; negative if it freed more than it
+            allocated).
+        method: "cuda-allocator" or "cpu-profiler".
+        events: number of allocation/free events replayed (CPU only; 0 on CUDA).
+    """
+
+    peak: int
+    retained: int
+    method: str
+    events: int = 0
+
+
+def _cpu_memory_events(prof) -> list:
+    """(time_ns, signed bytes) of every CPU allocation (+) and free (-) the profiler saw."""
+    results = prof.profiler.kineto_results
+    try:
+        out = []
+        for order, e in enumerate(results.events()):
+            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU:
+                out.append((e.start_ns(), order, int(e.nbytes())))
+        return out
+    except AttributeError:  # pragma: no cover - older/newer profiler bindings
+        pass
+    # fall back to the experimental event tree (what torch.profiler's memory timeline uses)
+    from torch._C._profiler import _EventType
+
+    out, stack = [], list(results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            out.append((node.start_time_ns, node.extra_fields.id or 0,
+                        int(node.extra_fields.alloc_size)))
+    return out
+
+
+def _measure_cpu(step_fn: Callable[[], Any]) -> StepMemory:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                 record_shapes=False, with_stack=False) as prof:
+        step_fn()
+    events = sorted(_cpu_memory_events(prof))  # by time; ties keep recorded order
+    if not events:
+        return StepMemory(peak=0, retained=0, method="cpu-profiler", events=0)
+    level = peak = 0
+    for _, _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return StepMemory(peak=peak, retained=level, method="cpu-profiler", events=len(events))
+
+
+def _measure_cuda(step_fn: Callable[[], Any], device: torch.device) -> StepMemory:
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step_fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    retained = torch.cuda.memory_allocated(device) - base
+    return StepMemory(peak=max(peak, 0), retained=retained, method="cuda-allocator")
+
+
+def measure_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "cpu") -> StepMemory:
+    """Peak (and retained) memory of ``step_fn()``, relative to the level before it.
+
+    ``step_fn`` is a zero-argument callable doing one training step, e.g.
+    ``lambda: model(x).pow(2).mean().backward()``. Measure after a warm-up call (the
+    first call of the memory-free path compiles its kernels) and with the gradients set
+    to None or allocated beforehand, as suits the comparison.
+
+    * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
+      ``memory_allocated`` before the step: bytes of tensors live at the worst moment,
+      as the caching allocator rounds them (blocks of 512 bytes), without its cache.
+    * CPU: the step runs under ``torch.profiler.profile(profile_memory=True)``; each
+      allocation (+bytes) and free (-bytes) through the CPU tensor allocator is replayed
+      in time order and the running maximum above the starting level is the peak.
+      Tensors allocated before the step (parameters, inputs) are not counted; freeing one
+      of them during the step lowers the level (so a step that frees old gradients first
+      reads lower). Memory not allocated as tensors (Python objects, the interpreter,
+      compiled-kernel code, BLAS/OpenMP scratch outside the allocator) is invisible, and
+      allocations on threads the profiler does not follow could be missed; the count is
+      deterministic up to the interleaving of threads. The profiler adds time overhead:
+      time steps separately.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _measure_cuda(step_fn, device)
+    if device.type == "cpu":
+        return _measure_cpu(step_fn)
+    raise ValueError(f"peak memory measurement supports 'cpu' and 'cuda' devices, got {device}")
+
+
+def peak_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "cpu") -> int:
+    """Peak bytes above the starting level during ``step_fn()``; see :func:`measure_step_memory`."""
+    return measure_step_memory(step_fn, device).peak
+
+
+# --------------------------------------------------------------------------------------
+# Peak RSS of a fresh process
+# --------------------------------------------------------------------------------------
+
+_CHILD = textwrap.dedent(
+    """
+    import importlib, json, resource, sys
+    spec, kwargs = sys.argv[1], json.loads(sys.argv[2])
+    module, _, name = spec.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    step = factory(**kwargs)
+    def rss():
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r if sys.platform == "darwin" else r * 1024
+    before = rss()
+    step()
+    print("MRESNET_RSS " + json.dumps({"before": before, "peak": rss()}))
+    """
+)
+
+
+def peak_rss_in_fresh_process(factory: str, kwargs: dict | None = None, *,
+                              env: dict | None = None, timeout: float | None = 600) -> dict:
+    """Peak resident set size of a fresh Python process running one step.
+
+    ``factory`` is ``"package.module:function"``; in a new interpreter,
+    ``step = function(**kwargs)`` builds the model and data (``kwargs`` must be
+    JSON-serialisable) and returns a zero-argument callable, then ``step()`` runs once.
+    Returns ``{"before": bytes, "peak": bytes, "step": peak - before}`` where ``before``
+    is the high-water mark ``ru_maxrss`` after the setup and ``peak`` after the step.
+
+    Limits: RSS is the whole process (interpreter, torch, allocator caches, compiled
+    kernels), and ``ru_maxrss`` is a high-water mark, so ``step`` understates the step's
+    own peak when the setup once reached a higher level than it kept. Use it to compare
+    configurations (the same factory with different arguments), not as an exact count.
+    The child runs with the current interpreter and working directory; ``env`` entries
+    are added to the environment (e.g. ``{"OMP_NUM_THREADS": "1"}``).
+    """
+    cmd = [sys.executable, "-c", _CHILD, factory, json.dumps(kwargs or {})]
+    child_env = dict(os.environ, **(env or {}))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env, timeout=timeout)
+    for line in done.stdout.splitlines():
+        if line.startswith("MRESNET_RSS "):
+            rss = json.loads(line[len("MRESNET_RSS "):])
+            rss["step"] = rss["peak"] - rss["before"]
+            return rss
+    raise RuntimeError(f"the child process for {factory!r} failed (exit {done.returncode}):\n"
+                       f"{done.stderr[-2000:]}")

@@ -1,0 +1,118 @@
+"""The fixed-point kernels and the information buffer, checked against exact rationals."""
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+from mresnet_core import exact
+
+
+def random_velocity(n_elem, seed, bits=60):
+    g = torch.Generator().manual_seed(seed)
+    mags = torch.randint(0, bits, (n_elem,), generator=g)
+    v = torch.randint(-(2**62), 2**62, (n_elem,), generator=g, dtype=torch.int64)
+    return v >> (62 - mags)  # values spread over every magnitude, both signs
+
+
+@pytest.mark.parametrize("gamma", [0.01, 0.1, 0.5, 0.9, 0.99, 1.0])
+def test_forward_step_is_within_one_unit_of_the_exact_product(gamma):
+    n = exact.gamma_numerator(gamma)
+    v = random_velocity(2000, seed=int(gamma * 100))
+    x = torch.zeros_like(v)
+    f = torch.randn(2000, dtype=torch.float64)
+    c = (exact.GAMMA_DENOMINATOR - n) / exact.GAMMA_DENOMINATOR * exact.SCALE
+    buf = exact.InformationBuffer.empty(v.shape, v.device)
+    buf.before_push(n)
+    _, v1, _, _, _ = exact._forward_step(x, v, buf.state, f, n, c)
+    inc = (f * c).to(torch.int64)
+    for vi, v1i, ii in zip(v.tolist()[:400], v1.tolist()[:400], inc.tolist()[:400]):
+        exact_value = Fraction(vi * n, exact.GAMMA_DENOMINATOR) + ii
+        assert abs(v1i - exact_value) < 1
+
+
+@pytest.mark.parametrize("gamma", [0.01, 0.3, 0.9, 0.999])
+def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamma):
+    n = exact.gamma_numerator(gamma)
+    depth, n_elem = 600, 64
+    c = (exact.GAMMA_DENOMINATOR - n) / exact.GAMMA_DENOMINATOR * exact.SCALE
+    g = torch.Generator().manual_seed(0)
+    fs = [torch.randn(n_elem, dtype=torch.float64, generator=g) for _ in range(depth)]
+    x0 = torch.randint(-(2**45), 2**45, (n_elem,), generator=g)
+    v0 = torch.randint(-(2**45), 2**45, (n_elem,), generator=g)
+    x, v = x0, v0
+    buf = exact.InformationBuffer.empty(x.shape, x.device)
+    for f in fs:
+        buf.before_push(n)
+        x, v, buf.state, _, _ = exact._forward_step(x, v, buf.state, f, n, c)
+    bits = 32 * sum(w.numel() for w in buf.words) + float(torch.log2(buf.state.double()).sum())
+    per_layer = (bits - 30 * n_elem) / (n_elem * depth)  # the empty state holds 30 bits
+    expected = math.log2(exact.GAMMA_DENOMINATOR / n)
+    assert abs(per_layer - expected) < 0.02 + 0.02 * expected
+    back = buf.copy()
+    for f in reversed(fs):
+        x, _ = exact._undo_position(x, v, torch.float64)
+        v, back.state = exact._undo_velocity(v, back.state, f, n, c)
+        back.after_pop(n)
+    assert torch.equal(x, x0) and torch.equal(v, v0)
+    assert back.is_empty()
+    assert len(buf.words) > 0 or gamma > 0.99  # the unwound copy left the original intact
+
+
+def test_buffer_never_overflows_where_a_single_word_would():
+    # gamma = 0.5 costs one bit per layer: a single int64 buffer overflows near layer 60
+    n = exact.gamma_numerator(0.5)
+    c = 0.5 * exact.SCALE
+    x = torch.zeros(8, dtype=torch.int64)
+    v = torch.full((8,), 2**40, dtype=torch.int64)
+    buf = exact.InformationBuffer.empty(x.shape, x.device)
+    f = torch.full((8,), 0.25, dtype=torch.float64)
+    history = []
+    for _ in range(3000):
+        buf.before_push(n)
+        history.append(v)
+        x, v, buf.state, _, _ = exact._forward_step(x, v, buf.state, f, n, c)
+        assert bool((buf.state >= exact.STATE_LOW).all() and (buf.state < 2**62).all())
+    assert buf.nbytes() >= 3000 * 8 / 8  # at least one bit per element per layer
+    back = buf.copy()
+    for _ in range(3000):
+        x, _ = exact._undo_position(x, v, torch.float64)
+        v, back.state = exact._undo_velocity(v, back.state, f, n, c)
+        back.after_pop(n)
+        assert torch.equal(v, history.pop())
+    assert back.is_empty()
+
+
+def test_gamma_rounding_and_validation():
+    assert exact.rounded_gamma(0.9) == round(0.9 * 65536) / 65536
+    assert exact.rounded_gamma(1) == 1.0 and exact.rounded_gamma(0) == 0.0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="gamma must lie in"):
+            exact.gamma_numerator(bad)
+    with pytest.raises(TypeError, match="gamma must be a number"):
+        exact.gamma_numerator("0.9")
+    with pytest.raises(ValueError, match="cannot be inverted"):
+        exact.check_invertible(exact.gamma_numerator(1e-7))
+
+
+def test_compiled_kernels_give_the_same_bits_as_eager():
+    """The fused (torch.compile) kernels used for large tensors are bit-identical."""
+    eager = exact._EAGER
+    compiled = {k: torch.compile(fn, dynamic=True) for k, fn in eager.items()}
+    n = exact.gamma_numerator(0.9)
+    c = (65536 - n) / 65536 * exact.SCALE
+    g = torch.Generator().manual_seed(0)
+    size = 5000
+    x = random_velocity(size, 1, bits=50)
+    v = random_velocity(size, 2, bits=50)
+    state = torch.randint(exact.STATE_LOW, 2**46 * n, (size,), generator=g)
+    for dtype in (torch.float32, torch.float64):
+        f = torch.randn(size, generator=g, dtype=torch.float64).to(dtype) * 10
+        outs_e = eager["forward"](x, v, state, f, n, c)
+        outs_c = compiled["forward"](x, v, state, f, n, c)
+        for a, b in zip(outs_e, outs_c):
+            assert torch.equal(a, b)
+        for a, b in zip(eager["undo_position"](x, v, dtype), compiled["undo_position"](x, v, dtype)):
+            assert torch.equal(a, b)
+        for a, b in zip(eager["undo_velocity"](v, state, f, n, c), compiled["undo_velocity"](v, state, f, n, c)):
+            assert torch.equal(a, b)
