@@ -4,10 +4,10 @@ The converted model keeps every parameter and buffer (same values, so pretrained
 carry over); only the blocks after the first of each container move into a
 :class:`~mresnet_core.MomentumNet`. At gamma = 0 it computes what the original did.
 
-Where parameters go, for a converted container ``S`` and ``j >= 1``:
+Where parameters go, for a converted container ``S`` and its block ``j``:
 
-* nn.Sequential or nn.ModuleList, keep_first=True: ``S.0.*`` stays, ``S.j.*`` becomes
-  ``S.1.functions.{j-1}.*``;
+* nn.Sequential or nn.ModuleList, keep_first=True: ``S.0.*`` stays, ``S.j.*`` (j >= 1)
+  becomes ``S.1.functions.{j-1}.*``;
 * nn.Sequential, keep_first=False: ``S.j.*`` becomes ``S.functions.j.*``;
 * nn.ModuleList, keep_first=False: ``S.j.*`` becomes ``S.0.functions.j.*``.
 

@@ -21,6 +21,7 @@ float32 rounding of values of order 1e-5 and larger.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -122,8 +123,7 @@ def _undo_velocity(v, state, f, n: int, c: float):
     return v, state
 
 
-_EAGER = {"forward": _forward_step, "undo_position": _undo_position, "undo_velocity": _undo_velocity}
-_COMPILED: dict | None = None
+_KERNELS = {"forward": _forward_step, "undo_position": _undo_position, "undo_velocity": _undo_velocity}
 _COMPILE_FAILED = False
 #: Below this many elements the fused kernels are not worth their compile time.
 COMPILE_MIN_NUMEL = 1 << 15
@@ -137,43 +137,49 @@ def backend_setting() -> str:
     return value
 
 
-def kernels(example: torch.Tensor) -> dict:
-    """The element-wise kernels to use for tensors like ``example``.
+@functools.lru_cache(maxsize=None)
+def _specialised(n: int, c: float, compiled: bool) -> dict:
+    """Kernels with gamma's numerator and the increment scale baked in as constants, so a
+    compiler turns the divisions by n into multiplications."""
+    table = {
+        "forward": lambda x, v, state, f: _forward_step(x, v, state, f, n, c),
+        "undo_position": _undo_position,
+        "undo_velocity": lambda v, state, f: _undo_velocity(v, state, f, n, c),
+    }
+    if compiled:
+        # dynamic=None: shapes become dynamic after a first change, n and c stay constants
+        table = {k: torch.compile(fn, dynamic=None) for k, fn in table.items()}
+    table["compiled"], table["key"] = compiled, (n, c)
+    return table
+
+
+def kernels(example: torch.Tensor, n: int, c: float) -> dict:
+    """The element-wise kernels for tensors like ``example`` and gamma = n / 2**16.
 
     'auto' compiles (torch.compile, one fused loop per kernel) on the CPU for tensors of
     at least COMPILE_MIN_NUMEL elements and falls back to eager torch, with one warning,
     where compilation is impossible. On CUDA 'auto' stays eager (memory-bound kernels
-    already); 'compile' forces compilation everywhere.
+    already); 'compile' forces compilation everywhere. Both give the same bits.
     """
-    global _COMPILED, _COMPILE_FAILED
     setting = backend_setting()
     want = setting == "compile" or (
         setting == "auto" and example.device.type == "cpu" and example.numel() >= COMPILE_MIN_NUMEL
     )
-    if not want or _COMPILE_FAILED:
-        return _EAGER
-    if _COMPILED is None:
-        try:
-            _COMPILED = {k: torch.compile(fn, dynamic=True) for k, fn in _EAGER.items()}
-        except Exception as err:  # pragma: no cover - depends on the installation
-            _COMPILE_FAILED = True
-            warnings.warn(f"torch.compile unavailable ({err}); exact arithmetic runs eagerly")
-            return _EAGER
-    return _COMPILED
+    return _specialised(n, c, bool(want and not _COMPILE_FAILED))
 
 
 def run_kernel(table: dict, name: str, *args):
-    """Call one kernel; if a compiled kernel cannot be built, fall back to eager once."""
+    """Call one kernel; if a compiled kernel cannot be built, fall back to eager for good."""
     global _COMPILE_FAILED
     try:
         return table[name](*args)
     except Exception as err:
-        if table is _EAGER:
+        if not table["compiled"]:
             raise
         _COMPILE_FAILED = True
         warnings.warn(f"compiling the exact kernels failed ({type(err).__name__}: {err}); "
                       "falling back to eager torch (slower, same results)")
-        return _EAGER[name](*args)
+        return _specialised(*table["key"], False)[name](*args)
 
 
 # --------------------------------------------------------------------------------------

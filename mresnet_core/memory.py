@@ -45,6 +45,7 @@ __all__ = [
     "measure_step_memory",
     "peak_step_memory",
     "peak_rss_in_fresh_process",
+    "allocation_step",
 ]
 
 
@@ -167,54 +168,89 @@ class StepMemory:
         retained: the level after the step (what it left allocated: gradients created
             for the first time, outputs it returned; negative if it freed more than it
             allocated).
-        method: "cuda-allocator" or "cpu-profiler".
+        method: "cpu-profiler" or "cuda-allocator".
         events: number of allocation/free events replayed (CPU only; 0 on CUDA).
+        excluded: bytes of the parameter gradients left out (``exclude_grads_of``).
     """
 
     peak: int
     retained: int
     method: str
     events: int = 0
+    excluded: int = 0
 
 
 def _cpu_memory_events(prof) -> list:
-    """(time_ns, signed bytes) of every CPU allocation (+) and free (-) the profiler saw."""
+    """(time_ns, order, address, signed bytes) of each CPU allocation (+) and free (-).
+
+    Read from the profiler's event tree (what ``torch.profiler``'s own memory timeline
+    uses), which carries the address of each block; the flat kineto event list (no
+    addresses) is the fallback.
+    """
     results = prof.profiler.kineto_results
     try:
-        out = []
-        for order, e in enumerate(results.events()):
-            if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU:
-                out.append((e.start_ns(), order, int(e.nbytes())))
-        return out
-    except AttributeError:  # pragma: no cover - older/newer profiler bindings
-        pass
-    # fall back to the experimental event tree (what torch.profiler's memory timeline uses)
-    from torch._C._profiler import _EventType
+        from torch._C._profiler import _EventType
 
-    out, stack = [], list(results.experimental_event_tree())
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
-            out.append((node.start_time_ns, node.extra_fields.id or 0,
-                        int(node.extra_fields.alloc_size)))
+        out, stack = [], list(results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children)
+            if node.tag == _EventType.Allocation:
+                f = node.extra_fields
+                if f.device.type == "cpu":
+                    out.append((node.start_time_ns, len(out), int(f.ptr), int(f.alloc_size)))
+        return out
+    except (ImportError, AttributeError):  # pragma: no cover - other profiler bindings
+        pass
+    out = []
+    for e in results.events():
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU:
+            out.append((e.start_ns(), len(out), None, int(e.nbytes())))
     return out
 
 
-def _measure_cpu(step_fn: Callable[[], Any]) -> StepMemory:
+def _grad_storages(exclude_grads_of) -> dict:
+    """{address: bytes} of the ``.grad`` storages of the given parameters (or modules)."""
+    params = _parameter_tensors(None, exclude_grads_of)
+    out = {}
+    for p in params:
+        if p.grad is not None and p.grad.layout == torch.strided:
+            s = p.grad.untyped_storage()
+            out[s.data_ptr()] = s.nbytes()
+    return out
+
+
+def _measure_cpu(step_fn: Callable[[], Any], exclude_grads_of=None) -> StepMemory:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
                  record_shapes=False, with_stack=False) as prof:
         step_fn()
-    events = sorted(_cpu_memory_events(prof))  # by time; ties keep recorded order
-    if not events:
-        return StepMemory(peak=0, retained=0, method="cpu-profiler", events=0)
+    events = sorted(_cpu_memory_events(prof))  # by time; ties keep the recorded order
+    skip: set = set()
+    excluded = 0
+    if exclude_grads_of is not None:
+        grads = _grad_storages(exclude_grads_of)
+        if grads and any(ptr is None for _, _, ptr, _ in events):
+            raise RuntimeError("this torch profiler does not report allocation addresses; "
+                               "exclude_grads_of is unavailable")
+        live: dict = {}  # address -> index of the allocation event still live there
+        for i, (_, _, ptr, nbytes) in enumerate(events):
+            if nbytes > 0:
+                live[ptr] = i
+            else:
+                live.pop(ptr, None)
+        for ptr, i in live.items():
+            if ptr in grads:
+                skip.add(i)
+                excluded += events[i][3]
     level = peak = 0
-    for _, _, nbytes in events:
-        level += nbytes
-        peak = max(peak, level)
-    return StepMemory(peak=peak, retained=level, method="cpu-profiler", events=len(events))
+    for i, (_, _, _, nbytes) in enumerate(events):
+        if i not in skip:
+            level += nbytes
+            peak = max(peak, level)
+    return StepMemory(peak=peak, retained=level, method="cpu-profiler", events=len(events),
+                      excluded=excluded)
 
 
 def _measure_cuda(step_fn: Callable[[], Any], device: torch.device) -> StepMemory:
@@ -228,39 +264,51 @@ def _measure_cuda(step_fn: Callable[[], Any], device: torch.device) -> StepMemor
     return StepMemory(peak=max(peak, 0), retained=retained, method="cuda-allocator")
 
 
-def measure_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "cpu") -> StepMemory:
+def measure_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "cpu", *,
+                        exclude_grads_of: nn.Module | Iterable | None = None) -> StepMemory:
     """Peak (and retained) memory of ``step_fn()``, relative to the level before it.
 
     ``step_fn`` is a zero-argument callable doing one training step, e.g.
     ``lambda: model(x).pow(2).mean().backward()``. Measure after a warm-up call (the
-    first call of the memory-free path compiles its kernels) and with the gradients set
-    to None or allocated beforehand, as suits the comparison.
+    first call of the memory-free path compiles its kernels), and decide where the
+    gradients stand: set them to None first (what ``optimizer.zero_grad()`` does) and
+    the step allocates them, which is the usual training loop.
 
-    * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
-      ``memory_allocated`` before the step: bytes of tensors live at the worst moment,
-      as the caching allocator rounds them (blocks of 512 bytes), without its cache.
     * CPU: the step runs under ``torch.profiler.profile(profile_memory=True)``; each
       allocation (+bytes) and free (-bytes) through the CPU tensor allocator is replayed
       in time order and the running maximum above the starting level is the peak.
-      Tensors allocated before the step (parameters, inputs) are not counted; freeing one
-      of them during the step lowers the level (so a step that frees old gradients first
-      reads lower). Memory not allocated as tensors (Python objects, the interpreter,
-      compiled-kernel code, BLAS/OpenMP scratch outside the allocator) is invisible, and
-      allocations on threads the profiler does not follow could be missed; the count is
-      deterministic up to the interleaving of threads. The profiler adds time overhead:
-      time steps separately.
+      Tensors allocated before the step (parameters, inputs, existing gradients) are not
+      counted; freeing one of them during the step lowers the level. Memory not
+      allocated as tensors (Python objects, compiled-kernel code, BLAS/OpenMP scratch
+      outside the allocator) is invisible, and allocations on threads the profiler does
+      not follow could be missed. Deterministic for a deterministic step (up to thread
+      interleaving). The profiler slows the step down: time steps separately.
+
+      ``exclude_grads_of`` (a module, or an iterable of modules and parameters) leaves
+      out the parameter gradients the step creates and keeps (allocations still live at
+      the end whose address is a ``.grad`` of those parameters), so that the peak is the
+      activation and temporary memory of the step. Gradients that existed before the
+      step are accumulated in place and were never counted; temporary gradient tensors
+      that the step frees again are counted.
+    * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
+      ``memory_allocated`` before the step (tensor bytes as the caching allocator rounds
+      them, without its cache). ``exclude_grads_of`` is not available there (allocate
+      the gradients before the step instead, or subtract the parameter bytes).
     """
     device = torch.device(device)
     if device.type == "cuda":
+        if exclude_grads_of is not None:
+            raise NotImplementedError("exclude_grads_of is implemented for CPU measurements only")
         return _measure_cuda(step_fn, device)
     if device.type == "cpu":
-        return _measure_cpu(step_fn)
+        return _measure_cpu(step_fn, exclude_grads_of)
     raise ValueError(f"peak memory measurement supports 'cpu' and 'cuda' devices, got {device}")
 
 
-def peak_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "cpu") -> int:
+def peak_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "cpu", *,
+                     exclude_grads_of: nn.Module | Iterable | None = None) -> int:
     """Peak bytes above the starting level during ``step_fn()``; see :func:`measure_step_memory`."""
-    return measure_step_memory(step_fn, device).peak
+    return measure_step_memory(step_fn, device, exclude_grads_of=exclude_grads_of).peak
 
 
 # --------------------------------------------------------------------------------------
@@ -270,16 +318,35 @@ def peak_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "c
 _CHILD = textwrap.dedent(
     """
     import importlib, json, resource, sys
+
+    def status(field):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+
+    def reset_high_water_mark():
+        try:  # Linux >= 4.0: writing 5 resets VmHWM to the current RSS
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            return status("VmHWM") is not None
+        except OSError:
+            return False
+
     spec, kwargs = sys.argv[1], json.loads(sys.argv[2])
     module, _, name = spec.partition(":")
     factory = getattr(importlib.import_module(module), name)
     step = factory(**kwargs)
-    def rss():
-        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return r if sys.platform == "darwin" else r * 1024
-    before = rss()
-    step()
-    print("MRESNET_RSS " + json.dumps({"before": before, "peak": rss()}))
+    if reset_high_water_mark():
+        method, before = "VmHWM", status("VmRSS")
+        step()
+        peak = status("VmHWM")
+    else:
+        scale = 1 if sys.platform == "darwin" else 1024
+        method, before = "ru_maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        step()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    print("MRESNET_RSS " + json.dumps({"before": before, "peak": peak, "method": method}))
     """
 )
 
@@ -291,15 +358,19 @@ def peak_rss_in_fresh_process(factory: str, kwargs: dict | None = None, *,
     ``factory`` is ``"package.module:function"``; in a new interpreter,
     ``step = function(**kwargs)`` builds the model and data (``kwargs`` must be
     JSON-serialisable) and returns a zero-argument callable, then ``step()`` runs once.
-    Returns ``{"before": bytes, "peak": bytes, "step": peak - before}`` where ``before``
-    is the high-water mark ``ru_maxrss`` after the setup and ``peak`` after the step.
+    Returns ``{"before": bytes, "peak": bytes, "step": peak - before, "method": ...}``.
+
+    On Linux the child resets its high-water mark after the setup (``/proc/self/clear_refs``)
+    so ``before`` is the RSS just before the step and ``peak`` the highest RSS during it
+    (method "VmHWM"). Elsewhere it falls back to ``ru_maxrss`` (method "ru_maxrss"), a
+    high-water mark since the process started, so ``step`` understates the step's peak
+    whenever the setup once reached more than it kept.
 
     Limits: RSS is the whole process (interpreter, torch, allocator caches, compiled
-    kernels), and ``ru_maxrss`` is a high-water mark, so ``step`` understates the step's
-    own peak when the setup once reached a higher level than it kept. Use it to compare
-    configurations (the same factory with different arguments), not as an exact count.
-    The child runs with the current interpreter and working directory; ``env`` entries
-    are added to the environment (e.g. ``{"OMP_NUM_THREADS": "1"}``).
+    kernels, pages the allocator keeps after a free), so use it to compare configurations
+    (the same factory with different arguments), not as an exact tensor count (see
+    :func:`measure_step_memory`). The child runs with the current interpreter and working
+    directory; ``env`` entries are added to the environment (e.g. ``{"OMP_NUM_THREADS": "1"}``).
     """
     cmd = [sys.executable, "-c", _CHILD, factory, json.dumps(kwargs or {})]
     child_env = dict(os.environ, **(env or {}))
@@ -311,3 +382,14 @@ def peak_rss_in_fresh_process(factory: str, kwargs: dict | None = None, *,
             return rss
     raise RuntimeError(f"the child process for {factory!r} failed (exit {done.returncode}):\n"
                        f"{done.stderr[-2000:]}")
+
+
+def allocation_step(nbytes: int) -> Callable[[], float]:
+    """A step that allocates and fills ``nbytes`` of tensor memory (a calibration).
+
+    ``peak_rss_in_fresh_process("mresnet_core.memory:allocation_step", {"nbytes": n})``
+    should report a step of about ``n`` bytes.
+    """
+    def step() -> float:
+        return float(torch.ones(nbytes // 4, dtype=torch.float32).sum())
+    return step

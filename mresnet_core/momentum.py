@@ -120,14 +120,24 @@ class MomentumNet(nn.Module):
         xL, vL = MemoryFreeMomentum.apply(stack, holder, len(params), x, v0, *params, *leaves)
         return MomentumState(xL, vL, holder["tape"])
 
-    def _plain(self, x, v, args, kwargs):
+    def _plain(self, x, v, args, kwargs, visit=None):
         stack = self._stack()
         gamma = self.gamma
         for module in self.functions:
             f = stack.residual_of(module, x, args, kwargs)
             v = v * gamma + f * (1.0 - gamma)
             x = x + v
+            if visit is not None:
+                visit(x)
         return x, v
+
+    @torch.no_grad()
+    def trajectory(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Positions x_0, ..., x_L of the inputs through the stack, shaped (L + 1, *x.shape)."""
+        self._check_input(x)
+        out = [x]
+        self._plain(x, self._initial_velocity(x), args, kwargs, visit=out.append)
+        return torch.stack(out)
 
     def _initial_velocity(self, x):
         if self.init_velocity is None:

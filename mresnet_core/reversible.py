@@ -129,8 +129,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
     dtype = x0.dtype
     x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
     buffer = exact.InformationBuffer.empty(x.shape, x.device)
-    k = exact.kernels(x)
-    c = stack.increment_scale
+    k = exact.kernels(x, stack.n, stack.increment_scale)
     replays, peaks = [], []
     xf = exact.to_float(x, dtype)
     with torch.no_grad():
@@ -138,7 +137,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
             f, replay = _call_recording(stack, module, xf, args, kwargs, record)
             _check_shape(f, xf, module)
             buffer.before_push(stack.n)
-            x, v, buffer.state, xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f, stack.n, c)
+            x, v, buffer.state, xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f)
             peaks.append(peak)
             replays.append(replay)
     if peaks:
@@ -171,8 +170,7 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None) -> Tape:
     """
     buffer = tape.buffer.copy()
     x, v = tape.x, tape.v
-    k = exact.kernels(x)
-    c = stack.increment_scale
+    k = exact.kernels(x, stack.n, stack.increment_scale)
     replays = tape.replays or [None] * len(stack.functions)
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
@@ -186,7 +184,7 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None) -> Tape:
                 xf = xf.requires_grad_(True)
                 with torch.enable_grad():
                     f = stack.residual_of(module, xf, args, kwargs)
-            v, buffer.state = exact.run_kernel(k, "undo_velocity", v, buffer.state, f.detach(), stack.n, c)
+            v, buffer.state = exact.run_kernel(k, "undo_velocity", v, buffer.state, f.detach())
             buffer.after_pop(stack.n)
             if on_layer is not None:
                 on_layer(i, xf, f)

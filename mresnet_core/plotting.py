@@ -1,0 +1,37 @@
+"""One figure style for every notebook, and one way to save figures (PNG + PDF)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+PALETTE = {"resnet": "#4C72B0", "momentum": "#DD8452", "revnet": "#55A868", "theory": "#444444"}
+
+
+def use_style() -> None:
+    """Apply the project style (seaborn 'whitegrid', readable sizes)."""
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook", font_scale=1.0)
+    matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight",
+                                "axes.titlesize": "medium"})
+
+
+def figures_dir() -> Path:
+    """figures/ at the project root (the notebooks run with notebooks/ as cwd)."""
+    here = Path.cwd()
+    for base in (here, *here.parents):
+        if (base / "pyproject.toml").exists() and (base / "mresnet_core").is_dir():
+            return base / "figures"
+    return here / "figures"
+
+
+def save_figure(fig, name: str, directory: str | Path | None = None):
+    """Save ``fig`` as ``<name>.png`` and ``<name>.pdf`` and return it for inline display."""
+    if not name or any(c in name for c in "/\\ "):
+        raise ValueError(f"figure name must be a plain file stem without spaces or slashes, got {name!r}")
+    out = Path(directory) if directory is not None else figures_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        fig.savefig(out / f"{name}.{ext}", metadata={"CreationDate": None} if ext == "pdf" else None)
+    return fig

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerate every figure and table of the paper: runs all notebooks with papermill.
+#   bash run_all.sh                   quick profile (CPU, generated/bundled data, ~10 min)
+#   bash run_all.sh --profile paper   the paper's settings (GPU and data sets needed)
+#   bash run_all.sh --skip-done       continue after a failure; names select notebooks
+# Sets up ./.venv on first use. Executed notebooks and logs: results/<profile>/.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/ensure_env.sh
+export PATH="$(dirname "$PY"):$PATH" MPLBACKEND=Agg
+exec "$PY" scripts/run_notebooks.py "$@"

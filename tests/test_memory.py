@@ -1,0 +1,168 @@
+"""mresnet_core.memory: saved-tensor accounting and peak step memory (small, CPU)."""
+import pytest
+import torch
+from torch import nn
+
+from mresnet_core import MomentumNet
+from mresnet_core.memory import (measure_step_memory, peak_rss_in_fresh_process,
+                                 peak_step_memory, saved_tensor_bytes, saved_tensors)
+
+# Below exact.COMPILE_MIN_NUMEL elements, so the memory-free path runs eagerly (no compile).
+B, D, H = 128, 32, 8
+F32 = 4
+
+
+def mlp_blocks(depth, seed=0):
+    torch.manual_seed(seed)
+    return [nn.Sequential(nn.Linear(D, H), nn.Tanh(), nn.Linear(H, D)) for _ in range(depth)]
+
+
+def per_block_bytes():
+    # Linear(D, H) saves its input (B x D), tanh saves its output (B x H), which the
+    # second Linear saves again (same storage, counted once); weights are parameters.
+    return (B * D + B * H) * F32
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(1)
+    return torch.randn(B, D)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_plain_stack_saves_hand_counted_bytes(x, depth):
+    model = nn.Sequential(*mlp_blocks(depth))
+    assert saved_tensor_bytes(model, x) == depth * per_block_bytes()
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8])
+def test_ordinary_momentumnet_grows_linearly(x, depth):
+    # the momentum update (scalar multiplications, additions) saves nothing more
+    net = MomentumNet(mlp_blocks(depth), gamma=0.9, memory_efficient=False)
+    assert saved_tensor_bytes(net, x) == depth * per_block_bytes()
+
+
+def test_parameters_are_excluded_and_reported(x):
+    model = nn.Sequential(*mlp_blocks(2))
+    report = saved_tensors(model, x)
+    # first Linear's weight is not saved (x needs no grad); the other three are (as views)
+    assert report.parameter_nbytes == 3 * H * D * F32
+    # a lambda does not tell which tensors are parameters unless exclude= says so
+    counted = saved_tensor_bytes(lambda t: model(t), x)
+    assert counted == report.nbytes + report.parameter_nbytes
+    assert saved_tensor_bytes(lambda t: model(t), x, exclude=model) == report.nbytes
+    assert saved_tensor_bytes(model, x, exclude=()) == counted
+
+
+def test_saved_bytes_are_deterministic_and_inputs_count(x):
+    model = nn.Sequential(*mlp_blocks(3))
+    assert saved_tensor_bytes(model, x) == saved_tensor_bytes(model, x)
+    with torch.no_grad():
+        assert saved_tensor_bytes(model, x) == 3 * per_block_bytes()  # runs with grad on
+    frozen = nn.Sequential(*mlp_blocks(3)).requires_grad_(False)
+    assert saved_tensor_bytes(frozen, x) == 0
+    assert saved_tensor_bytes(frozen, x.requires_grad_()) > 0
+
+
+@pytest.mark.parametrize("gamma", [0.9, 0.5])
+def test_memory_free_saved_bytes_constant_apart_from_buffer(x, gamma):
+    fixed = []
+    buffers = {}
+    for depth in (1, 8, 40, 100):
+        net = MomentumNet(mlp_blocks(depth), gamma=gamma, memory_efficient=True)
+        report = saved_tensors(net.forward_state, x)
+        tape = report.output.tape
+        buffer = tape.buffer.nbytes()
+        # int64 fixed-point x_L and v_L, plus the information buffer (state and words)
+        assert report.nbytes == tape.x.nbytes + tape.v.nbytes + buffer
+        assert tape.x.dtype == torch.int64 and tape.x.nbytes == 2 * x.nbytes
+        fixed.append(report.nbytes - buffer)
+        buffers[depth] = buffer
+    assert len(set(fixed)) == 1
+    assert buffers[1] == x.numel() * 8  # only the 64-bit state per element
+    if gamma == 0.5:  # one bit per element per layer: words spill, about depth / 8 bytes each
+        assert buffers[100] > buffers[40] > buffers[8] == buffers[1]
+        assert buffers[100] - buffers[1] <= x.numel() * (100 // 8 + 8)
+
+
+def test_memory_free_saves_less_than_ordinary_when_deep(x):
+    blocks = mlp_blocks(16)
+    plain = saved_tensor_bytes(MomentumNet(blocks, 0.9, memory_efficient=False), x)
+    free = saved_tensor_bytes(MomentumNet(blocks, 0.9, memory_efficient=True), x)
+    assert 3 * free < plain
+
+
+# ----------------------------------------------------------------------- peak memory
+
+def test_peak_of_a_known_allocation():
+    n = 1_000_000
+
+    def step():
+        a = torch.ones(n)           # 4 MB
+        b = torch.ones(n // 2)      # 2 MB, live together with a: 6 MB
+        del a
+        c = torch.ones(n // 4)      # 1 MB: 3 MB live
+        return (b.sum() + c.sum()).item()
+
+    m = measure_step_memory(step, "cpu")
+    assert 6 * n <= m.peak <= 6 * n + 4096
+    assert m.retained == 0 and m.events >= 6
+    assert peak_step_memory(lambda: torch.ones(n).sum(), "cpu") >= 4 * n
+
+
+def test_peak_excludes_memory_held_before_the_step():
+    big = torch.ones(2_000_000)
+    peak = peak_step_memory(lambda: big.mul_(2), "cpu")  # in place: no new memory
+    assert peak < 4096
+
+
+def _train_step(net, x):
+    def step():
+        net(x).pow(2).mean().backward()
+    return step
+
+
+def _peak(net, x, **kw):
+    net.zero_grad(set_to_none=True)
+    _train_step(net, x)()  # warm-up
+    net.zero_grad(set_to_none=True)
+    return measure_step_memory(_train_step(net, x), "cpu", **kw)
+
+
+def test_peak_step_memory_deep_ordinary_vs_memory_free(x):
+    blocks = mlp_blocks(64)
+    plain = MomentumNet(blocks, 0.9, memory_efficient=False)
+    free = MomentumNet(blocks, 0.9, memory_efficient=True)
+    param_bytes = sum(p.nbytes for p in plain.parameters())
+    m_plain, m_free = _peak(plain, x), _peak(free, x)
+    # the step leaves the new gradients allocated, nothing else
+    assert m_plain.retained == m_free.retained == param_bytes
+    # ordinary backprop holds every layer's activations at the end of the forward pass
+    assert m_plain.peak >= saved_tensor_bytes(plain, x) > 0
+    assert m_free.peak > 0
+    assert m_plain.peak > 1.5 * m_free.peak
+    # without the gradients it creates, the memory-free peak does not grow with depth
+    g_free = _peak(free, x, exclude_grads_of=free)
+    assert g_free.excluded == param_bytes and g_free.retained == 0
+    short = MomentumNet(blocks[:8], 0.9, memory_efficient=True)
+    assert g_free.peak <= _peak(short, x, exclude_grads_of=short).peak + 4096
+
+
+def test_unsupported_device_is_a_clear_error():
+    with pytest.raises(ValueError, match="cpu"):
+        measure_step_memory(lambda: None, "meta")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_peak_of_a_known_allocation():
+    n = 1 << 20
+    peak = peak_step_memory(lambda: torch.ones(n, device="cuda").sum(), "cuda")
+    assert 4 * n <= peak <= 4 * n + (1 << 20)
+
+
+def test_peak_rss_in_fresh_process():
+    size = 256 << 20
+    rss = peak_rss_in_fresh_process("mresnet_core.memory:allocation_step", {"nbytes": size},
+                                    env={"OMP_NUM_THREADS": "1"})
+    assert rss["peak"] >= rss["before"] > 0
+    assert 0.9 * size <= rss["step"] <= 1.2 * size
