@@ -62,27 +62,25 @@ def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_fi
     n = exact.gamma_numerator(gamma)  # raises for gamma outside [0, 1]
     if memory_efficient:
         exact.check_invertible(n)
-    paths = _resolve_stages(model, stages)
+    paths = _resolve_stages(model, stages, keep_first)
 
     new = copy.deepcopy(model)
     for path in paths:
-        container, parent_path = _container_at(new, path)
-        stack = _convert_container(container, path, gamma, keep_first, memory_efficient)
-        if parent_path is not None:  # the container belongs to a TransformerEncoder/Decoder
-            encoder = new.get_submodule(parent_path) if parent_path else new
-            stack = _momentum_transformer(encoder, stack)
-            path = parent_path
+        stack = _convert_container(new.get_submodule(path), gamma, keep_first, memory_efficient)
+        owner = _transformer_owning(new, path)
+        if owner is not None:  # replace the whole encoder/decoder, whose forward needs layers[0]
+            stack, path = _momentum_transformer(_module_at(new, owner), stack), owner
         if not path:
             new = stack
         else:
-            owner, _, name = path.rpartition(".")
-            setattr(new.get_submodule(owner) if owner else new, name, stack)
+            parent, _, name = path.rpartition(".")
+            setattr(_module_at(new, parent), name, stack)
     return new
 
 
 # ---------------------------------------------------------------------------- stages
-def _resolve_stages(model, stages) -> list:
-    """The dotted paths to convert, checked before anything is copied."""
+def _resolve_stages(model, stages, keep_first) -> list:
+    """The dotted paths of the containers to convert, all checked before copying."""
     if stages is None:
         missing = [s for s in RESNET_STAGES if not isinstance(getattr(model, s, None), nn.Module)]
         if missing:
@@ -92,22 +90,27 @@ def _resolve_stages(model, stages) -> list:
                 f"{type(model).__name__} has no residual container {missing[0]!r}: only models "
                 "with layer1..layer4 (torchvision ResNets) are detected; pass stages=[...] with "
                 f"the dotted paths of its containers of residual blocks.{hint}")
-        stages = list(RESNET_STAGES)
+        stages = RESNET_STAGES
     if isinstance(stages, str):
         stages = [stages]
     stages = list(stages)
-    if not stages or not all(isinstance(s, str) for s in stages):
+    if not stages or not all(isinstance(s, str) and s for s in stages):
         raise TypeError(f"stages must be a non-empty list of dotted paths (strings), got {stages!r}")
-    if len(set(stages)) != len(stages):
-        raise ValueError(f"stages names a container twice: {stages!r}")
+    paths = []
     for path in stages:
-        _container_at(model, path)  # raises a clear error for a wrong path
-    return stages
+        module = _module_at(model, path)
+        if isinstance(module, _TRANSFORMERS):  # an encoder/decoder named itself: its layers
+            path, module = f"{path}.layers", module.layers
+        _check_container(module, path, keep_first)
+        paths.append(path)
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"stages names a container twice: {stages!r}")
+    return paths
 
 
-def _container_at(model, path):
-    """(container, path of the Transformer owning it or None) for a dotted ``path``."""
-    module, parent = model, None
+def _module_at(model, path):
+    """The submodule at a dotted ``path`` ("" is the model), or a ValueError naming it."""
+    module = model
     for i, name in enumerate(path.split(".") if path else []):
         child = getattr(module, name, None) if isinstance(module, nn.Module) else None
         if child is None:
@@ -115,31 +118,37 @@ def _container_at(model, path):
             raise ValueError(f"stage {path!r} not found: {where} ({type(module).__name__}) has no "
                              f"submodule {name!r}; pass stages=[...] with dotted paths of "
                              "containers of residual blocks")
-        module, parent = child, module
-    if isinstance(module, _TRANSFORMERS):  # the path names the encoder/decoder itself
-        return module.layers, path
-    if isinstance(parent, _TRANSFORMERS) and path.rpartition(".")[2] == "layers":
-        return module, path.rpartition(".")[0]
-    return module, None
+        module = child
+    return module
 
 
-def _convert_container(container, path, gamma, keep_first, memory_efficient):
-    """Sequential(first, MomentumNet(rest)) (or a ModuleList) in place of ``container``."""
+def _transformer_owning(model, path):
+    """The path of the nn.TransformerEncoder/Decoder whose ``layers`` ``path`` is, or None."""
+    owner, _, name = path.rpartition(".")
+    return owner if name == "layers" and isinstance(_module_at(model, owner), _TRANSFORMERS) else None
+
+
+def _check_container(container, path, keep_first) -> None:
+    """A clear error unless ``container`` is a sequence of shape-preserving blocks."""
     if not isinstance(container, (nn.Sequential, nn.ModuleList)):
         raise TypeError(f"stage {path!r} is a {type(container).__name__}, not a sequence of "
                         "modules: name an nn.Sequential or nn.ModuleList of residual blocks")
-    blocks = list(container)
-    if not blocks:
+    if len(container) == 0:
         raise ValueError(f"stage {path!r} is empty: there are no blocks to convert")
-    first, rest = (blocks[0], blocks[1:]) if keep_first else (None, blocks)
-    for j, block in enumerate(rest, start=len(blocks) - len(rest)):
-        why = _shape_change(block)
+    for j, block in enumerate(container):
+        why = None if keep_first and j == 0 else _shape_change(block)
         if why:
             fix = ("use keep_first=True to keep it out of the momentum stack" if j == 0 else
                    "only a stage's first block may change shape; name the part of the "
                    "container whose blocks keep their input's shape")
             raise ValueError(f"block {path}.{j} ({type(block).__name__}) changes the shape of "
                              f"its input ({why}): {fix}")
+
+
+def _convert_container(container, gamma, keep_first, memory_efficient):
+    """Sequential(first, MomentumNet(rest)) (or a ModuleList) in place of ``container``."""
+    blocks = list(container)
+    first, rest = (blocks[0], blocks[1:]) if keep_first else (None, blocks)
     if not rest:
         return container  # a single kept block: nothing to put in a momentum stack
     stack = MomentumNet(rest, gamma, memory_efficient=memory_efficient, residual=False)

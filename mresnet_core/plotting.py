@@ -27,11 +27,17 @@ def figures_dir() -> Path:
 
 
 def save_figure(fig, name: str, directory: str | Path | None = None):
-    """Save ``fig`` as ``<name>.png`` and ``<name>.pdf`` and return it for inline display."""
+    """Save ``fig`` as ``<name>.png`` and ``<name>.pdf`` and return it for inline display.
+
+    End a notebook cell with ``save_figure(fig, "name")``: the figure is shown once.
+    """
     if not name or any(c in name for c in "/\\ "):
         raise ValueError(f"figure name must be a plain file stem without spaces or slashes, got {name!r}")
     out = Path(directory) if directory is not None else figures_dir()
     out.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
         fig.savefig(out / f"{name}.{ext}", metadata={"CreationDate": None} if ext == "pdf" else None)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)  # shown once, by the notebook displaying the returned figure
     return fig

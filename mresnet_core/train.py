@@ -1,11 +1,12 @@
 """Training loops the notebooks share, with progress bars and resumable checkpoints."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 
 def train_steps(model: torch.nn.Module, make_batch: Callable[[int], tuple], loss_fn: Callable,
@@ -31,7 +32,8 @@ def train_steps(model: torch.nn.Module, make_batch: Callable[[int], tuple], loss
             return list(saved["losses"])
     model.train()
     losses = []
-    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=1.0)
+    # stdout, not stderr: executed notebooks must stay free of stderr output
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0, file=sys.stdout)
     for step in bar:
         inputs, targets = make_batch(step)
         loss = loss_fn(model(inputs), targets)
