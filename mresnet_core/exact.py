@@ -22,6 +22,7 @@ float32 rounding of values of order 1e-5 and larger.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import warnings
@@ -147,6 +148,8 @@ def _specialised(n: int, c: float, compiled: bool) -> dict:
         "undo_velocity": lambda v, state, f: _undo_velocity(v, state, f, n, c),
     }
     if compiled:
+        # torch's C++ builder warns on stderr about CUDA on CPU-only machines; not our concern
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         # dynamic=None: shapes become dynamic after a first change, n and c stay constants
         table = {k: torch.compile(fn, dynamic=None) for k, fn in table.items()}
     table["compiled"], table["key"] = compiled, (n, c)
