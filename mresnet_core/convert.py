@@ -21,7 +21,6 @@ iterates over it still works. E.g. torchvision's ``layer2.3.conv1.weight`` becom
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 from numbers import Real
 
@@ -32,6 +31,7 @@ from torch.nn.modules.transformer import _detect_is_causal_mask, _get_seq_len
 
 from . import exact
 from .momentum import MomentumNet
+from .reversible import slow_attention
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 _TRANSFORMERS = (nn.TransformerEncoder, nn.TransformerDecoder)
@@ -95,7 +95,8 @@ def _resolve_stages(model, stages, keep_first) -> list:
         stages = [stages]
     stages = list(stages)
     if not stages or not all(isinstance(s, str) and s for s in stages):
-        raise TypeError(f"stages must be a non-empty list of dotted paths (strings), got {stages!r}")
+        raise TypeError(f"stages must be a non-empty list of dotted paths (strings), "
+                        f"got {stages!r}")
     paths = []
     for path in stages:
         module = _module_at(model, path)
@@ -125,7 +126,8 @@ def _module_at(model, path):
 def _transformer_owning(model, path):
     """The path of the nn.TransformerEncoder/Decoder whose ``layers`` ``path`` is, or None."""
     owner, _, name = path.rpartition(".")
-    return owner if name == "layers" and isinstance(_module_at(model, owner), _TRANSFORMERS) else None
+    is_layers = name == "layers" and isinstance(_module_at(model, owner), _TRANSFORMERS)
+    return owner if is_layers else None
 
 
 def _check_container(container, path, keep_first) -> None:
@@ -175,28 +177,13 @@ def _shape_change(block) -> str | None:
 
 
 # ---------------------------------------------------------------------------- transformers
-@contextlib.contextmanager
-def _slow_attention():
-    """Turn off PyTorch's fused attention fast path for the duration.
-
-    The fast path runs only without autograd, so the memory-free forward (no graph) would
-    take it while the backward's recomputation (with a graph) would not: they would differ
-    by rounding, and the exact inversion needs f recomputed bit for bit.
-    """
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
-
-
 class MomentumTransformerEncoder(nn.Module):
     """nn.TransformerEncoder whose ``layers`` hold a momentum stack (see ``to_momentumnet``).
 
     Same call and same per-layer arguments as ``nn.TransformerEncoder.forward`` (masks
     canonicalised, causal mask detected, then ``norm``), without its nested-tensor fast
-    path: outputs at padded positions are computed rather than set to 0.
+    path: outputs at padded positions are computed like real tokens rather than set to 0
+    (before ``norm``); outputs at real tokens are the same.
     """
 
     def __init__(self, layers: nn.ModuleList, norm: nn.Module | None, batch_first: bool):
@@ -211,7 +198,7 @@ class MomentumTransformerEncoder(nn.Module):
                                  target_type=src.dtype, check_other=False)
         is_causal = _detect_is_causal_mask(mask, is_causal, _get_seq_len(src, self.batch_first))
         out = src
-        with _slow_attention():
+        with slow_attention():
             for layer in self.layers:
                 out = layer(out, src_mask=mask, is_causal=is_causal,
                             src_key_padding_mask=src_key_padding_mask)
@@ -230,7 +217,7 @@ class MomentumTransformerDecoder(nn.Module):
         tgt_is_causal = _detect_is_causal_mask(tgt_mask, tgt_is_causal,
                                                _get_seq_len(tgt, self.batch_first))
         out = tgt
-        with _slow_attention():
+        with slow_attention():
             for layer in self.layers:
                 out = layer(out, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
                             tgt_key_padding_mask=tgt_key_padding_mask,
@@ -243,8 +230,6 @@ def _momentum_transformer(original, layers):
     """The Momentum version of an nn.TransformerEncoder/Decoder, given its converted layers."""
     cls = (MomentumTransformerEncoder if isinstance(original, nn.TransformerEncoder)
            else MomentumTransformerDecoder)
-    if isinstance(layers, MomentumNet):  # a bare stack would not be iterable
-        layers = nn.ModuleList([layers])
     new = cls(layers, original.norm, original.layers[0].self_attn.batch_first)
     new.training = original.training
     return new

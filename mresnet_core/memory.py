@@ -10,10 +10,14 @@ Three measurements, from the most to the least deterministic:
   training step (forward + backward). On CUDA it is the caching allocator's
   ``max_memory_allocated``; on the CPU it replays the allocation and free events that
   ``torch.profiler`` records (``profile_memory=True``). It includes the temporaries of
-  both passes and the parameter gradients, so it is what actually limits batch size.
-* :func:`peak_rss_in_fresh_process`: the peak resident set size (``ru_maxrss``) of a
-  fresh Python process running one step; the coarsest, whole-process view (includes the
-  interpreter, torch and allocator caching), useful as a sanity check on the CPU.
+  both passes, and the parameter gradients unless ``exclude_grads_of`` leaves them out
+  (CPU), so it is what actually limits the batch size.
+* :func:`peak_rss_in_fresh_process`: the peak resident set size of a fresh Python
+  process running one step (``VmHWM`` on Linux, ``ru_maxrss`` elsewhere); the coarsest,
+  whole-process view (interpreter, torch, allocator caching), a sanity check on the CPU.
+
+The information buffer of the memory-free path is measured by its own
+``MomentumNet(...).forward_state(x).tape.buffer.nbytes()``.
 
 Example::
 
@@ -22,7 +26,8 @@ Example::
 
     net = MomentumNet(functions, gamma=0.9, memory_efficient=True)
     activations = saved_tensor_bytes(net, x)          # bytes kept for backward
-    peak = peak_step_memory(lambda: net(x).pow(2).mean().backward(), x.device)
+    peak = peak_step_memory(lambda: net(x).pow(2).mean().backward(), x.device,
+                            exclude_grads_of=net)   # activations and temporaries
 """
 from __future__ import annotations
 
@@ -73,8 +78,11 @@ class SavedTensors:
 
 def _storage_key(t: torch.Tensor):
     """Identity of the memory block behind ``t`` (views of one storage share it)."""
-    storage = t.untyped_storage()
-    ptr = storage.data_ptr()
+    try:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+    except (RuntimeError, NotImplementedError):  # sparse, nested, storage-less subclasses
+        return ("id", id(t)), t.numel() * t.element_size()
     if ptr == 0:  # empty, or a device without real memory (meta): key by the object
         return ("id", id(t)), storage.nbytes()
     return (t.device.type, t.device.index, ptr), storage.nbytes()
@@ -116,8 +124,9 @@ def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = No
     of the graph that ``fn`` dropped before returning (the tensors are held until the
     count is done, so a freed address cannot be counted twice); tensors saved under an
     inner ``saved_tensors_hooks`` context (activation checkpointing, CPU offloading)
-    are seen by that context, not by this one; and a tensor subclass is counted by its
-    own storage. The forward runs under ``torch.enable_grad()``.
+    are seen by that context, not by this one; a tensor without a plain storage (sparse,
+    nested) counts as ``numel * element_size``, and one on the meta device by its
+    nominal storage size. The forward runs under ``torch.enable_grad()``.
     """
     params = _parameter_tensors(fn, exclude)
     param_keys = {_storage_key(p)[0] for p in params if p.numel()}
@@ -278,7 +287,10 @@ def measure_step_memory(step_fn: Callable[[], Any], device: str | torch.device =
       allocation (+bytes) and free (-bytes) through the CPU tensor allocator is replayed
       in time order and the running maximum above the starting level is the peak.
       Tensors allocated before the step (parameters, inputs, existing gradients) are not
-      counted; freeing one of them during the step lowers the level. Memory not
+      counted, and freeing one of them during the step is generally not reported either
+      (the CPU allocator did not record its size; it warns once, "Memory block of unknown
+      size was allocated before the profiling started"), so such a free does not lower
+      the level: the peak errs high, never low, in that case. Memory not
       allocated as tensors (Python objects, compiled-kernel code, BLAS/OpenMP scratch
       outside the allocator) is invisible, and allocations on threads the profiler does
       not follow could be missed. Deterministic for a deterministic step (up to thread

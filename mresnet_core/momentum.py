@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from . import exact
-from .reversible import MemoryFreeMomentum, Stack, Tape, flatten_args, run_inverse, stack_params
+from .reversible import (MemoryFreeMomentum, Stack, Tape, check_residual_output, flatten_args,
+                         run_inverse, stack_params)
 
 
 @dataclass
@@ -36,11 +37,15 @@ class MomentumState:
 
 def _residual_of_block(module, x, args, kwargs):
     """f(x) for a module that adds its own skip connection (torchvision blocks)."""
-    return module(x, *args, **kwargs) - x
+    out = module(x, *args, **kwargs)
+    check_residual_output(out, x, module)
+    return out - x
 
 
 def _residual_of_function(module, x, args, kwargs):
-    return module(x, *args, **kwargs)
+    out = module(x, *args, **kwargs)
+    check_residual_output(out, x, module)
+    return out
 
 
 class MomentumNet(nn.Module):

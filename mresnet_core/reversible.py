@@ -8,6 +8,7 @@ Parameter gradients are accumulated as it goes; no per-layer gradient list is he
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -61,6 +62,22 @@ class Stack:
     @property
     def increment_scale(self) -> float:
         return (exact.GAMMA_DENOMINATOR - self.n) / exact.GAMMA_DENOMINATOR * exact.SCALE
+
+
+@contextlib.contextmanager
+def slow_attention():
+    """Turn off PyTorch's fused attention fast path for the duration.
+
+    The fast path runs only without autograd, so the memory-free forward (no graph) would
+    take it while the backward's recomputation (with a graph) would not: they would differ
+    by rounding, and the exact inversion needs f recomputed bit for bit.
+    """
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
 
 
 def _rng_snapshot(device: torch.device):
@@ -124,6 +141,7 @@ class _Replaying:
         return False
 
 
+@slow_attention()
 def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, record: bool) -> Tape:
     """Exact forward pass without autograd; ``record`` keeps the replay records."""
     dtype = x0.dtype
@@ -135,7 +153,6 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
     with torch.no_grad():
         for module in stack.functions:
             f, replay = _call_recording(stack, module, xf, args, kwargs, record)
-            _check_shape(f, xf, module)
             buffer.before_push(stack.n)
             x, v, buffer.state, xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f)
             peaks.append(peak)
@@ -149,7 +166,8 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
     return Tape(x=x, v=v, buffer=buffer, replays=replays if record else [], dtype=dtype)
 
 
-def _check_shape(f: torch.Tensor, x: torch.Tensor, module) -> None:
+def check_residual_output(f, x: torch.Tensor, module) -> None:
+    """A residual function must return a tensor of its input's shape and dtype."""
     if not isinstance(f, torch.Tensor) or f.shape != x.shape:
         got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
         raise ValueError(
@@ -162,6 +180,7 @@ def _check_shape(f: torch.Tensor, x: torch.Tensor, module) -> None:
                         f"{x.dtype} input; the momentum stack needs one dtype throughout")
 
 
+@slow_attention()
 def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None) -> Tape:
     """Walk the tape back to depth 0 exactly. ``on_layer(i, xf, f)`` sees each recompute.
 

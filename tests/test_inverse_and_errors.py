@@ -106,7 +106,7 @@ def test_functions_must_be_modules():
         MomentumNet([nn.Tanh()], 0.9, init_velocity=lambda x: x)
 
 
-@pytest.mark.parametrize("memory_efficient", [True])
+@pytest.mark.parametrize("memory_efficient", [True, False])
 def test_shape_changing_function(memory_efficient):
     net = MomentumNet([nn.Tanh(), ShapeChanger()], 0.9, memory_efficient=memory_efficient)
     with pytest.raises(ValueError, match="ShapeChanger must return a tensor shaped like its input"):
