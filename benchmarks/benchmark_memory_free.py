@@ -4,7 +4,8 @@ Side by side, in one process on one machine (see DESIGN.md, "Speed and memory ta
 
 (a) the toy stack of the paper's Figure 2: d = 500, f_n = Linear(500, 100) - Tanh -
     Linear(100, 500) with separate weights per layer, batch 256, gamma = 0.9;
-(b) a CIFAR-style torchvision ResNet-18 (3x3 stride-1 conv1, no max-pool, 32x32 inputs)
+(b) a CIFAR-style torchvision ResNet-18 (3x3 stride-1 conv1, no max-pool, 32x32 inputs;
+    --resnet-arch picks a deeper one, whose longer stages show the memory saving)
     converted with ``to_momentumnet`` (memory_efficient False vs True), with the
     unconverted model's time for reference;
 (c) when the reference package ``momentumnet`` (0.10) is importable, its
@@ -65,11 +66,12 @@ def toy_functions(depth: int, d: int, hidden: int, seed: int = 0) -> list:
             for _ in range(depth)]
 
 
-def cifar_resnet18() -> nn.Module:
-    from torchvision.models import resnet18
+def cifar_resnet(arch: str = "resnet18") -> nn.Module:
+    """A torchvision ResNet for 32x32 inputs: 3x3 stride-1 conv1, no max-pool."""
+    import torchvision.models as tvm
 
     torch.manual_seed(0)
-    model = resnet18(num_classes=10)
+    model = getattr(tvm, arch)(num_classes=10)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
     return model
@@ -123,12 +125,15 @@ def run_variants(variants: list, x, repeats: int, warmup: int, memory: bool = Tr
 
 
 def information_buffer_bytes(model: nn.Module, x) -> int:
-    """Information-buffer bytes of every memory-free MomentumNet in ``model`` for input x."""
-    stacks = [m for m in model.modules() if isinstance(m, MomentumNet) and m.memory_efficient]
-    total = 0
+    """Information-buffer bytes of every memory-free MomentumNet in ``model`` for input x.
+
+    Runs one extra forward pass without gradients (BatchNorm statistics move once more).
+    """
     if isinstance(model, MomentumNet):
         with torch.no_grad():
             return model.forward_state(x).tape.buffer.nbytes()
+    stacks = [m for m in model.modules() if isinstance(m, MomentumNet) and m.memory_efficient]
+    total = 0
     handles = []
 
     def hook(module, args, kwargs, output):
@@ -174,9 +179,9 @@ def bench_resnet(args, progress):
     try:
         from mresnet_core import to_momentumnet
     except (ImportError, AttributeError) as err:
-        print(f"(ResNet-18 skipped: mresnet_core.to_momentumnet unavailable: {err})", file=sys.stderr)
+        print(f"(ResNet part skipped: mresnet_core.to_momentumnet unavailable: {err})", file=sys.stderr)
         return None
-    base = cifar_resnet18()
+    base = cifar_resnet(args.resnet_arch)
     g = torch.Generator().manual_seed(2)
     x = torch.randn(args.resnet_batch, 3, 32, 32, generator=g)
     labels = torch.randint(0, 10, (args.resnet_batch,), generator=g)
@@ -241,21 +246,21 @@ def toy_table(rows, has_ref: bool) -> str:
     return "\n".join(lines)
 
 
-def resnet_table(v) -> str:
+def resnet_table(v, arch: str) -> str:
     o, m, b = v["ordinary"], v["memory-free"], v["original"]
     return "\n".join([
         "| model | time (ms) | time vs ordinary | saved (MB) | peak (MB) | peak vs ordinary |",
         "|---|---:|---:|---:|---:|---:|",
-        f"| torchvision ResNet-18 (unconverted) | {b.time * 1e3:.0f} | {ratio(b.time, o.time)} "
+        f"| torchvision {arch} (unconverted) | {b.time * 1e3:.0f} | {ratio(b.time, o.time)} "
         f"| {mb(b.saved)} | {mb(b.peak)} | {ratio(b.peak, o.peak)} |",
-        f"| Momentum ResNet-18, ordinary backprop | {o.time * 1e3:.0f} | 1.00x | {mb(o.saved)} "
+        f"| Momentum {arch}, ordinary backprop | {o.time * 1e3:.0f} | 1.00x | {mb(o.saved)} "
         f"| {mb(o.peak)} | 1.00x |",
-        f"| Momentum ResNet-18, memory-free | {m.time * 1e3:.0f} | {ratio(m.time, o.time)} "
+        f"| Momentum {arch}, memory-free | {m.time * 1e3:.0f} | {ratio(m.time, o.time)} "
         f"| {mb(m.saved)} | {mb(m.peak)} | {ratio(m.peak, o.peak)} |",
     ])
 
 
-def verdicts(rows, resnet) -> list:
+def verdicts(rows, resnet, arch: str = "resnet18") -> list:
     out = []
     by_depth = dict(rows)
     worst = max(v["memory-free"].time / v["ordinary"].time for _, v in rows)
@@ -263,7 +268,7 @@ def verdicts(rows, resnet) -> list:
                f"{'MET' if worst <= TARGET_TIME_TOY else 'MISSED'} (worst {worst:.2f}x)")
     if resnet is not None:
         r = resnet["memory-free"].time / resnet["ordinary"].time
-        out.append(f"- ResNet-18 time ratio <= {TARGET_TIME_RESNET}x: "
+        out.append(f"- {arch} time ratio <= {TARGET_TIME_RESNET}x: "
                    f"{'MET' if r <= TARGET_TIME_RESNET else 'MISSED'} ({r:.2f}x)")
     depths = sorted(by_depth)
     lo, hi = depths[0], depths[-1]
@@ -289,27 +294,33 @@ def verdicts(rows, resnet) -> list:
 # ------------------------------------------------------------------------------ main
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--depths", type=int, nargs="+", default=[8, 16, 32, 64, 256])
-    p.add_argument("--repeats", type=int, default=7, help="timed steps per variant (toy)")
-    p.add_argument("--resnet-repeats", type=int, default=5, help="timed steps per variant (ResNet-18)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--dim", type=int, default=500)
-    p.add_argument("--hidden", type=int, default=100)
-    p.add_argument("--gamma", type=float, default=0.9)
-    p.add_argument("--resnet-batch", type=int, default=64)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--depths", type=int, nargs="+", help="toy depths (default 8 16 32 64 256)")
+    p.add_argument("--repeats", type=int, help="timed steps per variant, toy (default 7)")
+    p.add_argument("--resnet-repeats", type=int, help="timed steps per variant, ResNet (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first (default 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--batch", type=int, default=256, help="toy batch size (default 256)")
+    p.add_argument("--dim", type=int, default=500, help="toy width d (default 500)")
+    p.add_argument("--hidden", type=int, default=100, help="toy hidden width (default 100)")
+    p.add_argument("--gamma", type=float, default=0.9, help="momentum (default 0.9)")
+    p.add_argument("--resnet-batch", type=int, help="ResNet batch size (default 64)")
+    p.add_argument("--resnet-arch", default="resnet18",
+                   choices=["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"],
+                   help="torchvision ResNet for part (b) (default resnet18; the time target is for it)")
     p.add_argument("--no-resnet", action="store_true")
     p.add_argument("--no-reference", action="store_true", help="skip the momentumnet package")
     p.add_argument("--top-ops", type=int, default=0,
                    help="also print the top N ops of one memory-free toy step (torch.profiler)")
     p.add_argument("--quick", action="store_true",
-                   help="depths 8 16 64, 3 repeats, ResNet-18 batch 16 (a smoke run)")
+                   help="a smoke run: depths 8 16 64, 3 repeats, ResNet batch 16 and 2 repeats "
+                        "(flags given explicitly still win)")
     args = p.parse_args(argv)
-    if args.quick:
-        args.depths, args.repeats, args.resnet_repeats, args.resnet_batch = [8, 16, 64], 3, 2, 16
+    defaults = (dict(depths=[8, 16, 64], repeats=3, resnet_repeats=2, resnet_batch=16) if args.quick
+                else dict(depths=[8, 16, 32, 64, 256], repeats=7, resnet_repeats=5, resnet_batch=64))
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     args.depths = sorted(set(args.depths))
     return args
 
@@ -336,12 +347,12 @@ def main(argv=None) -> int:
     if not has_ref:
         print("\n(reference package momentumnet not installed: pip install momentumnet==0.10 --no-deps)")
     if resnet is not None:
-        print(f"\nCIFAR ResNet-18 (3x3 conv1, no max-pool), 32x32 inputs, batch {args.resnet_batch}, "
+        print(f"\nCIFAR {args.resnet_arch} (3x3 conv1, no max-pool), 32x32 inputs, batch {args.resnet_batch}, "
               f"to_momentumnet(gamma={args.gamma}, keep_first=True), cross-entropy; median of "
               f"{args.resnet_repeats} steps. Information buffer: {mb(resnet['memory-free'].buffer)} MB.\n")
-        print(resnet_table(resnet))
+        print(resnet_table(resnet, args.resnet_arch))
     print("\nTargets (DESIGN.md):")
-    print("\n".join(verdicts(rows, resnet)))
+    print("\n".join(verdicts(rows, resnet, args.resnet_arch)))
     print(f"\nTimings on a shared CPU are noisy; total benchmark time {time.perf_counter() - t0:.0f} s.")
     if args.top_ops:
         depth = 64 if 64 in args.depths else args.depths[-1]

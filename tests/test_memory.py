@@ -23,6 +23,15 @@ def per_block_bytes():
     return (B * D + B * H) * F32
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # small tensors: one thread is fastest, and immune to a busy second core
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def x():
     torch.manual_seed(1)
@@ -86,10 +95,10 @@ def test_memory_free_saved_bytes_constant_apart_from_buffer(x, gamma):
 
 
 def test_memory_free_saves_less_than_ordinary_when_deep(x):
-    blocks = mlp_blocks(16)
+    blocks = mlp_blocks(32)  # ordinary: 32 x 5 bytes per element; memory-free: 3 x 8
     plain = saved_tensor_bytes(MomentumNet(blocks, 0.9, memory_efficient=False), x)
     free = saved_tensor_bytes(MomentumNet(blocks, 0.9, memory_efficient=True), x)
-    assert 3 * free < plain
+    assert 4 * free < plain
 
 
 # ----------------------------------------------------------------------- peak memory
