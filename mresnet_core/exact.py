@@ -94,34 +94,56 @@ def _to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (x.to(torch.float64) * INV_SCALE).to(dtype)
 
 
+def _divmod(a, n: int):
+    """Exact floor division and remainder of int64 ``a`` (|a| < 2**62) by 0 < n <= 2**16.
+
+    Integer division does not vectorise; a float64 reciprocal gives the quotient to
+    within about 2**10, a second pass on the small remainder and a +-1 fix make it exact.
+    """
+    inv = 1.0 / n
+    q = torch.floor(a.to(torch.float64) * inv).to(torch.int64)
+    r = a - q * n
+    q2 = torch.floor(r.to(torch.float64) * inv).to(torch.int64)
+    q, r = q + q2, r - q2 * n
+    low = r < 0
+    q, r = torch.where(low, q - 1, q), torch.where(low, r + n, r)
+    high = r >= n
+    return torch.where(high, q + 1, q), torch.where(high, r - n, r)
+
+
+def _increment(f, c: float):
+    """Fixed-point value of (1 - gamma) f: c = (1 - gamma) * 2**40, truncated toward 0."""
+    return (f.to(torch.float64) * c).to(torch.int64)
+
+
 def _forward_step(x, v, state, f, n: int, c: float):
-    """One layer forward: v <- gamma v + (1-gamma) f, x <- x + v; returns float x too."""
-    s = state % n
+    """One layer forward, in place: v <- gamma v + (1-gamma) f, x <- x + v.
+
+    Returns the float value of the new x (the next layer's input) and the largest
+    magnitude seen (for the range check).
+    """
+    popped_state, s = _divmod(state, n)
     z = (v & LOW_MASK) * n + s
-    v = (v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + (f.to(torch.float64) * c).to(torch.int64)
-    state = ((state // n) << GAMMA_BITS) | (z & LOW_MASK)
-    x = x + v
+    v.copy_((v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + _increment(f, c))
+    state.copy_((popped_state << GAMMA_BITS) | (z & LOW_MASK))
+    x.add_(v)
     xf = _to_float(x, f.dtype)
     peak = torch.maximum(xf.abs().amax(), f.abs().amax()).to(torch.float64)
-    return x, v, state, xf, peak
+    return xf, peak
 
 
 def _undo_position(x, v, dtype: torch.dtype):
-    """x_n = x_{n+1} - v_{n+1}, exactly; and its float value for recomputing f."""
-    x = x - v
-    return x, _to_float(x, dtype)
+    """In place x_n = x_{n+1} - v_{n+1}, exactly; returns its float value for f."""
+    x.sub_(v)
+    return _to_float(x, dtype)
 
 
 def _undo_velocity(v, state, f, n: int, c: float):
-    """Inverse of the velocity update of `_forward_step`, given f(x_n) recomputed."""
-    v = v - (f.to(torch.float64) * c).to(torch.int64)
-    t = state & LOW_MASK
-    q = torch.div(v, n, rounding_mode="floor")
-    z = ((v - q * n) << GAMMA_BITS) | t
-    r0 = z // n
-    state = (state >> GAMMA_BITS) * n + (z - r0 * n)
-    v = (q << GAMMA_BITS) | r0
-    return v, state
+    """In place inverse of the velocity update of `_forward_step`, given f(x_n)."""
+    q, high = _divmod(v - _increment(f, c), n)
+    r0, s = _divmod((high << GAMMA_BITS) | (state & LOW_MASK), n)
+    state.copy_((state >> GAMMA_BITS) * n + s)
+    v.copy_((q << GAMMA_BITS) | r0)
 
 
 _KERNELS = {"forward": _forward_step, "undo_position": _undo_position, "undo_velocity": _undo_velocity}
@@ -236,8 +258,8 @@ class InformationBuffer:
         return cls(torch.full(shape, STATE_LOW, dtype=torch.int64, device=device))
 
     def copy(self) -> "InformationBuffer":
-        """A copy that can be unwound without touching this one (tensors are shared)."""
-        return InformationBuffer(self.state, list(self.words), self._upper, -1)
+        """A copy that can be unwound without touching this one (words are shared)."""
+        return InformationBuffer(self.state.clone(), list(self.words), self._upper, -1)
 
     def before_push(self, n: int) -> None:
         """Spill low words so the next forward step cannot overflow the 64-bit state."""
@@ -245,8 +267,8 @@ class InformationBuffer:
         if self._upper >= limit:
             spill = self.state >= limit
             if bool(spill.any()):
-                self.words.append((self.state[spill] & WORD_MASK).to(torch.int32))
-                self.state = torch.where(spill, self.state >> WORD_BITS, self.state)
+                self.words.append((self.state.masked_select(spill) & WORD_MASK).to(torch.int32))
+                self.state.copy_(torch.where(spill, self.state >> WORD_BITS, self.state))
             self._upper = int(self.state.max())
         self._upper = (self._upper // n) * GAMMA_DENOMINATOR + LOW_MASK
         self._lower = -1  # unknown: the first inverse step reads the true minimum
@@ -261,9 +283,7 @@ class InformationBuffer:
                 if not self.words or self.words[-1].numel() != count:
                     raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
                 word = self.words.pop().to(torch.int64) & WORD_MASK
-                state = self.state.clone()
-                state[refill] = (state[refill] << WORD_BITS) | word
-                self.state = state
+                self.state.masked_scatter_(refill, (self.state.masked_select(refill) << WORD_BITS) | word)
             self._lower = int(self.state.min())
         self._upper = 1 << 62  # unknown: the next forward step reads the true maximum
 

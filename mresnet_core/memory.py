@@ -42,6 +42,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from . import reversible
+
 __all__ = [
     "SavedTensors",
     "StepMemory",
@@ -107,8 +109,8 @@ def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = No
     Every tensor that autograd saves for backward during the call (through
     ``torch.autograd.graph.saved_tensors_hooks``: the inputs and outputs that built-in
     ops keep, and whatever custom ``autograd.Function``s pass to ``ctx.save_for_backward``,
-    such as the int64 fixed-point state and information buffer of the memory-free
-    momentum stack) is counted once per storage: views and repeated saves of one tensor
+    and the int64 fixed-point state, information buffer and replay records that the
+    memory-free momentum stack keeps for its backward pass) is counted once per storage: views and repeated saves of one tensor
     (a ``tanh`` output that the next ``Linear`` saves again) cost their storage once,
     the whole storage (a saved view of a large tensor keeps all of it alive).
 
@@ -146,8 +148,16 @@ def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = No
     def unpack(t: torch.Tensor):
         return t
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        out = fn(*args, **kwargs)
+    def tape_held(tensors):  # what the memory-free stack keeps outside save_for_backward
+        for t in tensors:
+            pack(t)
+
+    reversible.HELD_LISTENERS.append(tape_held)
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            out = fn(*args, **kwargs)
+    finally:
+        reversible.HELD_LISTENERS.remove(tape_held)
     result = SavedTensors(nbytes=sum(seen.values()), count=len(seen),
                           parameter_nbytes=sum(seen_params.values()), output=out)
     held.clear()

@@ -15,6 +15,22 @@ def use_style() -> None:
     sns.set_theme(style="whitegrid", context="notebook", font_scale=1.0)
     matplotlib.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "savefig.bbox": "tight",
                                 "axes.titlesize": "medium"})
+    _figures_as_images_only()
+
+
+def _figures_as_images_only() -> None:
+    """In IPython, a figure returned by a cell shows as its image only: no
+    '<Figure size ...>' text next to it (notebook outputs must not hold Figure reprs)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    from matplotlib.figure import Figure
+
+    shell.display_formatter.formatters["text/plain"].for_type(Figure, lambda fig, p, cycle: p.text(""))
 
 
 def figures_dir() -> Path:

@@ -18,6 +18,11 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from . import exact
 
 
+#: Callbacks that see the tensors a memory-free forward keeps for its backward pass
+#: (mresnet_core.memory uses this to account for them).
+HELD_LISTENERS: list = []
+
+
 @dataclass
 class LayerReplay:
     """What layer n needs to recompute f bit for bit: RNG states and module buffers."""
@@ -36,6 +41,7 @@ class Tape:
     buffer: exact.InformationBuffer
     replays: list = field(default_factory=list)
     dtype: torch.dtype = torch.float32
+    consumed: bool = False  # unwound in place by a backward pass
 
     def tensors(self) -> list:
         """Every tensor the tape holds (for saving and for memory accounting)."""
@@ -154,7 +160,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
         for module in stack.functions:
             f, replay = _call_recording(stack, module, xf, args, kwargs, record)
             buffer.before_push(stack.n)
-            x, v, buffer.state, xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f)
+            xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f)
             peaks.append(peak)
             replays.append(replay)
     if peaks:
@@ -164,6 +170,25 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
             layer = int(torch.nan_to_num(peak_per_layer, nan=float("inf")).argmax())
             exact.check_range(worst, f"the activation after layer {layer + 1} of the momentum stack")
     return Tape(x=x, v=v, buffer=buffer, replays=replays if record else [], dtype=dtype)
+
+
+@slow_attention()
+def replay_forward(stack: Stack, tape: Tape, args, kwargs) -> None:
+    """Rebuild an unwound tape in place: from its exact (x0, v0), replay every layer.
+
+    Each layer sees the RNG state and module buffers it saw the first time, and they are
+    put back afterwards, so the replay changes nothing but the tape.
+    """
+    x, v, buffer = tape.x, tape.v, tape.buffer
+    k = exact.kernels(x, stack.n, stack.increment_scale)
+    xf = exact.to_float(x, tape.dtype)
+    with torch.no_grad():
+        for module, replay in zip(stack.functions, tape.replays):
+            with _Replaying(module, replay, x.device):
+                f = stack.residual_of(module, xf, args, kwargs)
+            buffer.before_push(stack.n)
+            xf, _ = exact.run_kernel(k, "forward", x, v, buffer.state, f)
+    tape.consumed = False
 
 
 def check_residual_output(f, x: torch.Tensor, module) -> None:
@@ -181,19 +206,25 @@ def check_residual_output(f, x: torch.Tensor, module) -> None:
 
 
 @slow_attention()
-def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None) -> Tape:
+def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=False) -> Tape:
     """Walk the tape back to depth 0 exactly. ``on_layer(i, xf, f)`` sees each recompute.
 
     With ``on_layer`` the residual function is recomputed with autograd enabled (for the
-    backward pass); otherwise without.
+    backward pass); otherwise without. ``consume`` unwinds the tape's own tensors in
+    place (no copy: what the backward pass does); otherwise the tape stays reusable.
     """
-    buffer = tape.buffer.copy()
-    x, v = tape.x, tape.v
+    if tape.consumed:
+        raise ValueError("this tape was already unwound by a backward pass; run forward_state again")
+    if consume:
+        buffer, x, v = tape.buffer, tape.x, tape.v
+        tape.consumed = True
+    else:
+        buffer, x, v = tape.buffer.copy(), tape.x.clone(), tape.v.clone()
     k = exact.kernels(x, stack.n, stack.increment_scale)
     replays = tape.replays or [None] * len(stack.functions)
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
-        x, xf = exact.run_kernel(k, "undo_position", x, v, tape.dtype)
+        xf = exact.run_kernel(k, "undo_position", x, v, tape.dtype)
         # the gradient is taken inside the replay too: autograd may check saved buffers
         with _Replaying(module, replays[i], x.device):
             if on_layer is None:
@@ -203,7 +234,7 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None) -> Tape:
                 xf = xf.requires_grad_(True)
                 with torch.enable_grad():
                     f = stack.residual_of(module, xf, args, kwargs)
-            v, buffer.state = exact.run_kernel(k, "undo_velocity", v, buffer.state, f.detach())
+            exact.run_kernel(k, "undo_velocity", v, buffer.state, f.detach())
             buffer.after_pop(stack.n)
             if on_layer is not None:
                 on_layer(i, xf, f)
@@ -221,87 +252,75 @@ class MemoryFreeMomentum(torch.autograd.Function):
         args, kwargs = tree_unflatten(list(arg_leaves), stack.args_spec)
         tape = run_forward(stack, x0, v0, args, kwargs, record=True)
         holder["tape"] = tape
-        ctx.stack, ctx.tape_layout = stack, (len(tape.buffer.words), [_replay_layout(r) for r in tape.replays])
-        ctx.n_params, ctx.dtype = n_params, tape.dtype
+        # The tape is kept on ctx, not through save_for_backward: backward unwinds it in
+        # place (no second copy of x, v and the buffer), and a second backward
+        # (retain_graph) rebuilds it by replaying the forward from the exact (x0, v0)
+        # that unwinding leaves behind. Memory accounting sees it through HELD_LISTENERS.
+        ctx.stack, ctx.tape, ctx.n_params = stack, tape, n_params
+        for listener in HELD_LISTENERS:
+            listener(tape.tensors())
         ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
-        ctx.save_for_backward(*tape.tensors(), *[a for a in arg_leaves if isinstance(a, torch.Tensor)])
-        ctx.n_tape = len(tape.tensors())
-        xL = exact.to_float(tape.x, tape.dtype)
-        vL = exact.to_float(tape.v, tape.dtype)
-        return xL, vL
+        ctx.save_for_backward(*[a for a in arg_leaves if isinstance(a, torch.Tensor)])
+        return exact.to_float(tape.x, tape.dtype), exact.to_float(tape.v, tape.dtype)
 
     @staticmethod
     def backward(ctx, grad_x, grad_v):
-        saved = ctx.saved_tensors
-        tape = _rebuild_tape(saved[: ctx.n_tape], ctx.tape_layout, ctx.dtype)
-        saved_args = iter(saved[ctx.n_tape:])
+        saved_args = iter(ctx.saved_tensors)
         arg_leaves = [next(saved_args) if t else o for t, o in zip(ctx.leaf_is_tensor, ctx.other_leaves)]
         stack: Stack = ctx.stack
+        tape: Tape = ctx.tape
+        if tape.consumed:  # second backward through the same graph (retain_graph=True)
+            replay_forward(stack, tape, *tree_unflatten(list(arg_leaves), stack.args_spec))
         params = stack_params(stack.functions)
-        # arguments that need gradients are recomputed through detached leaves
         needs = ctx.needs_input_grad[5:]
         param_needs, arg_needs = needs[: ctx.n_params], needs[ctx.n_params:]
+        # arguments that need gradients are recomputed through detached leaves
         leaves = [a.detach().requires_grad_(True) if (need and isinstance(a, torch.Tensor)) else a
                   for a, need in zip(arg_leaves, arg_needs)]
         args, kwargs = tree_unflatten(list(leaves), stack.args_spec)
-        wrt_params = [p for p, need in zip(params, param_needs) if need]
         wrt_args = [a for a, need in zip(leaves, arg_needs) if need]
-        grad_params = [None] * len(wrt_params)
-        grad_args = [None] * len(wrt_args)
-
-        dtype = ctx.dtype
-        shape = tape.x.shape
-        zeros = lambda: torch.zeros(shape, dtype=dtype, device=tape.x.device)  # noqa: E731
-        a = grad_x if grad_x is not None else zeros()
-        b = grad_v if grad_v is not None else zeros()
+        position = {id(p): j for j, p in enumerate(params)}
+        # each layer asks autograd only for its own parameters
+        layer_params = [[position[id(p)] for p in m.parameters() if param_needs[position[id(p)]]]
+                        for m in stack.functions]
+        grad_params: list = [None] * len(params)
+        grad_args: list = [None] * len(wrt_args)
         gamma, one_minus = stack.gamma, 1.0 - stack.gamma
-        state = {"a": a, "b": b}
+        # a: gradient w.r.t. x_{i+1}, b: w.r.t. v_{i+1}; "owned" ones may be updated in place
+        zeros = torch.zeros(tape.x.shape, dtype=tape.dtype, device=tape.x.device) if grad_x is None else None
+        st = {"a": grad_x if grad_x is not None else zeros,
+              "b": grad_v, "a_owned": grad_x is None, "b_owned": False}
 
         def on_layer(i, xf, f):
-            g = state["a"] + state["b"]  # total gradient reaching v_{i+1}
-            grads = torch.autograd.grad(f, [xf, *wrt_params, *wrt_args], g * one_minus,
+            a, b = st["a"], st["b"]
+            if b is None:
+                g, g_owned = a, False
+            elif st["b_owned"]:
+                g, g_owned = b.add_(a), True
+            else:
+                g, g_owned = a + b, True
+            mine = layer_params[i]
+            grads = torch.autograd.grad(f, [xf, *(params[j] for j in mine), *wrt_args], g * one_minus,
                                         allow_unused=True)
             gx = grads[0]
-            state["a"] = state["a"] + gx if gx is not None else state["a"]
-            state["b"] = g * gamma
-            for j, gp in enumerate(grads[1: 1 + len(wrt_params)]):
+            st["b"], st["b_owned"] = (g.mul_(gamma) if g_owned else g * gamma), True
+            if gx is not None:
+                st["a"] = a.add_(gx) if st["a_owned"] else a + gx
+                st["a_owned"] = True
+            for j, gp in zip(mine, grads[1: 1 + len(mine)]):
                 if gp is not None:
                     grad_params[j] = gp if grad_params[j] is None else grad_params[j].add_(gp)
-            for j, ga in enumerate(grads[1 + len(wrt_params):]):
+            for j, ga in enumerate(grads[1 + len(mine):]):
                 if ga is not None:
                     grad_args[j] = ga if grad_args[j] is None else grad_args[j].add_(ga)
 
-        run_inverse(stack, tape, args, kwargs, on_layer=on_layer)
-        it_p, it_a = iter(grad_params), iter(grad_args)
-        out_params = [next(it_p) if need else None for need in param_needs]
+        run_inverse(stack, tape, args, kwargs, on_layer=on_layer, consume=True)
+        it_a = iter(grad_args)
+        out_params = [g if need else None for g, need in zip(grad_params, param_needs)]
         out_args = [next(it_a) if need else None for need in arg_needs]
-        return (None, None, None, state["a"], state["b"], *out_params, *out_args)
-
-
-def _replay_layout(r: LayerReplay | None):
-    if r is None:
-        return None
-    return (r.cpu_rng is not None, r.cuda_rng is not None, len(r.buffers) if r.buffers else 0)
-
-
-def _rebuild_tape(tensors, layout, dtype) -> Tape:
-    n_words, replay_layout = layout
-    x, v, state = tensors[:3]
-    words = list(tensors[3: 3 + n_words])
-    rest = list(tensors[3 + n_words:])
-    replays = []
-    for lay in replay_layout:
-        if lay is None:
-            replays.append(None)
-            continue
-        has_cpu, has_cuda, n_buf = lay
-        cpu = rest.pop(0) if has_cpu else None
-        cuda = rest.pop(0) if has_cuda else None
-        bufs = [rest.pop(0) for _ in range(n_buf)] or None
-        replays.append(LayerReplay(cpu, cuda, bufs))
-    buffer = exact.InformationBuffer(state, words, _upper=1 << 62, _lower=-1)
-    return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype)
+        b = st["b"] if st["b"] is not None else torch.zeros_like(st["a"])
+        return (None, None, None, st["a"], b, *out_params, *out_args)
 
 
 def stack_params(functions) -> list:

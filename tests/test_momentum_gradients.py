@@ -183,3 +183,33 @@ def test_gradcheck_float64_inputs_params_and_extra_args():
     # the memory-free forward rounds to multiples of 2**-40 (~1e-12), so finite differences
     # need a step well above that: eps = 1e-3 keeps their noise near 1e-9
     assert torch.autograd.gradcheck(fn, (x, scale, *params), eps=1e-3, atol=1e-6, rtol=1e-4)
+
+
+def test_second_backward_with_retain_graph_replays_the_forward():
+    """backward unwinds the tape in place; a second backward rebuilds it exactly."""
+    torch.manual_seed(0)
+    fns = [torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.BatchNorm1d(6), torch.nn.Dropout(0.3),
+                               torch.nn.Tanh()).double() for _ in range(5)]
+    free = MomentumNet(fns, 0.8)
+    x = torch.randn(16, 6, dtype=torch.float64, requires_grad=True)
+    loss = (free(x) ** 2).sum()
+    stats = [b.clone() for b in free.buffers()]
+    rng = torch.get_rng_state()
+    first = torch.autograd.grad(loss, [x, *free.parameters()], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *free.parameters()])
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(stats, free.buffers()))  # no extra BatchNorm update
+    assert torch.equal(rng, torch.get_rng_state())
+
+
+def test_tape_of_a_state_is_consumed_by_backward():
+    free = MomentumNet(mlp_stack(4), 0.9)
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    state = free.forward_state(x)
+    with torch.no_grad():
+        x0, _ = free.inverse(state)  # the exact inverse leaves the tape reusable
+        assert torch.equal(free.inverse(state).x, x0)
+    state.x.sum().backward()
+    with pytest.raises(ValueError, match="already unwound by a backward pass"):
+        free.inverse(state)

@@ -1,0 +1,259 @@
+"""The paper's toy experiments: 1-D dynamics (Figure 1) and nested rings (Figure 5).
+
+Both use the tied-weight stack of :func:`mresnet_core.models.toy_network` (one residual
+function f = Linear(d, 16) - Tanh - Linear(16, d) shared by all layers), as a ResNet
+(gamma = 0) or a Momentum ResNet, trained on fresh generated batches at every step.
+
+* Figure 1: learn x -> -x**3 on [-1, 1] (MSE, SGD). A ResNet is a discretised first-order
+  ODE: its trajectories do not cross, so it can only learn an increasing map and its
+  error stays at least that of the best increasing fit (the constant mean). A Momentum
+  ResNet (second-order) can cross trajectories and reverse the order of the inputs.
+* Figure 5: separate 4 nested rings with alternating labels (cross-entropy on the 2-D
+  output used as logits, Adam).
+
+Trained weights are cached (``train_steps(checkpoint=...)``) under
+``results/<profile>/`` in a file whose name depends on every training setting, so a
+figure is redrawn without retraining and a changed setting retrains.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import cubic_batch, rings_batch
+from .models import toy_network
+from .plotting import PALETTE, figures_dir
+from .train import train_steps
+
+# bump when the training code changes in a way that invalidates cached weights
+CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------------- caching
+def results_dir(profile: str) -> Path:
+    """results/<profile>/ at the project root (next to figures/)."""
+    if not profile or any(c in profile for c in "/\\ "):
+        raise ValueError(f"profile must be a plain name such as 'quick', got {profile!r}")
+    return figures_dir().parent / "results" / profile
+
+
+def checkpoint_path(profile: str, name: str, settings: dict) -> Path:
+    """Cache file for a run: ``results/<profile>/<name>-<hash of settings>.pt``."""
+    blob = json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return results_dir(profile) / f"{name}-{digest}.pt"
+
+
+def _model_name(gamma: float) -> str:
+    return "resnet" if gamma == 0 else f"momentum_g{gamma:g}"
+
+
+# ---------------------------------------------------------------------- Figure 1
+def train_cubic(gamma: float, steps: int, *, depth: int = 15, hidden: int = 16, lr: float = 0.01,
+                batch: int = 200, seed: int = 1, profile: str | None = None,
+                progress: bool = True):
+    """Fit x -> -x**3 with a tied stack (SGD, MSE, ``batch`` fresh points per step).
+
+    Returns (model, losses). With ``profile``, the weights are cached under
+    results/<profile>/ (see :func:`checkpoint_path`).
+    """
+    settings = dict(task="cubic", gamma=gamma, steps=steps, depth=depth, hidden=hidden, lr=lr,
+                    batch=batch, seed=seed)
+    torch.manual_seed(seed)
+    model = toy_network(1, depth, gamma, hidden)
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    ckpt = checkpoint_path(profile, f"figure1_{_model_name(gamma)}", settings) if profile else None
+    losses = train_steps(model, lambda step: cubic_batch(batch, gen), F.mse_loss, optimizer, steps,
+                         checkpoint=ckpt, desc=f"{_model_name(gamma)} (1-D)", progress=progress)
+    model.eval()
+    return model, losses
+
+
+def cubic_grid(n: int = 201) -> torch.Tensor:
+    """``n`` evenly spaced inputs on [-1, 1], shaped (n, 1)."""
+    return torch.linspace(-1.0, 1.0, n).unsqueeze(1)
+
+
+@torch.no_grad()
+def cubic_test_mse(model, n: int = 201) -> float:
+    """Mean squared error of ``model`` against -x**3 on the fixed grid :func:`cubic_grid`."""
+    x = cubic_grid(n)
+    return float(F.mse_loss(model(x), -x ** 3))
+
+
+def best_increasing_mse(n: int = 201) -> float:
+    """Smallest MSE any non-decreasing map reaches on the grid: target -x**3 is decreasing,
+    so the best non-decreasing fit (isotonic regression) is the constant mean."""
+    y = -cubic_grid(n).double() ** 3
+    return float(((y - y.mean()) ** 2).mean())
+
+
+def trajectories(model, n: int = 8, dtype=torch.float64) -> np.ndarray:
+    """Positions of ``n`` evenly spaced inputs on [-1, 1] at depths 0..L, shaped (L + 1, n).
+
+    Computed on a float64 copy of ``model``: a ResNet that learned to contract its inputs
+    towards a constant brings them within float32 rounding of each other after a few
+    layers, where rounding alone would reorder them.
+    """
+    model = copy.deepcopy(model).to(dtype)
+    return model.trajectory(cubic_grid(n).to(dtype))[..., 0].numpy()
+
+
+def layer_map_min_slope(model, lo: float = -1.5, hi: float = 1.5, n: int = 3001) -> float:
+    """Smallest derivative of one ResNet layer x -> x + f(x) over [lo, hi] (float64 grid).
+
+    Positive means every layer is strictly increasing there, hence so is the whole tied
+    stack on inputs whose trajectories stay in [lo, hi]: trajectories cannot cross.
+    """
+    f = copy.deepcopy(model.functions[0]).double()
+    x = torch.linspace(lo, hi, n, dtype=torch.float64).unsqueeze(1).requires_grad_()
+    (grad,) = torch.autograd.grad(f(x).sum(), x)
+    return float((1.0 + grad).min())
+
+
+def order_kept(traj: np.ndarray) -> np.ndarray:
+    """Per depth: are the points still in strictly increasing order (no crossing yet)?"""
+    return np.all(np.diff(traj, axis=1) > 0, axis=1)
+
+
+def swapped_pairs(traj: np.ndarray) -> int:
+    """Pairs of trajectories whose order at the output is the reverse of their input order
+    (0 for an increasing map, n(n-1)/2 when the order is fully reversed)."""
+    first, last = traj[0], traj[-1]
+    n = len(first)
+    return sum(int((first[j] - first[i]) * (last[j] - last[i]) < 0) for i in range(n) for j in range(i + 1, n))
+
+
+def plot_dynamics(runs: dict, targets: bool = True):
+    """Figure 1: one panel per run, trajectories (position vs depth) of the 8 inputs.
+
+    ``runs`` maps a panel title to a (L + 1, n) trajectory array; with ``targets`` the
+    desired outputs -x0**3 are drawn at the last depth.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 4.2), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, (title, traj) in zip(axes, runs.items()):
+        depth = np.arange(traj.shape[0])
+        colors = plt.cm.viridis(np.linspace(0.0, 0.9, traj.shape[1]))
+        for k in range(traj.shape[1]):
+            ax.plot(traj[:, k], depth, "-o", ms=3, lw=1.8, color=colors[k],
+                    label="trajectory $x_n$" if k == 0 else None)
+        if targets:
+            ax.scatter(-traj[0] ** 3, np.full(traj.shape[1], depth[-1]), s=70, facecolors="none",
+                       edgecolors=PALETTE["theory"], lw=1.2, zorder=3, label="target $-x_0^3$")
+        ax.set_title(title)
+        ax.set_xlabel("position $x_n$")
+        ax.set_xlim(-1.15, 1.15)
+    axes[0].set_ylabel("depth n (layer)")
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(f"Learning $x \\mapsto -x^3$ with tied weights: {traj.shape[1]} trajectories "
+                 "through depth", y=1.0)
+    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=len(names), bbox_to_anchor=(0.5, 0.0))
+    return fig
+
+
+# ---------------------------------------------------------------------- Figure 5
+def rings_lr_factor(resnet: bool, steps: int):
+    """Learning-rate multiplier per step: constant for the Momentum ResNet; for the ResNet
+    halved at steps // 2 and divided by 10 more at 3 * steps // 4 (reference script)."""
+    if not resnet:
+        return lambda step: 1.0
+    return lambda step: 1.0 if step < steps // 2 else (0.5 if step < 3 * steps // 4 else 0.05)
+
+
+def train_rings(gamma: float, steps: int, lr: float, *, points_per_ring: int = 2000,
+                depth: int = 15, hidden: int = 16, seed: int = 1, profile: str | None = None,
+                progress: bool = True):
+    """Separate the nested rings with a tied 2-D stack (Adam, cross-entropy on the output).
+
+    gamma = 0 (ResNet) uses the step schedule of :func:`rings_lr_factor`. Returns
+    (model, losses); with ``profile`` the weights are cached under results/<profile>/.
+    """
+    resnet = gamma == 0
+    settings = dict(task="rings", gamma=gamma, steps=steps, lr=lr, points_per_ring=points_per_ring,
+                    depth=depth, hidden=hidden, seed=seed, schedule="step" if resnet else "constant")
+    torch.manual_seed(seed)
+    model = toy_network(2, depth, gamma, hidden)
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rings_lr_factor(resnet, steps))
+    ckpt = checkpoint_path(profile, f"figure5_{_model_name(gamma)}", settings) if profile else None
+    losses = train_steps(model, lambda step: rings_batch(points_per_ring, gen), F.cross_entropy,
+                         optimizer, steps, scheduler=scheduler, checkpoint=ckpt,
+                         desc=f"{_model_name(gamma)} (rings)", progress=progress)
+    model.eval()
+    return model, losses
+
+
+def rings_eval_set(points_per_ring: int = 500, seed: int = 12345):
+    """A fixed sample of the ring distribution (what the figure shows and accuracy uses)."""
+    return rings_batch(points_per_ring, torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def rings_accuracy(model, points: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of points whose larger output coordinate (logit) is their label."""
+    return float((model(points).argmax(dim=1) == labels).float().mean())
+
+
+def ring_snapshots(model, points: torch.Tensor, layers) -> dict:
+    """Point cloud after each layer in ``layers`` (0 = input): layer -> (N, 2) array."""
+    traj = model.trajectory(points)
+    bad = [k for k in layers if not 0 <= k < traj.shape[0]]
+    if bad:
+        raise ValueError(f"layers {bad} outside 0..{traj.shape[0] - 1}")
+    return {k: traj[k].numpy() for k in layers}
+
+
+def plot_rings(rows: dict, labels, titles: dict | None = None):
+    """Figure 5: one row per model, one column per depth, points colored by label.
+
+    ``rows`` maps a row name to ``ring_snapshots`` output; ``titles`` optionally maps a
+    row name to a suffix for its last panel (e.g. the accuracy). The last layer's panel
+    shows the decision boundary of the 2-D logits (output_0 = output_1).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    labels = np.asarray(labels)
+    layers = list(next(iter(rows.values())).keys())
+    fig, axes = plt.subplots(len(rows), len(layers), figsize=(3.0 * len(layers), 3.1 * len(rows)),
+                             squeeze=False)
+    colors = np.where(labels == 0, PALETTE["resnet"], PALETTE["momentum"])
+    for r, (name, snaps) in enumerate(rows.items()):
+        for c, layer in enumerate(layers):
+            ax = axes[r, c]
+            pts = snaps[layer]
+            ax.scatter(pts[:, 0], pts[:, 1], c=colors, s=2, alpha=0.6, linewidths=0, rasterized=True)
+            title = f"layer {layer}" + (" (input)" if layer == 0 else "")
+            if c == len(layers) - 1:
+                lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
+                hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+                ax.plot([lo, hi], [lo, hi], "--", color=PALETTE["theory"], lw=1)
+                ax.set_xlim(lo, hi)
+                ax.set_ylim(lo, hi)
+                title = f"layer {layer} (output)" + (titles.get(name, "") if titles else "")
+            ax.set_title(title)
+            ax.set_aspect("equal", adjustable="datalim")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, fontsize="large")
+    handles = [Line2D([], [], ls="", marker="o", color=PALETTE["resnet"], label="label 0 (rings 1, 3)"),
+               Line2D([], [], ls="", marker="o", color=PALETTE["momentum"], label="label 1 (rings 2, 4)"),
+               Line2D([], [], ls="--", color=PALETTE["theory"], label="decision boundary (output)")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle("Separating 4 nested rings: the point cloud through depth (tied weights)", y=1.0)
+    fig.tight_layout()
+    return fig
