@@ -42,6 +42,7 @@ VALUE_LIMIT = float(2 ** (62 - FRACTION_BITS))
 WORD_BITS = 32
 WORD_MASK = (1 << WORD_BITS) - 1
 STATE_LOW = 1 << 30  # buffer states live in [STATE_LOW, 2**62)
+SPILL_CHUNK = 1 << 14  # elements spilled/refilled at a time (bounds the scratch memory)
 
 
 class FixedPointRangeError(ValueError):
@@ -265,10 +266,14 @@ class InformationBuffer:
         """Spill low words so the next forward step cannot overflow the 64-bit state."""
         limit = n << (62 - GAMMA_BITS)
         if self._upper >= limit:
-            spill = self.state >= limit
-            if bool(spill.any()):
-                self.words.append((self.state.masked_select(spill) & WORD_MASK).to(torch.int32))
-                self.state.copy_(torch.where(spill, self.state >> WORD_BITS, self.state))
+            pieces = []
+            for chunk in self._chunks():
+                spill = chunk >= limit
+                if bool(spill.any()):
+                    pieces.append((chunk.masked_select(spill) & WORD_MASK).to(torch.int32))
+                    chunk.copy_(torch.where(spill, chunk >> WORD_BITS, chunk))
+            if pieces:
+                self.words.append(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
             self._upper = int(self.state.max())
         self._upper = (self._upper // n) * GAMMA_DENOMINATOR + LOW_MASK
         self._lower = -1  # unknown: the first inverse step reads the true minimum
@@ -277,15 +282,26 @@ class InformationBuffer:
         """Refill states that an inverse step took below 2**30 from the last word."""
         self._lower = (self._lower >> GAMMA_BITS) * n
         if self._lower < STATE_LOW:
-            refill = self.state < STATE_LOW
-            count = int(refill.sum())
-            if count:
-                if not self.words or self.words[-1].numel() != count:
+            total = int((self.state < STATE_LOW).sum())
+            if total:
+                if not self.words or self.words[-1].numel() != total:
                     raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
-                word = self.words.pop().to(torch.int64) & WORD_MASK
-                self.state.masked_scatter_(refill, (self.state.masked_select(refill) << WORD_BITS) | word)
+                word, start = self.words.pop(), 0
+                for chunk in self._chunks():
+                    refill = chunk < STATE_LOW
+                    count = int(refill.sum())
+                    if count:
+                        low = word[start:start + count].to(torch.int64).bitwise_and_(WORD_MASK)
+                        chunk.masked_scatter_(refill, chunk.masked_select(refill).bitwise_left_shift_(WORD_BITS)
+                                              .bitwise_or_(low))
+                        start += count
             self._lower = int(self.state.min())
         self._upper = 1 << 62  # unknown: the next forward step reads the true maximum
+
+    def _chunks(self):
+        """Flat slices of the state, so that spilling and refilling need little scratch."""
+        flat = self.state.view(-1)
+        return flat.split(SPILL_CHUNK)
 
     def is_empty(self) -> bool:
         return not self.words and bool((self.state == STATE_LOW).all())

@@ -208,6 +208,21 @@ def rings_accuracy(model, points: torch.Tensor, labels: torch.Tensor) -> float:
     return float((model(points).argmax(dim=1) == labels).float().mean())
 
 
+def fold_fraction(model, points: torch.Tensor) -> float:
+    """Share of the points a tied ResNet visits (the inputs of every layer) where its layer
+    map x -> x + f(x) reverses orientation (Jacobian determinant <= 0).
+
+    Nonzero means the discrete ResNet folds the plane there: no ODE flow (and no
+    invertible map) does that, so the no-crossing argument for ResNets no longer holds.
+    """
+    if model.gamma != 0:
+        raise ValueError(f"fold_fraction is for a tied ResNet (gamma = 0), got gamma = {model.gamma}")
+    visited = model.trajectory(points)[:-1].reshape(-1, points.shape[-1]).double()
+    f = copy.deepcopy(model.functions[0]).double()
+    jac = torch.func.vmap(torch.func.jacrev(lambda x: x + f(x)))(visited)
+    return float((torch.linalg.det(jac) <= 0).double().mean())
+
+
 def ring_snapshots(model, points: torch.Tensor, layers) -> dict:
     """Point cloud after each layer in ``layers`` (0 = input): layer -> (N, 2) array."""
     traj = model.trajectory(points)
