@@ -1,18 +1,26 @@
 # Sourced by run_all.sh and run_tests.sh: make sure a Python environment with this
-# project (and its notebook/test extras) is active, creating ./.venv on a fresh machine.
+# project (and its notebook/test extras) is used, creating ./.venv on a fresh machine.
+# An active virtualenv/conda env is used when it already has this checkout installed.
 # Sets $PY to the interpreter to use.
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-_have() { "$1" -c 'import mresnet_core, papermill, nbval, jupytext, torchvision' >/dev/null 2>&1; }
-if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && _have python; then
+_ready() {  # does interpreter $1 import everything, with mresnet_core from this checkout?
+    "$1" - "$_root" >/dev/null 2>&1 <<'PYCHECK'
+import os, sys
+import mresnet_core, papermill, nbval, jupytext, torchvision  # noqa: F401
+here = os.path.realpath(os.path.dirname(os.path.dirname(mresnet_core.__file__)))
+sys.exit(here != os.path.realpath(sys.argv[1]))
+PYCHECK
+}
+if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && command -v python >/dev/null && _ready python; then
     PY="$(command -v python)"
-elif [ -x "$_root/.venv/bin/python" ] && _have "$_root/.venv/bin/python" \
-     && "$_root/.venv/bin/python" -c "import mresnet_core, os, sys; sys.exit(os.path.dirname(os.path.dirname(mresnet_core.__file__)) != '$_root')" ; then
+elif [ -x "$_root/.venv/bin/python" ] && _ready "$_root/.venv/bin/python"; then
     PY="$_root/.venv/bin/python"
 else
-    echo "[setup] creating $_root/.venv and installing the project (first run: a few minutes)" >&2
+    echo "[setup] installing the project and its notebook/test tools into $_root/.venv (first run: a few minutes)" >&2
     [ -x "$_root/.venv/bin/python" ] || python3 -m venv "$_root/.venv"
     "$_root/.venv/bin/python" -m pip install -q --upgrade pip >&2
     "$_root/.venv/bin/python" -m pip install -q -e "$_root[notebooks,test]" >&2
     PY="$_root/.venv/bin/python"
+    _ready "$PY" || { echo "[setup] installation failed: see the pip messages above" >&2; exit 1; }
 fi
 export PY
