@@ -112,12 +112,13 @@ def _divmod(a, n: int):
     return torch.where(high, q + 1, q), torch.where(high, r - n, r)
 
 
-def _increment(f, c: float):
-    """Fixed-point value of (1 - gamma) f: c = (1 - gamma) * 2**40, truncated toward 0."""
-    return (f.to(torch.float64) * c).to(torch.int64)
+def _increment(f, n: int):
+    """Fixed-point value of (1 - gamma) f, truncated toward 0: (1 - gamma) 2**40 is the
+    integer (2**16 - n) 2**24, so the scale is exact."""
+    return (f.to(torch.float64) * ((GAMMA_DENOMINATOR - n) << (FRACTION_BITS - GAMMA_BITS))).to(torch.int64)
 
 
-def _forward_step(x, v, state, f, n: int, c: float):
+def _forward_step(x, v, state, f, n: int):
     """One layer forward, in place: v <- gamma v + (1-gamma) f, x <- x + v.
 
     Returns the float value of the new x (the next layer's input) and the largest
@@ -125,7 +126,7 @@ def _forward_step(x, v, state, f, n: int, c: float):
     """
     popped_state, s = _divmod(state, n)
     z = (v & LOW_MASK) * n + s
-    v.copy_((v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + _increment(f, c))
+    v.copy_((v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + _increment(f, n))
     state.copy_((popped_state << GAMMA_BITS) | (z & LOW_MASK))
     x.add_(v)
     xf = _to_float(x, f.dtype)
@@ -139,9 +140,9 @@ def _undo_position(x, v, dtype: torch.dtype):
     return _to_float(x, dtype)
 
 
-def _undo_velocity(v, state, f, n: int, c: float):
+def _undo_velocity(v, state, f, n: int):
     """In place inverse of the velocity update of `_forward_step`, given f(x_n)."""
-    q, high = _divmod(v - _increment(f, c), n)
+    q, high = _divmod(v - _increment(f, n), n)
     r0, s = _divmod((high << GAMMA_BITS) | (state & LOW_MASK), n)
     state.copy_((state >> GAMMA_BITS) * n + s)
     v.copy_((q << GAMMA_BITS) | r0)
@@ -162,24 +163,25 @@ def backend_setting() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _specialised(n: int, c: float, compiled: bool) -> dict:
-    """Kernels with gamma's numerator and the increment scale baked in as constants, so a
-    compiler turns the divisions by n into multiplications."""
-    table = {
-        "forward": lambda x, v, state, f: _forward_step(x, v, state, f, n, c),
-        "undo_position": _undo_position,
-        "undo_velocity": lambda v, state, f: _undo_velocity(v, state, f, n, c),
+def _compiled() -> dict:
+    """The kernels compiled once for every gamma: n stays a runtime value (the division
+    by n uses a float reciprocal, so nothing is gained by baking it in)."""
+    # torch's C++ builder warns on stderr about CUDA on CPU-only machines; not our concern
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return {k: torch.compile(fn, dynamic=None) for k, fn in _KERNELS.items()}
+
+
+def _bound(n: int, compiled: bool) -> dict:
+    base = _compiled() if compiled else _KERNELS
+    return {
+        "forward": lambda x, v, state, f: base["forward"](x, v, state, f, n),
+        "undo_position": base["undo_position"],
+        "undo_velocity": lambda v, state, f: base["undo_velocity"](v, state, f, n),
+        "compiled": compiled, "n": n,
     }
-    if compiled:
-        # torch's C++ builder warns on stderr about CUDA on CPU-only machines; not our concern
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        # dynamic=None: shapes become dynamic after a first change, n and c stay constants
-        table = {k: torch.compile(fn, dynamic=None) for k, fn in table.items()}
-    table["compiled"], table["key"] = compiled, (n, c)
-    return table
 
 
-def kernels(example: torch.Tensor, n: int, c: float) -> dict:
+def kernels(example: torch.Tensor, n: int) -> dict:
     """The element-wise kernels for tensors like ``example`` and gamma = n / 2**16.
 
     'auto' compiles (torch.compile, one fused loop per kernel) on the CPU for tensors of
@@ -191,7 +193,7 @@ def kernels(example: torch.Tensor, n: int, c: float) -> dict:
     want = setting == "compile" or (
         setting == "auto" and example.device.type == "cpu" and example.numel() >= COMPILE_MIN_NUMEL
     )
-    return _specialised(n, c, bool(want and not _COMPILE_FAILED))
+    return _bound(n, bool(want and not _COMPILE_FAILED))
 
 
 def run_kernel(table: dict, name: str, *args):
@@ -205,7 +207,7 @@ def run_kernel(table: dict, name: str, *args):
         _COMPILE_FAILED = True
         warnings.warn(f"compiling the exact kernels failed ({type(err).__name__}: {err}); "
                       "falling back to eager torch (slower, same results)")
-        return _specialised(*table["key"], False)[name](*args)
+        return _bound(table["n"], False)[name](*args)
 
 
 # --------------------------------------------------------------------------------------

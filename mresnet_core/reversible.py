@@ -65,10 +65,6 @@ class Stack:
     def gamma(self) -> float:
         return self.n / exact.GAMMA_DENOMINATOR
 
-    @property
-    def increment_scale(self) -> float:
-        return (exact.GAMMA_DENOMINATOR - self.n) / exact.GAMMA_DENOMINATOR * exact.SCALE
-
 
 @contextlib.contextmanager
 def slow_attention():
@@ -153,7 +149,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
     dtype = x0.dtype
     x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
     buffer = exact.InformationBuffer.empty(x.shape, x.device)
-    k = exact.kernels(x, stack.n, stack.increment_scale)
+    k = exact.kernels(x, stack.n)
     replays, peaks = [], []
     xf = exact.to_float(x, dtype)
     with torch.no_grad():
@@ -180,7 +176,7 @@ def replay_forward(stack: Stack, tape: Tape, args, kwargs) -> None:
     put back afterwards, so the replay changes nothing but the tape.
     """
     x, v, buffer = tape.x, tape.v, tape.buffer
-    k = exact.kernels(x, stack.n, stack.increment_scale)
+    k = exact.kernels(x, stack.n)
     xf = exact.to_float(x, tape.dtype)
     with torch.no_grad():
         for module, replay in zip(stack.functions, tape.replays):
@@ -220,7 +216,7 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
         tape.consumed = True
     else:
         buffer, x, v = tape.buffer.copy(), tape.x.clone(), tape.v.clone()
-    k = exact.kernels(x, stack.n, stack.increment_scale)
+    k = exact.kernels(x, stack.n)
     replays = tape.replays or [None] * len(stack.functions)
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
@@ -248,7 +244,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, stack: Stack, holder: dict, n_params: int, x0, v0, *inputs):
-        params, arg_leaves = inputs[:n_params], inputs[n_params:]
+        arg_leaves = inputs[n_params:]  # the parameters are inputs only for autograd
         args, kwargs = tree_unflatten(list(arg_leaves), stack.args_spec)
         tape = run_forward(stack, x0, v0, args, kwargs, record=True)
         holder["tape"] = tape

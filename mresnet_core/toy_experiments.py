@@ -254,21 +254,25 @@ def plot_rings(rows: dict, labels, titles: dict | None = None):
             ax.scatter(pts[:, 0], pts[:, 1], c=colors, s=2, alpha=0.6, linewidths=0, rasterized=True)
             title = f"layer {layer}" + (" (input)" if layer == 0 else "")
             if c == len(layers) - 1:
-                lo = min(ax.get_xlim()[0], ax.get_ylim()[0])
-                hi = max(ax.get_xlim()[1], ax.get_ylim()[1])
+                # square limits around the data, so the boundary output_0 = output_1 is the diagonal
+                lo, hi = float(pts.min()), float(pts.max())
+                pad = 0.05 * (hi - lo)
+                lo, hi = lo - pad, hi + pad
                 ax.plot([lo, hi], [lo, hi], "--", color=PALETTE["theory"], lw=1)
                 ax.set_xlim(lo, hi)
                 ax.set_ylim(lo, hi)
+                ax.set_aspect("equal", adjustable="box")
                 title = f"layer {layer} (output)" + (titles.get(name, "") if titles else "")
+            else:
+                ax.set_aspect("equal", adjustable="datalim")
             ax.set_title(title)
-            ax.set_aspect("equal", adjustable="datalim")
             ax.set_xticks([])
             ax.set_yticks([])
         axes[r, 0].set_ylabel(name, fontsize="large")
     handles = [Line2D([], [], ls="", marker="o", color=PALETTE["resnet"], label="label 0 (rings 1, 3)"),
                Line2D([], [], ls="", marker="o", color=PALETTE["momentum"], label="label 1 (rings 2, 4)"),
                Line2D([], [], ls="--", color=PALETTE["theory"], label="decision boundary (output)")]
-    fig.legend(handles=handles, loc="lower center", ncol=3, bbox_to_anchor=(0.5, -0.04))
     fig.suptitle("Separating 4 nested rings: the point cloud through depth (tied weights)", y=1.0)
     fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 0.0))
     return fig

@@ -25,7 +25,7 @@ def test_forward_step_is_within_one_unit_of_the_exact_product(gamma):
     buf = exact.InformationBuffer.empty(v.shape, v.device)
     buf.before_push(n)
     v1 = v.clone()
-    exact._forward_step(x, v1, buf.state, f, n, c)
+    exact._forward_step(x, v1, buf.state, f, n)
     inc = (f * c).to(torch.int64)
     for vi, v1i, ii in zip(v.tolist()[:400], v1.tolist()[:400], inc.tolist()[:400]):
         exact_value = Fraction(vi * n, exact.GAMMA_DENOMINATOR) + ii
@@ -36,7 +36,6 @@ def test_forward_step_is_within_one_unit_of_the_exact_product(gamma):
 def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamma):
     n = exact.gamma_numerator(gamma)
     depth, n_elem = 600, 64
-    c = (exact.GAMMA_DENOMINATOR - n) / exact.GAMMA_DENOMINATOR * exact.SCALE
     g = torch.Generator().manual_seed(0)
     fs = [torch.randn(n_elem, dtype=torch.float64, generator=g) for _ in range(depth)]
     x0 = torch.randint(-(2**45), 2**45, (n_elem,), generator=g)
@@ -45,7 +44,7 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
     buf = exact.InformationBuffer.empty(x.shape, x.device)
     for f in fs:
         buf.before_push(n)
-        exact._forward_step(x, v, buf.state, f, n, c)
+        exact._forward_step(x, v, buf.state, f, n)
     bits = 32 * sum(w.numel() for w in buf.words) + float(torch.log2(buf.state.double()).sum())
     per_layer = (bits - 30 * n_elem) / (n_elem * depth)  # the empty state holds 30 bits
     expected = math.log2(exact.GAMMA_DENOMINATOR / n)
@@ -53,7 +52,7 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
     back = buf.copy()
     for f in reversed(fs):
         exact._undo_position(x, v, torch.float64)
-        exact._undo_velocity(v, back.state, f, n, c)
+        exact._undo_velocity(v, back.state, f, n)
         back.after_pop(n)
     assert torch.equal(x, x0) and torch.equal(v, v0)
     assert back.is_empty()
@@ -63,7 +62,6 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
 def test_buffer_never_overflows_where_a_single_word_would():
     # gamma = 0.5 costs one bit per layer: a single int64 buffer overflows near layer 60
     n = exact.gamma_numerator(0.5)
-    c = 0.5 * exact.SCALE
     x = torch.zeros(8, dtype=torch.int64)
     v = torch.full((8,), 2**40, dtype=torch.int64)
     buf = exact.InformationBuffer.empty(x.shape, x.device)
@@ -72,13 +70,13 @@ def test_buffer_never_overflows_where_a_single_word_would():
     for _ in range(3000):
         buf.before_push(n)
         history.append(v.clone())
-        exact._forward_step(x, v, buf.state, f, n, c)
+        exact._forward_step(x, v, buf.state, f, n)
         assert bool((buf.state >= exact.STATE_LOW).all() and (buf.state < 2**62).all())
     assert buf.nbytes() >= 3000 * 8 / 8  # at least one bit per element per layer
     back = buf.copy()
     for _ in range(3000):
         exact._undo_position(x, v, torch.float64)
-        exact._undo_velocity(v, back.state, f, n, c)
+        exact._undo_velocity(v, back.state, f, n)
         back.after_pop(n)
         assert torch.equal(v, history.pop())
     assert back.is_empty()
@@ -99,9 +97,8 @@ def test_gamma_rounding_and_validation():
 def test_compiled_kernels_give_the_same_bits_as_eager():
     """The fused (torch.compile) kernels used for large tensors are bit-identical."""
     n = exact.gamma_numerator(0.9)
-    c = (65536 - n) / 65536 * exact.SCALE
-    eager = exact._specialised(n, c, False)
-    compiled = exact._specialised(n, c, True)
+    eager = exact._bound(n, False)
+    compiled = exact._bound(n, True)
     g = torch.Generator().manual_seed(0)
     size = 5000
     x = random_velocity(size, 1, bits=50)

@@ -1,0 +1,134 @@
+"""How exactly a momentum stack runs backwards: measurements for the reversibility notebook.
+
+Three things are measured on one toy problem (a stack of independent residual functions
+f_n = Linear(d, hidden) - Tanh - Linear(hidden, d)):
+
+* :func:`naive_inversion_error`: the closed form of Eq. 3 (``net.inverse(x_L, v_L)``) in
+  float32 or float64, whose rounding errors are amplified by about 1/gamma per layer;
+* :func:`exact_inversion`: our fixed-point path (``net.inverse(state)``), which must give
+  back the input bit for bit at any depth;
+* :func:`information_bits`: what that exactness costs, the information buffer's content
+  in bits, to compare with the paper's log2(1/gamma) bits per element per layer.
+
+:func:`gradient_relative_error` compares the memory-free gradients with ordinary autograd.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import exact
+from .momentum import MomentumNet
+
+#: bits of the empty buffer's live state per element (it starts at 2**30)
+EMPTY_STATE_BITS = math.log2(exact.STATE_LOW)
+
+
+def toy_functions(depth: int, d: int = 32, hidden: int = 32, seed: int = 0,
+                  dtype: torch.dtype = torch.float32) -> list:
+    """``depth`` independent residual functions Linear(d, hidden)-Tanh-Linear(hidden, d)."""
+    with torch.random.fork_rng(devices=[]):  # PyTorch's default init, global RNG untouched
+        torch.manual_seed(seed)
+        out = [nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, d)).to(dtype)
+               for _ in range(depth)]
+    return out
+
+
+def grid_input(shape, seed: int = 0, step_bits: int = 20, dtype: torch.dtype = torch.float32):
+    """Standard normal values rounded to multiples of 2**-step_bits.
+
+    They are representable both in float32 (|x| < 16) and in the 2**-40 fixed point, so
+    the exact path's input is the float input itself and ``torch.equal`` applies.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return (x * 2**step_bits).round().div(2**step_bits).to(dtype)
+
+
+def relative_error(approx: torch.Tensor, truth: torch.Tensor) -> float:
+    """||approx - truth|| / ||truth|| in float64; inf when approx is not finite."""
+    a, t = approx.detach().to(torch.float64), truth.detach().to(torch.float64)
+    if not bool(torch.isfinite(a).all()):
+        return math.inf
+    err = float((a - t).norm() / t.norm().clamp_min(1e-300))
+    return err if math.isfinite(err) else math.inf
+
+
+def naive_inversion_error(functions, gamma: float, x0: torch.Tensor,
+                          dtype: torch.dtype = torch.float32) -> float:
+    """Relative error on x_0 after a plain forward and the closed-form inverse (Eq. 3).
+
+    ``functions`` are converted to ``dtype`` (copies); forward and inverse both run in
+    ``dtype`` with the same (rounded) gamma.
+    """
+    fs = [copy.deepcopy(f).to(dtype) for f in functions]
+    net = MomentumNet(fs, gamma, memory_efficient=False)
+    x = x0.to(dtype)
+    with torch.no_grad():
+        x_L, v_L = net.forward_state(x)
+        x_back, _ = net.inverse(x_L, v_L)
+    return relative_error(x_back, x)
+
+
+@dataclass
+class ExactInversion:
+    """Outcome of one exact forward + inverse."""
+
+    bit_exact: bool  # x_0 and v_0 = 0 came back bit for bit
+    max_abs_error: float
+    buffer: exact.InformationBuffer  # the information buffer after the forward pass
+    elements: int
+    depth: int
+
+    @property
+    def bits(self) -> float:
+        return information_bits(self.buffer)
+
+    @property
+    def bits_per_element_per_layer(self) -> float:
+        return self.bits / (self.elements * self.depth)
+
+
+def exact_inversion(functions, gamma: float, x0: torch.Tensor) -> ExactInversion:
+    """Forward through the memory-free stack, then ``net.inverse(state)``; compare with x_0."""
+    net = MomentumNet(list(functions), gamma, memory_efficient=True)
+    with torch.no_grad():
+        state = net.forward_state(x0)
+        x_back, v_back = net.inverse(state)
+    err = float((x_back.to(torch.float64) - x0.to(torch.float64)).abs().max())
+    ok = torch.equal(x_back, x0) and torch.equal(v_back, torch.zeros_like(x0))
+    return ExactInversion(bit_exact=bool(ok), max_abs_error=err, buffer=state.tape.buffer,
+                          elements=x0.numel(), depth=len(functions))
+
+
+def information_bits(buffer: exact.InformationBuffer) -> float:
+    """Information held by the buffer, in bits, above the empty buffer's.
+
+    32 bits per spilled word, plus log2 of each element's live 64-bit state minus the
+    30 bits of the empty state (2**30).
+    """
+    words = sum(int(w.numel()) for w in buffer.words)
+    live = float(torch.log2(buffer.state.to(torch.float64)).sum())
+    return exact.WORD_BITS * words + live - EMPTY_STATE_BITS * buffer.state.numel()
+
+
+def paper_bits(gamma: float) -> float:
+    """log2(1/gamma) for the gamma the stack actually uses (rounded to n / 2**16)."""
+    return math.log2(1.0 / exact.rounded_gamma(gamma))
+
+
+def gradient_relative_error(functions, gamma: float, x0: torch.Tensor) -> float:
+    """Relative error of the memory-free gradients (input and every parameter, all
+    concatenated) against ordinary autograd through the same stack; loss mean(x_L**2)."""
+    grads = []
+    for memory_efficient in (True, False):
+        net = MomentumNet(list(functions), gamma, memory_efficient=memory_efficient)
+        x = x0.detach().clone().requires_grad_(True)
+        loss = net(x).pow(2).mean()
+        g = torch.autograd.grad(loss, [x, *net.parameters()])
+        grads.append(torch.cat([t.reshape(-1) for t in g]))
+    return relative_error(grads[0], grads[1])
