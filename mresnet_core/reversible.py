@@ -150,17 +150,18 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
     x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
     buffer = exact.InformationBuffer.empty(x.shape, x.device)
     k = exact.kernels(x, stack.n)
-    replays, peaks = [], []
+    replays = []
+    # one preallocated slot per layer: a list of small tensors would pin freed memory
+    peak_per_layer = torch.zeros(len(stack.functions), dtype=torch.float64, device=x.device)
     xf = exact.to_float(x, dtype)
     with torch.no_grad():
         for module in stack.functions:
             f, replay = _call_recording(stack, module, xf, args, kwargs, record)
             buffer.before_push(stack.n)
             xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f)
-            peaks.append(peak)
+            peak_per_layer[len(replays)] = peak
             replays.append(replay)
-    if peaks:
-        peak_per_layer = torch.stack(peaks)
+    if len(stack.functions):
         worst = float(peak_per_layer.max())
         if not worst < exact.VALUE_LIMIT:
             layer = int(torch.nan_to_num(peak_per_layer, nan=float("inf")).argmax())

@@ -1,0 +1,332 @@
+"""Figure 2: memory of one training step vs depth on the paper's toy problem.
+
+The toy problem ([ref] script ``examples/plot_memory.py`` of the ``momentumnet``
+package): inputs ``torch.rand(batch, dim)``, one residual function
+``f = Linear(dim, hidden) - Tanh - Linear(hidden, dim)`` shared by every layer (tied
+weights), ``depth`` layers with gamma = 1 - 1/(50 depth), loss ``mean(out ** 2)``, one
+forward + backward. The paper compares a ResNet trained by ordinary backprop with a
+Momentum ResNet whose backward pass rebuilds the activations (memory-free).
+
+Here both curves are the *same* momentum stack: ordinary backprop
+(``memory_efficient=False``) and the memory-free backward (``memory_efficient=True``).
+The reference script's ResNet curve is gamma = 0 with ordinary backprop; it saves the
+same bytes (the momentum update saves nothing); :func:`resnet_saved_bytes` measures it.
+
+Three measurements per depth and path (see :mod:`mresnet_core.memory`):
+
+* ``saved``: bytes autograd keeps after the forward pass (deterministic);
+* ``peak``: peak memory of the step above its starting level, by the CPU profiler's
+  allocation events or the CUDA allocator;
+* ``before`` / ``peak`` of :func:`measure_rss`: resident set size of a fresh Python
+  process just before and at the highest point of the step (what the paper's
+  ``memory_profiler`` saw, interpreter and libraries included), under glibc's default
+  malloc and with a fixed mmap threshold (:data:`MALLOC_SETTINGS`).
+
+:func:`plot_memory_vs_depth` draws them next to the theory of :mod:`.memory_model`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from . import memory_model
+from .memory import measure_step_memory, peak_rss_in_fresh_process, saved_tensors
+from .momentum import MomentumNet
+
+__all__ = [
+    "ToyProblem",
+    "PATHS",
+    "build",
+    "training_step",
+    "fresh_process_step",
+    "resnet_saved_bytes",
+    "measure_depths",
+    "measure_rss",
+    "MALLOC_SETTINGS",
+    "plot_memory_vs_depth",
+    "MIB",
+    "LABELS",
+    "PAPER_RSS_MIB",
+]
+
+MIB = 2.0 ** 20
+#: the paper's Figure 2, read off its log axis (approximate): RSS in MiB at depth ~0 and ~900
+PAPER_RSS_MIB = {"depth": 900, "ordinary": (1.2e2, 2e3), "memory-free": (1.2e2, 1.2e2)}
+#: path name -> memory_efficient flag of the MomentumNet
+PATHS = {"ordinary": False, "memory-free": True}
+LABELS = {"ordinary": "ResNet (ordinary backprop)", "memory-free": "Momentum ResNet (memory-free)"}
+SHORT = {"ordinary": "ResNet", "memory-free": "Momentum"}
+
+
+@dataclass(frozen=True)
+class ToyProblem:
+    """The toy problem of Figure 2 (defaults: the paper's sizes)."""
+
+    dim: int = 500
+    batch: int = 500
+    hidden: int = 8
+    gamma_scale: float = 50.0  # gamma = 1 - 1 / (gamma_scale * depth)
+    seed: int = 1
+
+    def gamma(self, depth: int) -> float:
+        return memory_model.figure2_gamma(depth, self.gamma_scale)
+
+    @property
+    def numel(self) -> int:
+        return self.batch * self.dim
+
+
+def build(depth: int, memory_efficient: bool, problem: ToyProblem = ToyProblem(),
+          device: str | torch.device = "cpu", gamma: float | None = None):
+    """(net, x): ``depth`` layers of one shared f, and the input batch (seeded)."""
+    torch.manual_seed(problem.seed)
+    f = nn.Sequential(nn.Linear(problem.dim, problem.hidden), nn.Tanh(),
+                      nn.Linear(problem.hidden, problem.dim)).to(device)
+    x = torch.rand(problem.batch, problem.dim, generator=torch.Generator().manual_seed(problem.seed)).to(device)
+    g = problem.gamma(depth) if gamma is None else gamma
+    return MomentumNet([f] * depth, g, memory_efficient=memory_efficient), x
+
+
+def training_step(net: nn.Module, x: torch.Tensor) -> None:
+    """One step: gradients set to None, loss = mean(out ** 2), backward."""
+    net.zero_grad(set_to_none=True)
+    net(x).pow(2).mean().backward()
+
+
+def fresh_process_step(depth: int, memory_efficient: bool, dim: int = 500, batch: int = 500,
+                       hidden: int = 8, gamma_scale: float = 50.0, seed: int = 1,
+                       threads: int = 1):
+    """Factory for :func:`mresnet_core.memory.peak_rss_in_fresh_process`.
+
+    Builds the model and data, runs one warm-up step of a *one-layer* stack of the same
+    path and gamma (it loads the kernels, and compiles the exact kernels of the
+    memory-free path, whose compiler would otherwise count in the step), and returns the
+    step of the ``depth``-layer stack.
+    """
+    torch.set_num_threads(threads)
+    problem = ToyProblem(dim, batch, hidden, gamma_scale, seed)
+    gamma = problem.gamma(depth)
+    warm, x = build(1, memory_efficient, problem, gamma=gamma)
+    training_step(warm, x)
+    del warm
+    net, x = build(depth, memory_efficient, problem)
+    return lambda: training_step(net, x)
+
+
+def resnet_saved_bytes(depth: int, problem: ToyProblem = ToyProblem(),
+                       device: str | torch.device = "cpu") -> int:
+    """Bytes saved by the reference script's ResNet: gamma = 0, ordinary backprop."""
+    net, x = build(depth, False, problem, device, gamma=0.0)
+    return saved_tensors(net, x).nbytes
+
+
+# --------------------------------------------------------------------------------------
+# Native stderr of the profiler
+# --------------------------------------------------------------------------------------
+
+#: torch.profiler's tracing library logs each start/stop (and, on machines without a GPU,
+#: a failed GPU query) straight to file descriptor 2, e.g.
+#: "USDT:2026-01-01 10:00:00 123:123 SyncActivityProfilerHandler.cpp:39] profiler_start".
+_PROFILER_LOG = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \w+\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def _profiler_logs_dropped():
+    """Route native stderr to a temporary file for the duration; drop the profiler's own
+    log lines and pass anything else on to ``sys.stderr``."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                # the profiler cannot size blocks allocated before it started (see memory.py)
+                warnings.filterwarnings("ignore", message=".*[Mm]emory block of unknown size.*")
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            rest = [line for line in tmp.read().decode(errors="replace").splitlines()
+                    if line.strip() and not _PROFILER_LOG.match(line)]
+            if rest:
+                sys.stderr.write("\n".join(rest) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class Point:
+    depth: int
+    path: str
+    gamma: float
+    saved: int
+    theory: int
+    buffer: int
+    peak: int
+    peak_method: str
+    seconds: float = 0.0
+
+
+def _measure_point(depth: int, path: str, problem: ToyProblem, device) -> Point:
+    start = time.perf_counter()
+    net, x = build(depth, PATHS[path], problem, device)
+    report = saved_tensors(net.forward_state, x)
+    saved = report.nbytes
+    buffer = report.output.tape.buffer.nbytes() if PATHS[path] else 0
+    del report
+    if PATHS[path]:
+        theory = memory_model.memory_free_saved_bytes(depth, problem.numel, net.gamma)
+    else:
+        theory = memory_model.toy_ordinary_saved_bytes(depth, problem.batch, problem.dim,
+                                                       problem.hidden, x.element_size())
+    training_step(net, x)  # warm-up (compiles the exact kernels on first use)
+    net.zero_grad(set_to_none=True)
+    with _profiler_logs_dropped():
+        step = measure_step_memory(lambda: training_step(net, x), device)
+    return Point(depth, path, net.gamma, saved, theory, buffer, step.peak, step.method,
+                 seconds=time.perf_counter() - start)
+
+
+def measure_depths(depths, problem: ToyProblem = ToyProblem(), *,
+                   device: str | torch.device = "cpu"):
+    """Both paths at every depth, in this process. Returns a pandas DataFrame.
+
+    One row per (depth, path); columns: depth, path, gamma (as the network rounds it),
+    saved (bytes kept for backward), theory (:mod:`.memory_model`), buffer (information
+    buffer bytes, 0 for ordinary), peak (peak of one step above its starting level,
+    parameter gradients included), peak_method ("cpu-profiler" or "cuda-allocator"),
+    seconds (wall time of the point: two forward passes, two backward passes).
+    """
+    import pandas as pd
+
+    device = torch.device(device)
+    rows = [_measure_point(int(depth), path, problem, device) for depth in depths for path in PATHS]
+    return pd.DataFrame([asdict(p) for p in rows])
+
+
+#: allocator settings for the fresh processes: name -> extra environment variables.
+#: glibc's malloc serves blocks above a threshold with mmap and returns them on free; by
+#: default that threshold grows to the size of the blocks freed so far, after which large
+#: tensors come from the heap, whose freed pages may stay resident. A fixed 128 KiB
+#: threshold keeps returning them, so the RSS follows the live tensors.
+MALLOC_SETTINGS = {
+    "default malloc": {},
+    "mmap threshold 128 KiB": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+}
+
+
+def measure_rss(depths, problem: ToyProblem = ToyProblem(), *, settings=None, threads: int = 1,
+                timeout: float = 600):
+    """Peak RSS of one step in a fresh process (CPU), per depth, path and allocator setting.
+
+    Returns a pandas DataFrame with columns depth, path, malloc (a key of ``settings``,
+    default :data:`MALLOC_SETTINGS`), before (RSS just before the step, bytes), peak
+    (highest RSS during the step), step (peak - before), method. The child processes
+    run one at a time with ``threads`` threads and the current environment plus the
+    setting's variables (``MRESNET_EXACT_BACKEND`` included); their output is captured.
+    """
+    import pandas as pd
+
+    settings = MALLOC_SETTINGS if settings is None else settings
+    rows = []
+    for malloc, env in settings.items():
+        for depth in depths:
+            for path, memory_efficient in PATHS.items():
+                kwargs = dict(depth=int(depth), memory_efficient=memory_efficient, dim=problem.dim,
+                              batch=problem.batch, hidden=problem.hidden,
+                              gamma_scale=problem.gamma_scale, seed=problem.seed, threads=threads)
+                rss = peak_rss_in_fresh_process("mresnet_core.depth_memory:fresh_process_step", kwargs,
+                                                env=env, timeout=timeout)
+                rows.append(dict(depth=int(depth), path=path, malloc=malloc, before=rss["before"],
+                                 peak=rss["peak"], step=rss["step"], method=rss["method"]))
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------------------
+# The figure
+# --------------------------------------------------------------------------------------
+
+def plot_memory_vs_depth(frame, rss=None, problem: ToyProblem = ToyProblem()):
+    """Figure 2 in MiB on log axes: (a) tensor memory (theory, saved bytes, step peak)
+    from :func:`measure_depths`; (b) when ``rss`` (from :func:`measure_rss`) is given, the
+    peak RSS of a fresh process, absolute like the paper's memory_profiler."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .plotting import PALETTE
+
+    colors = {"ordinary": PALETTE["resnet"], "memory-free": PALETTE["momentum"]}
+    depths = sorted(frame["depth"].unique())
+    grid = np.unique(np.linspace(max(depths[0], 1), depths[-1], 200).round().astype(int))
+    has_rss = rss is not None and len(rss)
+    fig, axes = plt.subplots(1, 2 if has_rss else 1, figsize=(13 if has_rss else 6.5, 6.2),
+                             squeeze=False)
+    ax = axes[0, 0]
+    theory = {
+        "ordinary": [memory_model.toy_ordinary_saved_bytes(d, problem.batch, problem.dim, problem.hidden)
+                     for d in grid],
+        "memory-free": [memory_model.memory_free_saved_bytes(d, problem.numel, problem.gamma(d))
+                        for d in grid],
+    }
+    method = frame["peak_method"].iloc[0]
+    for path in PATHS:
+        rows = frame[frame["path"] == path].sort_values("depth")
+        c = colors[path]
+        ax.plot(rows["depth"], rows["peak"] / MIB, "-^", color=c, lw=2, ms=5,
+                label=f"{SHORT[path]}: step peak ({method})")
+        ax.plot(grid, np.asarray(theory[path]) / MIB, color=c, lw=1.2, ls="--",
+                label=f"{SHORT[path]}: theory (saved)")
+        ax.plot(rows["depth"], rows["saved"] / MIB, "o", color=c, ms=7, mfc="none", mew=1.5,
+                label=f"{SHORT[path]}: saved_tensor_bytes")
+    ax.set_yscale("log")
+    ax.set_xlabel("depth")
+    ax.set_ylabel("memory (MiB)")
+    ax.set_title("(a) tensors: saved for backward, and step peak above its start\n"
+                 "ResNet = ordinary backprop, Momentum = memory-free, same stack", fontsize=10)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    if has_rss:
+        ax = axes[0, 1]
+        styles = ["-o", "--s", ":d", "-.v"]
+        for (malloc, style) in zip(rss["malloc"].unique(), styles):
+            for path in PATHS:
+                rows = rss[(rss["path"] == path) & (rss["malloc"] == malloc)].sort_values("depth")
+                ax.plot(rows["depth"], rows["peak"] / MIB, style, color=colors[path], lw=2, ms=5,
+                        label=f"{SHORT[path]}: {malloc}")
+        for path in PATHS:
+            rows = rss[(rss["path"] == path) & (rss["malloc"] == rss["malloc"].iloc[0])].sort_values("depth")
+            ax.plot(rows["depth"], rows["before"] / MIB, ":", color=colors[path], lw=1,
+                    label=f"{SHORT[path]}: RSS before the step")
+        span = np.linspace(0, max(depths), 50)
+        paper = PAPER_RSS_MIB
+        ax.plot(span, paper["ordinary"][0] + (paper["ordinary"][1] - paper["ordinary"][0]) * span / paper["depth"],
+                color="0.55", lw=1.2, ls=(0, (5, 2, 1, 2)),
+                label="paper, ResNet (approx.)")
+        ax.plot(span, np.full_like(span, paper["memory-free"][0]), color="0.55", lw=1.2, ls=(0, (1, 1)),
+                label="paper, Momentum (approx.)")
+        ax.set_yscale("log")
+        ax.set_xlabel("depth")
+        ax.set_ylabel("peak RSS (MiB)")
+        ax.set_title("(b) whole process: peak RSS, one fresh process per point (CPU)\n"
+                     "paper: read off its Figure 2 (approximate)", fontsize=10)
+        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    fig.suptitle(f"Figure 2: memory vs depth. d = {problem.dim}, batch {problem.batch}, tied "
+                 f"f = Linear({problem.dim},{problem.hidden})-Tanh-Linear({problem.hidden},{problem.dim}), "
+                 f"gamma = 1 - 1/({problem.gamma_scale:g} depth), loss mean(out²)", fontsize=10)
+    fig.tight_layout()
+    return fig
