@@ -60,18 +60,22 @@ def relative_error(approx: torch.Tensor, truth: torch.Tensor) -> float:
 
 def naive_inversion_error(functions, gamma: float, x0: torch.Tensor,
                           dtype: torch.dtype = torch.float32) -> float:
-    """Relative error on x_0 after a plain forward and the closed-form inverse (Eq. 3).
+    """Relative error on x_0 after a plain forward and the closed-form inverse (Eq. 3),
+    ``net.inverse(x_L, v_L)``, both in ``dtype`` with the same (rounded) gamma.
 
-    ``functions`` are converted to ``dtype`` (copies); forward and inverse both run in
-    ``dtype`` with the same (rounded) gamma.
+    ``functions`` must already be in ``dtype`` (see :func:`functions_in`).
     """
-    fs = [copy.deepcopy(f).to(dtype) for f in functions]
-    net = MomentumNet(fs, gamma, memory_efficient=False)
+    net = MomentumNet(list(functions), gamma, memory_efficient=False)
     x = x0.to(dtype)
     with torch.no_grad():
         x_L, v_L = net.forward_state(x)
         x_back, _ = net.inverse(x_L, v_L)
     return relative_error(x_back, x)
+
+
+def functions_in(functions, dtype: torch.dtype) -> list:
+    """Copies of ``functions`` in ``dtype`` (the originals are left as they are)."""
+    return [copy.deepcopy(f).to(dtype) for f in functions]
 
 
 @dataclass
@@ -132,3 +136,29 @@ def gradient_relative_error(functions, gamma: float, x0: torch.Tensor) -> float:
         g = torch.autograd.grad(loss, [x, *net.parameters()])
         grads.append(torch.cat([t.reshape(-1) for t in g]))
     return relative_error(grads[0], grads[1])
+
+
+def inversion_sweep(functions, gammas, depths, x0: torch.Tensor, exact_depths=None) -> list:
+    """Rows (dicts) of reconstruction errors for every gamma and depth.
+
+    Each row: gamma, depth, ``naive float32`` and ``naive float64`` (relative error on
+    x_0 of the closed-form inverse), and, at the depths in ``exact_depths`` (default: all),
+    ``exact bit for bit`` (bool), ``exact max abs error`` and the information buffer's
+    ``bits/element/layer`` and ``buffer bytes``. The stack of depth L is the first L of
+    ``functions`` (float32), so every depth shares its first layers.
+    """
+    f32, f64 = functions_in(functions, torch.float32), functions_in(functions, torch.float64)
+    exact_depths = set(depths if exact_depths is None else exact_depths)
+    rows = []
+    for gamma in gammas:
+        for depth in depths:
+            row = {"gamma": gamma, "depth": depth,
+                   "naive float32": naive_inversion_error(f32[:depth], gamma, x0, torch.float32),
+                   "naive float64": naive_inversion_error(f64[:depth], gamma, x0, torch.float64)}
+            if depth in exact_depths:
+                ex = exact_inversion(f32[:depth], gamma, x0.to(torch.float32))
+                row.update({"exact bit for bit": ex.bit_exact, "exact max abs error": ex.max_abs_error,
+                            "bits/element/layer": ex.bits_per_element_per_layer,
+                            "buffer bytes": ex.buffer.nbytes()})
+            rows.append(row)
+    return rows
