@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate every figure and table of the paper: runs all notebooks with papermill.
-#   bash run_all.sh                   quick profile (CPU, generated/bundled data, ~10 min)
+#   bash run_all.sh                   quick profile (CPU, generated data, about 5 min)
 #   bash run_all.sh --profile paper   the paper's settings (GPU and data sets needed)
 #   bash run_all.sh --skip-done       continue after a failure; names select notebooks
+#   bash run_all.sh --update-committed  re-execute notebooks/*.ipynb in place (before committing)
 # Sets up ./.venv on first use. Executed notebooks and logs: results/<profile>/.
 set -euo pipefail
 cd "$(dirname "$0")"
