@@ -1,7 +1,6 @@
 """to_momentumnet against independent computations: the original model (gamma = 0), the
 momentum update written out by hand, ordinary autograd (the plain path), and the
 documented parameter-name mapping."""
-import re
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from mresnet_core.dropin import renamed  # the documented name mapping
 from mresnet_core import MomentumNet, to_momentumnet
 from mresnet_core.convert import MomentumTransformerDecoder, MomentumTransformerEncoder
 
@@ -34,20 +34,6 @@ def resnet(name, seed=0):
                 m.running_mean.uniform_(-0.1, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
     return model
-
-
-def renamed(*prefixes, keep_first=True, module_list=False):
-    """The documented name mapping for the containers at ``prefixes``."""
-    def rename(name):
-        for prefix in prefixes:
-            m = re.fullmatch(rf"{re.escape(prefix)}\.(\d+)\.(.*)", name)
-            if m:
-                j, rest = int(m[1]), m[2]
-                if keep_first:
-                    return name if j == 0 else f"{prefix}.1.functions.{j - 1}.{rest}"
-                return f"{prefix}.{'0.' if module_list else ''}functions.{j}.{rest}"
-        return name
-    return rename
 
 
 resnet_name = renamed("layer1", "layer2", "layer3", "layer4")

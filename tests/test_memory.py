@@ -23,14 +23,6 @@ def per_block_bytes():
     return (B * D + B * H) * F32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: one thread is fastest, and immune to a busy second core
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def x():

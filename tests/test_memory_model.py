@@ -13,13 +13,6 @@ from mresnet_core.memory import saved_tensor_bytes, saved_tensors
 SMALL = dm.ToyProblem(dim=32, batch=64, hidden=8, seed=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_figure2_gamma():
     assert mm.figure2_gamma(1) == pytest.approx(0.98)
