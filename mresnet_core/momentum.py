@@ -175,9 +175,8 @@ class MomentumNet(nn.Module):
                 raise ValueError("this MomentumState has no exact tape (computed with "
                                  "memory_efficient=False); pass (state.x, state.v) for the "
                                  "floating-point inverse instead")
-            leaves, spec = flatten_args(args, kwargs)
             with torch.no_grad():
-                tape = run_inverse(self._stack(spec), x_L.tape, args, kwargs)
+                tape = run_inverse(self._stack(), x_L.tape, args, kwargs)
             x0 = exact.to_float(tape.x, tape.dtype)
             v0 = exact.to_float(tape.v, tape.dtype)
             return MomentumState(x0, v0, tape)
