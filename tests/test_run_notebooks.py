@@ -1,0 +1,53 @@
+"""The notebook runner behind run_all.sh: summary, exit status, resuming with --skip-done."""
+import importlib.util
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_notebooks.py"
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("run_notebooks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nbdir = tmp_path / "notebooks"
+    (nbdir / "params").mkdir(parents=True)
+    (nbdir / "params" / "quick.yaml").write_text("01_fails:\n  value: 2\n")
+    for stem, source in [("00_works", "print(value + 1)"), ("01_fails", "assert value == 1, 'bad value'")]:
+        nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                               "language": "python"}})
+        nb.cells = [nbformat.v4.new_code_cell("value = 1", metadata={"tags": ["parameters"]}),
+                    nbformat.v4.new_code_cell(source)]
+        nbformat.write(nb, nbdir / f"{stem}.ipynb")
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.setattr(module, "NOTEBOOKS", nbdir)
+    return module, tmp_path
+
+
+def test_failure_is_summarised_and_resume_skips_what_passed(runner, capsys):
+    module, root = runner
+    assert module.main([]) == 1
+    out = capsys.readouterr().out
+    assert "ok" in out and "00_works" in out
+    assert "failed" in out and "results/quick/01_fails.ipynb" in out and "bad value" in out
+    status = json.loads((root / "results" / "quick" / "status.json").read_text())
+    assert status["00_works"]["status"] == "ok" and status["01_fails"]["status"] == "failed"
+    executed = nbformat.read(root / "results" / "quick" / "00_works.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"].strip() == "2"
+
+    (root / "notebooks" / "params" / "quick.yaml").write_text("01_fails:\n  value: 1\n")
+    assert module.main(["--skip-done"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped (done)" in out and "all 2 notebook(s) passed" in out
+
+
+def test_unknown_profile_and_selection_are_clear_errors(runner):
+    module, _ = runner
+    with pytest.raises(SystemExit, match="unknown profile 'nope'"):
+        module.main(["--profile", "nope"])
+    with pytest.raises(SystemExit, match="no notebook matches 'zzz'"):
+        module.main(["zzz"])
