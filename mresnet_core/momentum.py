@@ -13,10 +13,10 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from . import exact
-from .reversible import (MemoryFreeMomentum, Stack, Tape, check_residual_output, flatten_args,
-                         run_inverse, stack_params)
+from .reversible import MemoryFreeMomentum, Stack, Tape, check_residual_output, run_inverse, stack_params
 
 
 @dataclass
@@ -118,7 +118,7 @@ class MomentumNet(nn.Module):
         v0 = self._initial_velocity(x)
         if not self.memory_efficient:
             return MomentumState(*self._plain(x, v0, args, kwargs))
-        leaves, spec = flatten_args(args, kwargs)
+        leaves, spec = tree_flatten((args, kwargs))
         stack = self._stack(spec)
         params = stack_params(self.functions)
         holder: dict = {}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_unflatten
 
 from . import exact
 
@@ -88,10 +88,8 @@ def _rng_snapshot(device: torch.device):
     return cpu, cuda
 
 
-def _call_recording(stack: Stack, module, xf, args, kwargs, record: bool):
-    """Evaluate f(x) for one layer; if ``record``, return what replaying it needs."""
-    if not record:
-        return stack.residual_of(module, xf, args, kwargs), None
+def _call_recording(stack: Stack, module, xf, args, kwargs):
+    """Evaluate f(x) for one layer and return what replaying it bit for bit needs."""
     bufs = [b.detach().clone() for b in module.buffers()] or None
     cpu, cuda = _rng_snapshot(xf.device)
     f = stack.residual_of(module, xf, args, kwargs)
@@ -144,8 +142,8 @@ class _Replaying:
 
 
 @slow_attention()
-def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, record: bool) -> Tape:
-    """Exact forward pass without autograd; ``record`` keeps the replay records."""
+def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) -> Tape:
+    """Exact forward pass without autograd, keeping each layer's replay record."""
     dtype = x0.dtype
     x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
     buffer = exact.InformationBuffer.empty(x.shape, x.device)
@@ -156,7 +154,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
     xf = exact.to_float(x, dtype)
     with torch.no_grad():
         for module in stack.functions:
-            f, replay = _call_recording(stack, module, xf, args, kwargs, record)
+            f, replay = _call_recording(stack, module, xf, args, kwargs)
             buffer.before_push(stack.n)
             xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f)
             peak_per_layer[len(replays)] = peak
@@ -166,7 +164,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs, 
         if not worst < exact.VALUE_LIMIT:
             layer = int(torch.nan_to_num(peak_per_layer, nan=float("inf")).argmax())
             exact.check_range(worst, f"the activation after layer {layer + 1} of the momentum stack")
-    return Tape(x=x, v=v, buffer=buffer, replays=replays if record else [], dtype=dtype)
+    return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype)
 
 
 @slow_attention()
@@ -247,7 +245,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
     def forward(ctx, stack: Stack, holder: dict, n_params: int, x0, v0, *inputs):
         arg_leaves = inputs[n_params:]  # the parameters are inputs only for autograd
         args, kwargs = tree_unflatten(list(arg_leaves), stack.args_spec)
-        tape = run_forward(stack, x0, v0, args, kwargs, record=True)
+        tape = run_forward(stack, x0, v0, args, kwargs)
         holder["tape"] = tape
         # The tape is kept on ctx, not through save_for_backward: backward unwinds it in
         # place (no second copy of x, v and the buffer), and a second backward
@@ -330,8 +328,3 @@ def stack_params(functions) -> list:
                 out.append(p)
     return out
 
-
-def flatten_args(args, kwargs):
-    """Split (args, kwargs) into tensor leaves and a spec that rebuilds them."""
-    leaves, spec = tree_flatten((args, kwargs))
-    return leaves, spec
