@@ -262,6 +262,16 @@ def measure_rss(depths, problem: ToyProblem = ToyProblem(), *, settings=None, th
 # The figure
 # --------------------------------------------------------------------------------------
 
+
+def _finish_axis(ax, ylabel: str, title: str) -> None:
+    """Log memory axis against depth, titled, legend below: both panels of Figure 2."""
+    ax.set_yscale("log")
+    ax.set_xlabel("depth")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+
+
 def plot_memory_vs_depth(frame, rss=None, problem: ToyProblem = ToyProblem()):
     """Figure 2 in MiB on log axes: (a) tensor memory (theory, saved bytes, step peak)
     from :func:`measure_depths`; (b) when ``rss`` (from :func:`measure_rss`) is given, the
@@ -294,12 +304,8 @@ def plot_memory_vs_depth(frame, rss=None, problem: ToyProblem = ToyProblem()):
                 label=f"{SHORT[path]}: theory (saved)")
         ax.plot(rows["depth"], rows["saved"] / MIB, "o", color=c, ms=7, mfc="none", mew=1.5,
                 label=f"{SHORT[path]}: saved_tensor_bytes")
-    ax.set_yscale("log")
-    ax.set_xlabel("depth")
-    ax.set_ylabel("memory (MiB)")
-    ax.set_title("(a) tensors: saved for backward, and step peak above its start\n"
-                 "ResNet = ordinary backprop, Momentum = memory-free, same stack", fontsize=10)
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+    _finish_axis(ax, "memory (MiB)", "(a) tensors: saved for backward, and step peak above its start\n"
+                 "ResNet = ordinary backprop, Momentum = memory-free, same stack")
     if has_rss:
         ax = axes[0, 1]
         styles = ["-o", "--s", ":d", "-.v"]
@@ -319,12 +325,8 @@ def plot_memory_vs_depth(frame, rss=None, problem: ToyProblem = ToyProblem()):
                 label="paper, ResNet (approx.)")
         ax.plot(span, np.full_like(span, paper["memory-free"][0]), color="0.55", lw=1.2, ls=(0, (1, 1)),
                 label="paper, Momentum (approx.)")
-        ax.set_yscale("log")
-        ax.set_xlabel("depth")
-        ax.set_ylabel("peak RSS (MiB)")
-        ax.set_title("(b) whole process: peak RSS, one fresh process per point (CPU)\n"
-                     "paper: read off its Figure 2 (approximate)", fontsize=10)
-        ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
+        _finish_axis(ax, "peak RSS (MiB)", "(b) whole process: peak RSS, one fresh process per point (CPU)\n"
+                     "paper: read off its Figure 2 (approximate)")
     fig.suptitle(f"Figure 2: memory vs depth. d = {problem.dim}, batch {problem.batch}, tied "
                  f"f = Linear({problem.dim},{problem.hidden})-Tanh-Linear({problem.hidden},{problem.dim}), "
                  f"gamma = 1 - 1/({problem.gamma_scale:g} depth), loss mean(out²)", fontsize=10)
