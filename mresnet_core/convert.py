@@ -22,14 +22,14 @@ iterates over it still works. E.g. torchvision's ``layer2.3.conv1.weight`` becom
 from __future__ import annotations
 
 import copy
+import re
 from numbers import Real
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.transformer import _detect_is_causal_mask, _get_seq_len
 
 from . import exact
+from ._torch_private import ConvNd, canonical_mask, detect_is_causal_mask, get_seq_len, none_or_dtype
 from .momentum import MomentumNet
 from .reversible import slow_attention
 
@@ -52,7 +52,7 @@ def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_fi
         keep_first: leave each container's first block (which may change shape) plain.
         memory_efficient: rebuild activations in backward instead of storing them.
 
-    The parameter name mapping is in this module's docstring.
+    The parameter name mapping is in this module's docstring (and :func:`renamed`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_momentumnet expects an nn.Module, got {type(model).__name__}")
@@ -76,6 +76,27 @@ def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_fi
             parent, _, name = path.rpartition(".")
             setattr(_module_at(new, parent), name, stack)
     return new
+
+
+def renamed(*containers: str, keep_first: bool = True, module_list: bool = False):
+    """The parameter/buffer name mapping of :func:`to_momentumnet` for ``containers``.
+
+    Returns ``rename(name)``: ``S.j.rest`` -> ``S.1.functions.{j-1}.rest`` (keep_first,
+    j >= 1; ``S.0.rest`` is unchanged), or ``S.functions.j.rest`` / ``S.0.functions.j.rest``
+    (keep_first=False, for an nn.Sequential / nn.ModuleList); other names unchanged. E.g.
+    ``renamed(*RESNET_STAGES)`` for a converted torchvision ResNet, or
+    ``renamed("layers", keep_first=False, module_list=True)`` for a Transformer encoder.
+    """
+    def rename(name: str) -> str:
+        for prefix in containers:
+            m = re.fullmatch(rf"{re.escape(prefix)}\.(\d+)\.(.*)", name)
+            if m:
+                j, rest = int(m[1]), m[2]
+                if keep_first:
+                    return name if j == 0 else f"{prefix}.1.functions.{j - 1}.{rest}"
+                return f"{prefix}.{'0.' if module_list else ''}functions.{j}.{rest}"
+        return name
+    return rename
 
 
 # ---------------------------------------------------------------------------- stages
@@ -170,7 +191,7 @@ def _shape_change(block) -> str | None:
         return "it has a downsample branch on its skip connection"
     if isinstance(block, nn.Linear) and block.in_features != block.out_features:
         return f"Linear({block.in_features} -> {block.out_features})"
-    if isinstance(block, nn.modules.conv._ConvNd) and (
+    if isinstance(block, ConvNd) and (
             block.in_channels != block.out_channels or any(s != 1 for s in block.stride)):
         return f"{block.in_channels} -> {block.out_channels} channels, stride {block.stride}"
     return None
@@ -191,12 +212,12 @@ class MomentumTransformerEncoder(nn.Module):
         self.layers, self.norm, self.batch_first = layers, norm, batch_first
 
     def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
-        src_key_padding_mask = F._canonical_mask(
+        src_key_padding_mask = canonical_mask(
             mask=src_key_padding_mask, mask_name="src_key_padding_mask",
-            other_type=F._none_or_dtype(mask), other_name="mask", target_type=src.dtype)
-        mask = F._canonical_mask(mask=mask, mask_name="mask", other_type=None, other_name="",
+            other_type=none_or_dtype(mask), other_name="mask", target_type=src.dtype)
+        mask = canonical_mask(mask=mask, mask_name="mask", other_type=None, other_name="",
                                  target_type=src.dtype, check_other=False)
-        is_causal = _detect_is_causal_mask(mask, is_causal, _get_seq_len(src, self.batch_first))
+        is_causal = detect_is_causal_mask(mask, is_causal, get_seq_len(src, self.batch_first))
         out = src
         with slow_attention():
             for layer in self.layers:
@@ -214,8 +235,8 @@ class MomentumTransformerDecoder(nn.Module):
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False):
-        tgt_is_causal = _detect_is_causal_mask(tgt_mask, tgt_is_causal,
-                                               _get_seq_len(tgt, self.batch_first))
+        tgt_is_causal = detect_is_causal_mask(tgt_mask, tgt_is_causal,
+                                              get_seq_len(tgt, self.batch_first))
         out = tgt
         with slow_attention():
             for layer in self.layers:

@@ -86,9 +86,9 @@ def check_invertible(n: int) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Element-wise kernels. Each is written once in plain torch; `kernels()` returns either
-# these (eager) or torch.compile'd versions of them (one fused loop each). Both give the
-# same bits: only integer operations and correctly rounded conversions are involved.
+# Element-wise kernels, each written once in plain torch. `ExactKernels` runs them either
+# as they are (eager) or through torch.compile (one fused loop each); both give the same
+# bits, because only integer operations and correctly rounded conversions are involved.
 # --------------------------------------------------------------------------------------
 
 def _to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -118,8 +118,29 @@ def _increment(f, n: int):
     return (f.to(torch.float64) * ((GAMMA_DENOMINATOR - n) << (FRACTION_BITS - GAMMA_BITS))).to(torch.int64)
 
 
+# Exact multiplication of v by gamma = n / d, d = 2**16 (Maclaurin et al. 2015, Alg. 1).
+#
+# Split v = d * hi + lo with hi = v >> 16 (floor, also for negative v) and lo = v & (d - 1)
+# in [0, d). The true product v * n / d = hi * n + lo * n / d has the fraction lo * n / d,
+# which rounding would destroy. To keep the map a bijection of (v, buffer):
+#
+#   forward ("push"):  pop s = state mod n  (state <- state div n),
+#                      z = lo * n + s       (0 <= z < n d),
+#                      v' = hi * n + (z div d)        (= floor((v n + s) / d)),
+#                      push z mod d:  state <- state * d + (z mod d).
+#   inverse ("pop"):   hi, zh = divmod(v', n)          (zh = z div d < n),
+#                      z = zh * d + (state mod d),  state <- state div d,
+#                      lo, s = divmod(z, n),  push s back:  state <- state * n + s,
+#                      v = hi * d + lo.
+#
+# Each step is exact integer arithmetic, so the inverse returns v and the state bit for
+# bit. v' differs from the real product v n / d by less than one unit of the last place.
+# The state grows by a factor d / n per layer: log2(1 / gamma) bits (InformationBuffer
+# spills full 32-bit words out of it). The increment (1 - gamma) f(x_n) is added after the
+# multiplication and subtracted before the inverse, with f recomputed bit for bit.
+
 def _forward_step(x, v, state, f, n: int):
-    """One layer forward, in place: v <- gamma v + (1-gamma) f, x <- x + v.
+    """One layer forward, in place: v <- gamma v + (1-gamma) f, x <- x + v (see above).
 
     Returns the float value of the new x (the next layer's input) and the largest
     magnitude seen (for the range check).
@@ -141,15 +162,14 @@ def _undo_position(x, v, dtype: torch.dtype):
 
 
 def _undo_velocity(v, state, f, n: int):
-    """In place inverse of the velocity update of `_forward_step`, given f(x_n)."""
-    q, high = _divmod(v - _increment(f, n), n)
-    r0, s = _divmod((high << GAMMA_BITS) | (state & LOW_MASK), n)
+    """In place inverse of the velocity update of `_forward_step`, given f(x_n) (see above)."""
+    hi, zh = _divmod(v - _increment(f, n), n)
+    lo, s = _divmod((zh << GAMMA_BITS) | (state & LOW_MASK), n)
     state.copy_((state >> GAMMA_BITS) * n + s)
-    v.copy_((q << GAMMA_BITS) | r0)
+    v.copy_((hi << GAMMA_BITS) | lo)
 
 
-_KERNELS = {"forward": _forward_step, "undo_position": _undo_position, "undo_velocity": _undo_velocity}
-_COMPILE_FAILED = False
+_EAGER = {"forward_step": _forward_step, "undo_position": _undo_position, "undo_velocity": _undo_velocity}
 #: Below this many elements the fused kernels are not worth their compile time.
 COMPILE_MIN_NUMEL = 1 << 15
 
@@ -162,52 +182,67 @@ def backend_setting() -> str:
     return value
 
 
+class _Compiled:
+    """The three kernels compiled once for every gamma (n stays a runtime value: the
+    division by n uses a float reciprocal, nothing is gained by baking it in).
+    ``usable`` turns False, for the rest of the process, once compiling has failed."""
+
+    def __init__(self):
+        # torch's C++ builder warns on stderr about CUDA on CPU-only machines; not our concern
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        self.forward_step = torch.compile(_forward_step, dynamic=None)
+        self.undo_position = torch.compile(_undo_position, dynamic=None)
+        self.undo_velocity = torch.compile(_undo_velocity, dynamic=None)
+        self.usable = True
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled() -> dict:
-    """The kernels compiled once for every gamma: n stays a runtime value (the division
-    by n uses a float reciprocal, so nothing is gained by baking it in)."""
-    # torch's C++ builder warns on stderr about CUDA on CPU-only machines; not our concern
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    return {k: torch.compile(fn, dynamic=None) for k, fn in _KERNELS.items()}
+def _compiled() -> _Compiled:
+    return _Compiled()
 
 
-def _bound(n: int, compiled: bool) -> dict:
-    base = _compiled() if compiled else _KERNELS
-    return {
-        "forward": lambda x, v, state, f: base["forward"](x, v, state, f, n),
-        "undo_position": base["undo_position"],
-        "undo_velocity": lambda v, state, f: base["undo_velocity"](v, state, f, n),
-        "compiled": compiled, "n": n,
-    }
+class ExactKernels:
+    """The element-wise steps of the exact momentum update, for gamma = n / 2**16 and
+    tensors like ``example``: `forward_step`, `undo_position`, `undo_velocity`.
 
-
-def kernels(example: torch.Tensor, n: int) -> dict:
-    """The element-wise kernels for tensors like ``example`` and gamma = n / 2**16.
-
-    'auto' compiles (torch.compile, one fused loop per kernel) on the CPU for tensors of
-    at least COMPILE_MIN_NUMEL elements and falls back to eager torch, with one warning,
-    where compilation is impossible. On CUDA 'auto' stays eager (memory-bound kernels
-    already); 'compile' forces compilation everywhere. Both give the same bits.
+    ``backend`` (default: the MRESNET_EXACT_BACKEND variable, else 'auto'): 'auto' compiles them (torch.compile, one fused loop each) on
+    the CPU for tensors of at least COMPILE_MIN_NUMEL elements and stays eager below that
+    and on CUDA (memory-bound kernels already); 'compile' compiles everywhere, 'eager'
+    nowhere. If compiling fails, eager torch takes over with one warning. Same bits
+    either way.
     """
-    setting = backend_setting()
-    want = setting == "compile" or (
-        setting == "auto" and example.device.type == "cpu" and example.numel() >= COMPILE_MIN_NUMEL
-    )
-    return _bound(n, bool(want and not _COMPILE_FAILED))
 
+    def __init__(self, example: torch.Tensor, n: int, backend: str | None = None):
+        setting = backend_setting() if backend is None else backend
+        if setting not in ("auto", "eager", "compile"):
+            raise ValueError(f"backend must be auto, eager or compile, got {setting!r}")
+        want = setting == "compile" or (
+            setting == "auto" and example.device.type == "cpu" and example.numel() >= COMPILE_MIN_NUMEL)
+        self.n = n
+        self.compiled = bool(want and _compiled().usable)
 
-def run_kernel(table: dict, name: str, *args):
-    """Call one kernel; if a compiled kernel cannot be built, fall back to eager for good."""
-    global _COMPILE_FAILED
-    try:
-        return table[name](*args)
-    except Exception as err:
-        if not table["compiled"]:
-            raise
-        _COMPILE_FAILED = True
-        warnings.warn(f"compiling the exact kernels failed ({type(err).__name__}: {err}); "
-                      "falling back to eager torch (slower, same results)")
-        return _bound(table["n"], False)[name](*args)
+    def _run(self, name: str, *args):
+        if self.compiled:
+            try:
+                return getattr(_compiled(), name)(*args)
+            except Exception as err:
+                _compiled().usable = False
+                self.compiled = False
+                warnings.warn(f"compiling the exact kernels failed ({type(err).__name__}: {err}); "
+                              "falling back to eager torch (slower, same results)")
+        return _EAGER[name](*args)
+
+    def forward_step(self, x, v, state, f):
+        """In place: v <- gamma v + (1 - gamma) f, x <- x + v; returns (float x, peak)."""
+        return self._run("forward_step", x, v, state, f, self.n)
+
+    def undo_position(self, x, v, dtype):
+        """In place: x <- x - v; returns float x."""
+        return self._run("undo_position", x, v, dtype)
+
+    def undo_velocity(self, v, state, f):
+        """In place: the inverse of forward_step's velocity update, given f(x_n)."""
+        return self._run("undo_velocity", v, state, f, self.n)
 
 
 # --------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from . import reversible
+from ._torch_private import allocation_events
+from .reversible import observe_held_tensors
 
 __all__ = [
     "SavedTensors",
@@ -152,12 +153,9 @@ def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = No
         for t in tensors:
             pack(t)
 
-    reversible.HELD_LISTENERS.append(tape_held)
-    try:
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            out = fn(*args, **kwargs)
-    finally:
-        reversible.HELD_LISTENERS.remove(tape_held)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack), \
+            observe_held_tensors(tape_held):
+        out = fn(*args, **kwargs)
     result = SavedTensors(nbytes=sum(seen.values()), count=len(seen),
                           parameter_nbytes=sum(seen_params.values()), output=out)
     held.clear()
@@ -199,35 +197,6 @@ class StepMemory:
     excluded: int = 0
 
 
-def _cpu_memory_events(prof) -> list:
-    """(time_ns, order, address, signed bytes) of each CPU allocation (+) and free (-).
-
-    Read from the profiler's event tree (what ``torch.profiler``'s own memory timeline
-    uses), which carries the address of each block; the flat kineto event list (no
-    addresses) is the fallback.
-    """
-    results = prof.profiler.kineto_results
-    try:
-        from torch._C._profiler import _EventType
-
-        out, stack = [], list(results.experimental_event_tree())
-        while stack:
-            node = stack.pop()
-            stack.extend(node.children)
-            if node.tag == _EventType.Allocation:
-                f = node.extra_fields
-                if f.device.type == "cpu":
-                    out.append((node.start_time_ns, len(out), int(f.ptr), int(f.alloc_size)))
-        return out
-    except (ImportError, AttributeError):  # pragma: no cover - other profiler bindings
-        pass
-    out = []
-    for e in results.events():
-        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU:
-            out.append((e.start_ns(), len(out), None, int(e.nbytes())))
-    return out
-
-
 def _grad_storages(exclude_grads_of) -> dict:
     """{address: bytes} of the ``.grad`` storages of the given parameters (or modules)."""
     params = _parameter_tensors(None, exclude_grads_of)
@@ -245,7 +214,7 @@ def _measure_cpu(step_fn: Callable[[], Any], exclude_grads_of=None) -> StepMemor
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
                  record_shapes=False, with_stack=False) as prof:
         step_fn()
-    events = sorted(_cpu_memory_events(prof))  # by time; ties keep the recorded order
+    events = sorted(allocation_events(prof))  # by time; ties keep the recorded order
     skip: set = set()
     excluded = 0
     if exclude_grads_of is not None:

@@ -13,9 +13,8 @@ from typing import Iterator, Sequence
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
-
 from . import exact
+from ._torch_private import tree_flatten
 from .reversible import MemoryFreeMomentum, Stack, Tape, check_residual_output, run_inverse, stack_params
 
 

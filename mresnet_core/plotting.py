@@ -1,6 +1,7 @@
 """One figure style for every notebook, and one way to save figures (PNG + PDF)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -33,13 +34,23 @@ def _figures_as_images_only() -> None:
     shell.display_formatter.formatters["text/plain"].for_type(Figure, lambda fig, p, cycle: p.text(""))
 
 
-def figures_dir() -> Path:
-    """figures/ at the project root (the notebooks run with notebooks/ as cwd)."""
+def project_root() -> Path:
+    """The checkout this runs in: the nearest folder, from the working directory up,
+    holding pyproject.toml and mresnet_core/ (the notebooks run in notebooks/); else
+    the working directory."""
     here = Path.cwd()
     for base in (here, *here.parents):
         if (base / "pyproject.toml").exists() and (base / "mresnet_core").is_dir():
-            return base / "figures"
-    return here / "figures"
+            return base
+    return here
+
+
+def figures_dir() -> Path:
+    """Where figures go: ``$MRESNET_FIGURES_DIR`` if set (the test suite points it at a
+    scratch folder, so running the tests never rewrites figures/), else figures/ at
+    the project root (what run_all.sh fills)."""
+    override = os.environ.get("MRESNET_FIGURES_DIR")
+    return Path(override) if override else project_root() / "figures"
 
 
 def save_figure(fig, name: str, directory: str | Path | None = None):

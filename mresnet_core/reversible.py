@@ -3,24 +3,35 @@
 `run_forward` and `run_inverse` walk the stack in fixed point (see `exact.py`);
 `MemoryFreeMomentum` is the autograd.Function that keeps only the final (x, v), the
 information buffer and the per-layer replay records, and rebuilds each layer's input
-during backward to recompute its residual function with a graph, one layer at a time.
-Parameter gradients are accumulated as it goes; no per-layer gradient list is held.
+during backward to recompute its residual function with a graph, one layer at a time
+(`momentum_layer_adjoint`). Parameter gradients are accumulated as it goes; no
+per-layer gradient list is held.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
-from torch.utils._pytree import tree_unflatten
 
 from . import exact
+from ._torch_private import tree_unflatten
+
+_HELD_OBSERVERS: contextvars.ContextVar = contextvars.ContextVar("mresnet_held_observers", default=())
 
 
-#: Callbacks that see the tensors a memory-free forward keeps for its backward pass
-#: (mresnet_core.memory uses this to account for them).
-HELD_LISTENERS: list = []
+@contextlib.contextmanager
+def observe_held_tensors(callback: Callable[[list], None]):
+    """Within the block, ``callback(tensors)`` sees the tensors each memory-free forward
+    keeps for its backward pass outside ``save_for_backward`` (the exact tape), so that
+    memory accounting (``mresnet_core.memory.saved_tensors``) can count them."""
+    token = _HELD_OBSERVERS.set(_HELD_OBSERVERS.get() + (callback,))
+    try:
+        yield
+    finally:
+        _HELD_OBSERVERS.reset(token)
 
 
 @dataclass
@@ -147,7 +158,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) 
     dtype = x0.dtype
     x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
     buffer = exact.InformationBuffer.empty(x.shape, x.device)
-    k = exact.kernels(x, stack.n)
+    k = exact.ExactKernels(x, stack.n)
     replays = []
     # one preallocated slot per layer: a list of small tensors would pin freed memory
     peak_per_layer = torch.zeros(len(stack.functions), dtype=torch.float64, device=x.device)
@@ -156,7 +167,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) 
         for module in stack.functions:
             f, replay = _call_recording(stack, module, xf, args, kwargs)
             buffer.before_push(stack.n)
-            xf, peak = exact.run_kernel(k, "forward", x, v, buffer.state, f)
+            xf, peak = k.forward_step(x, v, buffer.state, f)
             peak_per_layer[len(replays)] = peak
             replays.append(replay)
     if len(stack.functions):
@@ -175,14 +186,14 @@ def replay_forward(stack: Stack, tape: Tape, args, kwargs) -> None:
     put back afterwards, so the replay changes nothing but the tape.
     """
     x, v, buffer = tape.x, tape.v, tape.buffer
-    k = exact.kernels(x, stack.n)
+    k = exact.ExactKernels(x, stack.n)
     xf = exact.to_float(x, tape.dtype)
     with torch.no_grad():
         for module, replay in zip(stack.functions, tape.replays):
             with _Replaying(module, replay, x.device):
                 f = stack.residual_of(module, xf, args, kwargs)
             buffer.before_push(stack.n)
-            xf, _ = exact.run_kernel(k, "forward", x, v, buffer.state, f)
+            xf, _ = k.forward_step(x, v, buffer.state, f)
     tape.consumed = False
 
 
@@ -215,11 +226,11 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
         tape.consumed = True
     else:
         buffer, x, v = tape.buffer.copy(), tape.x.clone(), tape.v.clone()
-    k = exact.kernels(x, stack.n)
+    k = exact.ExactKernels(x, stack.n)
     replays = tape.replays or [None] * len(stack.functions)
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
-        xf = exact.run_kernel(k, "undo_position", x, v, tape.dtype)
+        xf = k.undo_position(x, v, tape.dtype)
         # the gradient is taken inside the replay too: autograd may check saved buffers
         with _Replaying(module, replays[i], x.device):
             if on_layer is None:
@@ -229,13 +240,41 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                 xf = xf.requires_grad_(True)
                 with torch.enable_grad():
                     f = stack.residual_of(module, xf, args, kwargs)
-            exact.run_kernel(k, "undo_velocity", v, buffer.state, f.detach())
+            k.undo_velocity(v, buffer.state, f.detach())
             buffer.after_pop(stack.n)
             if on_layer is not None:
                 on_layer(i, xf, f)
     if not buffer.is_empty():
         raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
     return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype)
+
+
+def momentum_layer_adjoint(a, b, x_n, f_n, gamma: float, wrt=(), *, a_owned=False, b_owned=False):
+    """Backpropagate through one momentum layer (the adjoint of Eq. 2).
+
+    The layer is v_{n+1} = gamma v_n + (1 - gamma) f(x_n), x_{n+1} = x_n + v_{n+1}. Given
+    a = dL/dx_{n+1} and b = dL/dv_{n+1} (None for 0), and f_n = f(x_n) recomputed with a
+    graph from the leaf x_n:
+
+        g       = a + b                          (all of dL/dv_{n+1}: x_{n+1} holds v_{n+1})
+        dL/dv_n = gamma g
+        dL/dx_n = a + (1 - gamma) J_f(x_n)^T g
+        dL/dw   = (1 - gamma) (df/dw)^T g        for each w in ``wrt`` (parameters, arguments)
+
+    Returns (dL/dx_n, dL/dv_n, [dL/dw or None]). ``a_owned``/``b_owned`` say that a or b
+    belongs to the caller's backward loop and may be updated in place (fewer full-size
+    temporaries); the returned dL/dv_n is always a tensor the caller owns, dL/dx_n too
+    unless it is ``a`` itself (f independent of x).
+    """
+    if b is None:
+        g, g_owned = a, False
+    else:
+        g, g_owned = (b.add_(a), True) if b_owned else (a + b, True)
+    grads = torch.autograd.grad(f_n, [x_n, *wrt], g * (1.0 - gamma), allow_unused=True)
+    dv = g.mul_(gamma) if g_owned else g * gamma
+    gx = grads[0]
+    dx = a if gx is None else (a.add_(gx) if a_owned else a + gx)
+    return dx, dv, list(grads[1:])
 
 
 class MemoryFreeMomentum(torch.autograd.Function):
@@ -250,10 +289,10 @@ class MemoryFreeMomentum(torch.autograd.Function):
         # The tape is kept on ctx, not through save_for_backward: backward unwinds it in
         # place (no second copy of x, v and the buffer), and a second backward
         # (retain_graph) rebuilds it by replaying the forward from the exact (x0, v0)
-        # that unwinding leaves behind. Memory accounting sees it through HELD_LISTENERS.
+        # that unwinding leaves behind. Memory accounting sees it through observe_held_tensors.
         ctx.stack, ctx.tape, ctx.n_params = stack, tape, n_params
-        for listener in HELD_LISTENERS:
-            listener(tape.tensors())
+        for observe in _HELD_OBSERVERS.get():
+            observe(tape.tensors())
         ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
         ctx.save_for_backward(*[a for a in arg_leaves if isinstance(a, torch.Tensor)])
@@ -281,32 +320,22 @@ class MemoryFreeMomentum(torch.autograd.Function):
                         for m in stack.functions]
         grad_params: list = [None] * len(params)
         grad_args: list = [None] * len(wrt_args)
-        gamma, one_minus = stack.gamma, 1.0 - stack.gamma
-        # a: gradient w.r.t. x_{i+1}, b: w.r.t. v_{i+1}; "owned" ones may be updated in place
-        zeros = torch.zeros(tape.x.shape, dtype=tape.dtype, device=tape.x.device) if grad_x is None else None
-        st = {"a": grad_x if grad_x is not None else zeros,
-              "b": grad_v, "a_owned": grad_x is None, "b_owned": False}
+        # a = dL/dx_{i+1}, b = dL/dv_{i+1}; once they are our own tensors, updated in place
+        st = {"a": grad_x, "b": grad_v, "a_owned": grad_x is None, "b_owned": False}
+        if grad_x is None:
+            st["a"] = torch.zeros(tape.x.shape, dtype=tape.dtype, device=tape.x.device)
 
         def on_layer(i, xf, f):
-            a, b = st["a"], st["b"]
-            if b is None:
-                g, g_owned = a, False
-            elif st["b_owned"]:
-                g, g_owned = b.add_(a), True
-            else:
-                g, g_owned = a + b, True
             mine = layer_params[i]
-            grads = torch.autograd.grad(f, [xf, *(params[j] for j in mine), *wrt_args], g * one_minus,
-                                        allow_unused=True)
-            gx = grads[0]
-            st["b"], st["b_owned"] = (g.mul_(gamma) if g_owned else g * gamma), True
-            if gx is not None:
-                st["a"] = a.add_(gx) if st["a_owned"] else a + gx
-                st["a_owned"] = True
-            for j, gp in zip(mine, grads[1: 1 + len(mine)]):
+            a, b, grads = momentum_layer_adjoint(
+                st["a"], st["b"], xf, f, stack.gamma, [*(params[j] for j in mine), *wrt_args],
+                a_owned=st["a_owned"], b_owned=st["b_owned"])
+            st["a_owned"] = st["a_owned"] or a is not st["a"]
+            st["a"], st["b"], st["b_owned"] = a, b, True
+            for j, gp in zip(mine, grads[:len(mine)]):
                 if gp is not None:
                     grad_params[j] = gp if grad_params[j] is None else grad_params[j].add_(gp)
-            for j, ga in enumerate(grads[1 + len(mine):]):
+            for j, ga in enumerate(grads[len(mine):]):
                 if ga is not None:
                     grad_args[j] = ga if grad_args[j] is None else grad_args[j].add_(ga)
 

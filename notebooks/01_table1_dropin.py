@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mresnet_core import dropin
+from mresnet_core.experiments import table1 as dropin
 from mresnet_core.plotting import PALETTE, save_figure, use_style
 
 # %% tags=["parameters"]

@@ -55,8 +55,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mresnet_core import depth_memory as dm
-from mresnet_core import memory_model as mm
+from mresnet_core.experiments import depth_memory as dm
+from mresnet_core.experiments import depth_memory as mm
 from mresnet_core.plotting import save_figure, use_style
 
 # %% tags=["parameters"]

@@ -45,7 +45,7 @@ import time
 import pandas as pd
 import torch
 
-from mresnet_core import toy_experiments as te
+from mresnet_core.experiments import dynamics as te
 from mresnet_core.plotting import save_figure, use_style
 
 # %% tags=["parameters"]

@@ -47,8 +47,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mresnet_core import reference as ref
-from mresnet_core import reversibility as rv
+from mresnet_core.experiments import reference as ref
+from mresnet_core.experiments import common
+from mresnet_core.experiments import exactness as rv
 from mresnet_core.plotting import save_figure, use_style
 
 # %% tags=["parameters"]
@@ -72,8 +73,8 @@ use_style()
 pd.set_option("display.width", 200)
 pd.set_option("display.max_colwidth", None)
 start = time.monotonic()
-functions = rv.toy_functions(max(depths + reference_depths + gradient_depths), d, hidden, seed=seed)
-x0 = rv.grid_input((batch, d), seed=seed)  # on the float32 and 2**-40 grids: exact input
+functions = common.toy_functions(max(depths + reference_depths + gradient_depths), d, hidden, seed=seed)
+x0 = common.grid_input((batch, d), seed=seed)  # on the float32 and 2**-40 grids: exact input
 reference_version = ref.version()
 print(f"toy stack: {len(functions)} functions Linear({d},{hidden})-Tanh-Linear({hidden},{d}), "
       f"input {batch} x {d}, float32")

@@ -62,9 +62,9 @@ import numpy as np
 import torch
 import matplotlib.pyplot as plt
 
-from mresnet_core.l2o import KINDS, PROBLEMS, GradientStep, UnrolledOptimizer
+from mresnet_core.experiments.l2o import KINDS, PROBLEMS, GradientStep, UnrolledOptimizer
 from mresnet_core.plotting import PALETTE, save_figure, use_style
-from mresnet_core.train import train_steps as run_training
+from mresnet_core.experiments.common import train_steps as run_training
 
 if threads:
     torch.set_num_threads(threads)

@@ -75,9 +75,9 @@ from torch import nn
 import matplotlib.pyplot as plt
 
 from mresnet_core.plotting import PALETTE, save_figure, use_style
-from mresnet_core.theory import (linear_ode_parameter, linear_ode_solution, most_negative_factor,
+from mresnet_core.experiments.ode import (linear_ode_parameter, linear_ode_solution, most_negative_factor,
                                  ode_network, prop8_coefficient, prop8_trajectory, solve_ode)
-from mresnet_core.train import train_steps
+from mresnet_core.experiments.common import train_steps
 
 if threads:
     torch.set_num_threads(threads)

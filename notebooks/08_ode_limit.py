@@ -57,7 +57,7 @@ from torch import nn
 import matplotlib.pyplot as plt
 
 from mresnet_core.plotting import PALETTE, save_figure, use_style
-from mresnet_core.theory import ode_network, solve_ode
+from mresnet_core.experiments.ode import ode_network, solve_ode
 
 if threads:
     torch.set_num_threads(threads)

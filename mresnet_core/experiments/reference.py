@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from .common import relative_error
+
 INT64_MAX = 2**63 - 1
 
 
@@ -72,8 +74,6 @@ def reconstruction_error(functions, gamma: float, x0: torch.Tensor) -> float:
     reconstruction of x_0. ``functions[0]`` must not be used again later in the stack.
     Returns inf when the reconstruction is not finite.
     """
-    from .reversibility import relative_error
-
     mod = _require()
     functions = list(functions)
     if any(f is functions[0] for f in functions[1:]):
@@ -103,8 +103,6 @@ def gradient_relative_error(functions, gamma: float, x0: torch.Tensor,
                             loss=lambda y: y.pow(2).mean()) -> float:
     """Relative error of the reference's memory-free gradients (input and all parameters,
     concatenated) against its ``use_backprop=True`` model on the same functions."""
-    from .reversibility import relative_error
-
     mod = _require()
     free = _grads(mod.MomentumNet(list(functions), gamma, use_backprop=False), x0, loss)
     plain = _grads(mod.MomentumNet(list(functions), gamma, use_backprop=True), x0, loss)

@@ -8,9 +8,13 @@ F of an additive-coupling RevNet (G = the identity) heavy ball without friction.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
+
+from ..momentum import MomentumNet
+from .ode import momentum_flow
 
 
 # ----------------------------------------------------------------- problem families
@@ -80,6 +84,62 @@ PROBLEMS = {
 }
 
 
+# ----------------------------------------------------------------- the RevNet baseline
+# Additive-coupling RevNet (Gomez et al. 2017): one step maps (x1, x2) to
+# (y1, y2) = (x1 + F(x2), x2 + G(y1)). It is inverted exactly by x2 = y2 - G(y1),
+# x1 = y1 - F(x2), and its Jacobian is a product of two unit-triangular block matrices:
+# determinant 1 for any F and G, so no stack of such steps can contract volume
+# (a Momentum ResNet step has determinant gamma**d instead).
+
+class AdditiveCoupling(nn.Module):
+    """(x1, x2) -> (x1 + F(x2), x2 + G(x1 + F(x2))); extra arguments reach F and G."""
+
+    def __init__(self, F: nn.Module, G: nn.Module):
+        super().__init__()
+        self.F, self.G = F, G
+
+    def forward(self, x1, x2, *args, **kwargs):
+        y1 = x1 + self.F(x2, *args, **kwargs)
+        y2 = x2 + self.G(y1, *args, **kwargs)
+        return y1, y2
+
+    def inverse(self, y1, y2, *args, **kwargs):
+        x2 = y2 - self.G(y1, *args, **kwargs)
+        x1 = y1 - self.F(x2, *args, **kwargs)
+        return x1, x2
+
+
+class RevNet(nn.Module):
+    """A stack of additive couplings (a step may repeat: tied weights); returns (x1_L, x2_L)."""
+
+    def __init__(self, steps: Sequence[AdditiveCoupling]):
+        super().__init__()
+        steps = list(steps)
+        if not steps or not all(isinstance(s, AdditiveCoupling) for s in steps):
+            raise TypeError("RevNet needs a non-empty sequence of AdditiveCoupling steps")
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, x1, x2, *args, **kwargs):
+        for step in self.steps:
+            x1, x2 = step(x1, x2, *args, **kwargs)
+        return x1, x2
+
+    def inverse(self, y1, y2, *args, **kwargs):
+        for step in reversed(self.steps):
+            y1, y2 = step.inverse(y1, y2, *args, **kwargs)
+        return y1, y2
+
+    @torch.no_grad()
+    def trajectory(self, x1, x2, *args, **kwargs):
+        """Both halves at every depth 0..L, each shaped (L + 1, *x.shape)."""
+        out1, out2 = [x1], [x2]
+        for step in self.steps:
+            x1, x2 = step(x1, x2, *args, **kwargs)
+            out1.append(x1)
+            out2.append(x2)
+        return torch.stack(out1), torch.stack(out2)
+
+
 # ----------------------------------------------------------------- layers
 class GradientStep(nn.Module):
     """f(x, A, b) = -p * grad L(x; A, b), p = exp(log_p) a learned diagonal step (d parameters)."""
@@ -121,9 +181,6 @@ class UnrolledOptimizer(nn.Module):
 
     def build(self, depth: int):
         """The stack of ``depth`` tied layers (MomentumNet, or RevNet for kind 'revnet')."""
-        from .momentum import MomentumNet
-        from .revnet import AdditiveCoupling, RevNet
-
         if self.kind == "revnet":
             return RevNet([AdditiveCoupling(self.step, PassThrough())] * depth)
         return MomentumNet([self.step] * depth, self.gamma, memory_efficient=False)
@@ -147,8 +204,6 @@ class UnrolledOptimizer(nn.Module):
 
     def state_map(self, x, v, A, b, depth: int = 1):
         """(x, v) -> (x_depth, v_depth) for one problem: the map whose Jacobian determinant we check."""
-        from .theory import momentum_flow
-
         stack = self.build(depth)
         if self.kind == "revnet":
             v, x = stack(v, x, A, b)

@@ -8,9 +8,8 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from mresnet_core.dropin import renamed  # the documented name mapping
 from mresnet_core import MomentumNet, to_momentumnet
-from mresnet_core.convert import MomentumTransformerDecoder, MomentumTransformerEncoder
+from mresnet_core.convert import RESNET_STAGES, MomentumTransformerDecoder, MomentumTransformerEncoder, renamed
 
 RESNETS = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
            "resnext50_32x4d"]
@@ -117,17 +116,17 @@ def test_resnet18_memory_free_training_step_matches_autograd():
         params = list(net.parameters())
         grads = torch.autograd.grad(loss, params)
         with torch.no_grad():
-            for p, g in zip(params, grads):
+            for p, g in zip(params, grads, strict=True):
                 p -= 0.1 * g
         return loss, grads
 
     (loss1, g1), (loss0, g0) = step(free), step(plain)
     assert rel_err(loss1, loss0) <= 1e-5
     assert len(g1) == len(g0) == len(list(model.parameters()))
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) <= 1e-4
     # running statistics updated once (not again by the backward recomputation)
-    for (k, a), (_, b) in zip(free.named_buffers(), plain.named_buffers()):
+    for (k, a), (_, b) in zip(free.named_buffers(), plain.named_buffers(), strict=True):
         if k.endswith("num_batches_tracked"):
             assert int(a) == int(b) == 1, k
         else:
@@ -280,7 +279,7 @@ def test_memory_free_transformer_matches_plain(mode):
     (y1, g1), (y0, g0) = run(free), run(plain)
     assert rel_err(y1, y0) <= 1e-6
     assert len(g1) == len(g0) == 1 + len(list(enc.parameters()))
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) <= 1e-6
     # and with a plain gamma = 0.5 momentum update written out by hand
     with torch.no_grad():
@@ -305,7 +304,7 @@ def test_memory_free_transformer_with_dropout_replays_it():
         results.append((out, torch.autograd.grad(out.sum(), [x, *net.parameters()])))
     (y1, g1), (y0, g0) = results
     assert rel_err(y1, y0) <= 1e-6
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) <= 1e-6
 
 
@@ -359,7 +358,7 @@ def test_full_transformer_encoder_and_decoder():
                              memory_efficient=memory_efficient).train()
         out = net(src, tgt, tgt_mask=tgt_mask, tgt_is_causal=True)
         grads.append(torch.autograd.grad((out ** 2).sum(), [src, *net.parameters()]))
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         assert rel_err(a, b) <= 1e-6
 
 
@@ -447,3 +446,14 @@ def test_gamma_0_needs_the_plain_path(small_resnet):
     with pytest.raises(ValueError, match="cannot be inverted.*memory_efficient=False"):
         to_momentumnet(small_resnet, 0.0)
     assert not has_momentum(small_resnet)
+
+
+def test_renamed_follows_the_documented_mapping():
+    r = renamed(*RESNET_STAGES)
+    assert r("layer2.0.conv1.weight") == "layer2.0.conv1.weight"
+    assert r("layer2.3.conv1.weight") == "layer2.1.functions.2.conv1.weight"
+    assert r("fc.weight") == "fc.weight"
+    t = renamed("layers", keep_first=False, module_list=True)
+    assert t("layers.4.linear1.bias") == "layers.0.functions.4.linear1.bias"
+    s = renamed("body", keep_first=False)
+    assert s("body.2.weight") == "body.functions.2.weight"

@@ -1,53 +1,66 @@
-"""The paper's toy experiments: 1-D dynamics (Figure 1) and nested rings (Figure 5).
+"""Figures 1 and 5: the paper's tied-weight toy networks in 1-D and 2-D.
 
-Both use the tied-weight stack of :func:`mresnet_core.models.toy_network` (one residual
-function f = Linear(d, 16) - Tanh - Linear(16, d) shared by all layers), as a ResNet
-(gamma = 0) or a Momentum ResNet, trained on fresh generated batches at every step.
+Both use one residual function f = Linear(d, 16) - Tanh - Linear(16, d) shared by every
+layer (:func:`toy_network`), stacked as a ResNet (gamma = 0) or a Momentum ResNet, and
+trained on fresh generated batches at every step.
 
-* Figure 1: learn x -> -x**3 on [-1, 1] (MSE, SGD). A ResNet is a discretised first-order
-  ODE: its trajectories do not cross, so it can only learn an increasing map and its
-  error stays at least that of the best increasing fit (the constant mean). A Momentum
-  ResNet (second-order) can cross trajectories and reverse the order of the inputs.
-* Figure 5: separate 4 nested rings with alternating labels (cross-entropy on the 2-D
-  output used as logits, Adam).
+* Figure 1: learn x -> -x**3 on [-1, 1] (MSE, SGD; :func:`cubic_batch`). A ResNet is a
+  discretised first-order ODE: its trajectories do not cross, so it can only learn an
+  increasing map and its error stays at least that of the best increasing fit (the
+  constant mean). A Momentum ResNet (second-order) can cross trajectories and reverse
+  the order of the inputs.
+* Figure 5: separate 4 nested rings with alternating labels (:func:`rings_batch`;
+  cross-entropy on the 2-D output used as logits, Adam).
 
-Trained weights are cached (``train_steps(checkpoint=...)``) under
-``results/<profile>/`` in a file whose name depends on every training setting, so a
-figure is redrawn without retraining and a changed setting retrains.
+Trained weights are cached (``common.train_steps(checkpoint=...)``) under the profile's
+results folder, in a file whose name depends on every training setting and on the code
+version, so a figure is redrawn without retraining and a change of either retrains.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import cubic_batch, rings_batch
-from .models import toy_network
-from .plotting import PALETTE, figures_dir
-from .train import train_steps
+from ..momentum import MomentumNet
+from ..plotting import PALETTE
+from .common import checkpoint_path, toy_mlp, train_steps
 
-# bump when the training code changes in a way that invalidates cached weights
-CACHE_VERSION = 1
+RING_RADII = (0.5, 1.0, 1.5, 2.0)
 
 
-# ---------------------------------------------------------------------- caching
-def results_dir(profile: str) -> Path:
-    """results/<profile>/ at the project root (next to figures/)."""
-    if not profile or any(c in profile for c in "/\\ "):
-        raise ValueError(f"profile must be a plain name such as 'quick', got {profile!r}")
-    return figures_dir().parent / "results" / profile
+# ---------------------------------------------------------------------- data and models
+def cubic_batch(n: int, generator: torch.Generator | None = None, dtype=torch.float32):
+    """``n`` points uniform on [-1, 1] and their targets -x**3, shaped (n, 1)."""
+    x = torch.rand(n, 1, generator=generator, dtype=dtype) * 2 - 1
+    return x, -x ** 3
 
 
-def checkpoint_path(profile: str, name: str, settings: dict) -> Path:
-    """Cache file for a run: ``results/<profile>/<name>-<hash of settings>.pt``."""
-    blob = json.dumps({"version": CACHE_VERSION, **settings}, sort_keys=True, default=str)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:12]
-    return results_dir(profile) / f"{name}-{digest}.pt"
+def rings_batch(points_per_ring: int, generator: torch.Generator | None = None,
+                radii=RING_RADII, scale: float = 3.0, jitter: float = 0.2, dtype=torch.float32):
+    """Points on nested rings of radius scale*(r + jitter*U[0,1]); label i % 2 for ring i.
+
+    Returns (points (N, 2), labels (N,) int64), rings in order of increasing radius.
+    """
+    if points_per_ring < 1:
+        raise ValueError(f"points_per_ring must be positive, got {points_per_ring}")
+    xs, ys = [], []
+    for i, r in enumerate(radii):
+        angle = torch.rand(points_per_ring, generator=generator, dtype=dtype) * (2 * torch.pi)
+        radius = scale * (r + jitter * torch.rand(points_per_ring, generator=generator, dtype=dtype))
+        xs.append(torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1))
+        ys.append(torch.full((points_per_ring,), i % 2, dtype=torch.int64))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def toy_network(dim: int, depth: int, gamma: float, hidden: int = 16,
+                memory_efficient: bool = False) -> MomentumNet:
+    """Tied-weight stack of ``depth`` layers of one :func:`~.common.toy_mlp`; gamma = 0
+    gives the ResNet x + f(x)."""
+    f = toy_mlp(dim, hidden)
+    return MomentumNet([f] * depth, gamma, memory_efficient=memory_efficient)
 
 
 def _model_name(gamma: float) -> str:

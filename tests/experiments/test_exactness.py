@@ -5,22 +5,23 @@ import pytest
 import torch
 
 from mresnet_core import exact
-from mresnet_core import reversibility as rv
+from mresnet_core.experiments import common
+from mresnet_core.experiments import exactness as rv
 
 
 def test_toy_functions_are_seeded_and_leave_the_global_rng_alone():
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a, b = rv.toy_functions(3, d=4, hidden=5, seed=7), rv.toy_functions(3, d=4, hidden=5, seed=7)
+    a, b = common.toy_functions(3, d=4, hidden=5, seed=7), common.toy_functions(3, d=4, hidden=5, seed=7)
     assert torch.equal(torch.get_rng_state(), before)
-    for fa, fb in zip(a, b):
-        for pa, pb in zip(fa.parameters(), fb.parameters()):
+    for fa, fb in zip(a, b, strict=True):
+        for pa, pb in zip(fa.parameters(), fb.parameters(), strict=True):
             assert torch.equal(pa, pb)
     assert not torch.equal(a[0][0].weight, a[1][0].weight)  # independent layers
 
 
 def test_grid_input_is_exact_in_float32_and_fixed_point():
-    x = rv.grid_input((16, 8), seed=3)
+    x = common.grid_input((16, 8), seed=3)
     assert x.dtype == torch.float32
     assert torch.equal(exact.to_float(exact.to_fixed(x), torch.float32), x)
     assert torch.equal(x.double(), (x.double() * 2**20).round() / 2**20)
@@ -28,15 +29,15 @@ def test_grid_input_is_exact_in_float32_and_fixed_point():
 
 def test_relative_error_flags_non_finite_results():
     t = torch.ones(3)
-    assert rv.relative_error(t, t) == 0.0
-    assert rv.relative_error(torch.tensor([1.0, float("nan"), 1.0]), t) == math.inf
-    assert rv.relative_error(torch.tensor([1.0, float("inf"), 1.0]), t) == math.inf
-    assert rv.relative_error(2 * t, t) == pytest.approx(1.0)
+    assert common.relative_error(t, t) == 0.0
+    assert common.relative_error(torch.tensor([1.0, float("nan"), 1.0]), t) == math.inf
+    assert common.relative_error(torch.tensor([1.0, float("inf"), 1.0]), t) == math.inf
+    assert common.relative_error(2 * t, t) == pytest.approx(1.0)
 
 
 def test_naive_inversion_is_fine_when_shallow_and_useless_when_deep():
-    fs = rv.toy_functions(64, d=8, hidden=8)
-    x0 = rv.grid_input((4, 8))
+    fs = common.toy_functions(64, d=8, hidden=8)
+    x0 = common.grid_input((4, 8))
     assert rv.naive_inversion_error(rv.functions_in(fs[:2], torch.float64), 0.9, x0, torch.float64) < 1e-12
     assert rv.naive_inversion_error(fs, 0.5, x0, torch.float32) >= 1.0  # 2**64 amplification
 
@@ -44,8 +45,8 @@ def test_naive_inversion_is_fine_when_shallow_and_useless_when_deep():
 @pytest.mark.parametrize("gamma", [0.99, 0.5, 0.01])
 def test_exact_inversion_is_bit_exact_and_costs_log2_inverse_gamma_bits(gamma):
     depth = 200
-    fs = rv.toy_functions(depth, d=8, hidden=8)
-    x0 = rv.grid_input((4, 8))
+    fs = common.toy_functions(depth, d=8, hidden=8)
+    x0 = common.grid_input((4, 8))
     out = rv.exact_inversion(fs, gamma, x0)
     assert out.bit_exact and out.max_abs_error == 0.0
     assert out.elements == 32 and out.depth == depth
@@ -68,13 +69,13 @@ def test_paper_bits_uses_the_rounded_gamma():
 
 
 def test_memory_free_gradients_match_autograd():
-    fs = rv.toy_functions(8, d=8, hidden=8)
-    assert rv.gradient_relative_error(fs, 0.01, rv.grid_input((4, 8))) < 1e-5
+    fs = common.toy_functions(8, d=8, hidden=8)
+    assert rv.gradient_relative_error(fs, 0.01, common.grid_input((4, 8))) < 1e-5
 
 
 def test_inversion_sweep_rows():
-    fs = rv.toy_functions(8, d=4, hidden=4)
-    rows = rv.inversion_sweep(fs, [0.9, 0.1], [1, 8], rv.grid_input((2, 4)), exact_depths=[8])
+    fs = common.toy_functions(8, d=4, hidden=4)
+    rows = rv.inversion_sweep(fs, [0.9, 0.1], [1, 8], common.grid_input((2, 4)), exact_depths=[8])
     assert [(r["gamma"], r["depth"]) for r in rows] == [(0.9, 1), (0.9, 8), (0.1, 1), (0.1, 8)]
     assert "exact bit for bit" not in rows[0] and rows[1]["exact bit for bit"] is True
     assert rows[3]["naive float64"] < rows[3]["naive float32"]

@@ -1,4 +1,4 @@
-"""How exactly a momentum stack runs backwards: measurements for the reversibility notebook.
+"""Exact reversibility: how exactly a momentum stack runs backwards, and what it costs.
 
 Three things are measured on one toy problem (a stack of independent residual functions
 f_n = Linear(d, hidden) - Tanh - Linear(hidden, d)):
@@ -19,43 +19,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from . import exact
-from .momentum import MomentumNet
+from .. import exact
+from ..momentum import MomentumNet
+from .common import relative_error
 
 #: bits of the empty buffer's live state per element (it starts at 2**30)
 EMPTY_STATE_BITS = math.log2(exact.STATE_LOW)
-
-
-def toy_functions(depth: int, d: int = 32, hidden: int = 32, seed: int = 0,
-                  dtype: torch.dtype = torch.float32) -> list:
-    """``depth`` independent residual functions Linear(d, hidden)-Tanh-Linear(hidden, d)."""
-    with torch.random.fork_rng(devices=[]):  # PyTorch's default init, global RNG untouched
-        torch.manual_seed(seed)
-        out = [nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, d)).to(dtype)
-               for _ in range(depth)]
-    return out
-
-
-def grid_input(shape, seed: int = 0, step_bits: int = 20, dtype: torch.dtype = torch.float32):
-    """Standard normal values rounded to multiples of 2**-step_bits.
-
-    They are representable both in float32 (|x| < 16) and in the 2**-40 fixed point, so
-    the exact path's input is the float input itself and ``torch.equal`` applies.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen, dtype=torch.float64)
-    return (x * 2**step_bits).round().div(2**step_bits).to(dtype)
-
-
-def relative_error(approx: torch.Tensor, truth: torch.Tensor) -> float:
-    """||approx - truth|| / ||truth|| in float64; inf when approx is not finite."""
-    a, t = approx.detach().to(torch.float64), truth.detach().to(torch.float64)
-    if not bool(torch.isfinite(a).all()):
-        return math.inf
-    err = float((a - t).norm() / t.norm().clamp_min(1e-300))
-    return err if math.isfinite(err) else math.inf
 
 
 def naive_inversion_error(functions, gamma: float, x0: torch.Tensor,

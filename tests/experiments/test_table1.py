@@ -1,28 +1,18 @@
-"""mresnet_core.dropin: the drop-in checks behind the Table 1 notebook."""
+"""experiments.table1: the drop-in checks behind the Table 1 notebook."""
 import os
 
 import pytest
 import torch
 from torch import nn
 
-from mresnet_core import dropin, to_momentumnet
-
-
-def test_renamed_follows_the_documented_mapping():
-    r = dropin.resnet_names
-    assert r("layer2.0.conv1.weight") == "layer2.0.conv1.weight"
-    assert r("layer2.3.conv1.weight") == "layer2.1.functions.2.conv1.weight"
-    assert r("fc.weight") == "fc.weight"
-    t = dropin.renamed("layers", keep_first=False, module_list=True)
-    assert t("layers.4.linear1.bias") == "layers.0.functions.4.linear1.bias"
-    s = dropin.renamed("body", keep_first=False)
-    assert s("body.2.weight") == "body.functions.2.weight"
+from mresnet_core import to_momentumnet
+from mresnet_core.experiments import table1
 
 
 def test_load_resnet_never_downloads(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    assert dropin.cached_checkpoint("resnet18") is None
-    model, weights = dropin.load_resnet("resnet18", seed=1)
+    assert table1.cached_checkpoint("resnet18") is None
+    model, weights = table1.load_resnet("resnet18", seed=1)
     assert weights.startswith("random (seed 1; no checkpoint")
     assert not model.training
     bn = model.bn1.weight.detach()
@@ -31,32 +21,32 @@ def test_load_resnet_never_downloads(monkeypatch, tmp_path):
     url = "resnet18-f37072fd.pth"
     os.makedirs(tmp_path / "checkpoints")
     (tmp_path / "checkpoints" / url).write_bytes(b"not a checkpoint")
-    assert dropin.cached_checkpoint("resnet18") is not None
-    _, weights = dropin.load_resnet("resnet18")
+    assert table1.cached_checkpoint("resnet18") is not None
+    _, weights = table1.load_resnet("resnet18")
     assert "unreadable" in weights
 
 
 def test_compare_tensors_detects_a_changed_value():
-    model, _ = dropin.load_resnet("resnet18", pretrained=False)
+    model, _ = table1.load_resnet("resnet18", pretrained=False)
     conv = to_momentumnet(model, 0.0, memory_efficient=False)
-    ok = dropin.compare_tensors(model, conv, dropin.resnet_names)
+    ok = table1.compare_tensors(model, conv, table1.resnet_names)
     assert ok.same_names and ok.all_equal and ok.all_copies
     assert ok.params_original == ok.params_converted == 11689512
     with torch.no_grad():
         conv.layer1[1].functions[0].conv1.weight[0, 0, 0, 0] += 1
-    assert not dropin.compare_tensors(model, conv, dropin.resnet_names).all_equal
+    assert not table1.compare_tensors(model, conv, table1.resnet_names).all_equal
 
 
 def test_lipschitz_lower_bound_of_a_linear_map():
     torch.manual_seed(0)
     lin = nn.Linear(6, 6, bias=False)
-    bound = dropin.lipschitz_lower_bound(lin, torch.randn(1, 6), iters=100)
+    bound = table1.lipschitz_lower_bound(lin, torch.randn(1, 6), iters=100)
     top = float(torch.linalg.matrix_norm(lin.weight.detach(), ord=2))
     assert bound <= top * (1 + 1e-5) and bound == pytest.approx(top, rel=1e-3)
 
 
 def test_resnet_report_small():
-    row = dropin.resnet_report("resnet18", batch=2, size=32, pretrained=False)
+    row = table1.resnet_report("resnet18", batch=2, size=32, pretrained=False)
     assert row["tensors equal"] and row["new copies"] and row["layer3 exact inverse"]
     assert row["gamma=0 rel. error"] <= 1e-5
     assert row["parameters (original)"] == row["parameters (Momentum)"]
@@ -65,12 +55,12 @@ def test_resnet_report_small():
 
 
 def test_transformer_report_small():
-    row = dropin.transformer_report(batch=2, seq=5, d_model=8, nhead=2, layers=3)
+    row = table1.transformer_report(batch=2, seq=5, d_model=8, nhead=2, layers=3)
     assert row["tensors equal"] and row["layers exact inverse"]
     assert row["gamma=0 rel. error"] <= 1e-5 and row["memory-free gradient rel. error"] <= 1e-5
     assert row["saved MiB (Momentum, memory-free)"] < row["saved MiB (original)"]
 
 
 def test_table1_has_momentum_net_as_the_only_full_row():
-    full = [k for k, v in dropin.TABLE1.items() if all(v)]
-    assert full == ["Momentum Net"] and len(dropin.TABLE1_COLUMNS) == 3
+    full = [k for k, v in table1.TABLE1.items() if all(v)]
+    assert full == ["Momentum Net"] and len(table1.TABLE1_COLUMNS) == 3

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from mresnet_core import MomentumNet
-from mresnet_core.l2o import KINDS, PROBLEMS, GradientStep, UnrolledOptimizer
-from mresnet_core.revnet import AdditiveCoupling, RevNet
-from mresnet_core.theory import (linear_ode_parameter, linear_ode_solution, momentum_flow,
+from mresnet_core.experiments.l2o import (KINDS, PROBLEMS, AdditiveCoupling, GradientStep, RevNet,
+                                          UnrolledOptimizer)
+from mresnet_core.experiments.ode import (linear_ode_parameter, linear_ode_solution, momentum_flow,
                                  most_negative_factor, ode_gamma, ode_network, prop8_coefficient,
                                  prop8_trajectory, solve_ode)
 

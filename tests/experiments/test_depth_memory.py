@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from mresnet_core import depth_memory as dm
-from mresnet_core import memory_model as mm
+from mresnet_core.experiments import depth_memory as dm
 from mresnet_core.memory import saved_tensor_bytes, saved_tensors
 
 # small enough for the eager exact kernels (below exact.COMPILE_MIN_NUMEL elements)
@@ -15,12 +14,12 @@ SMALL = dm.ToyProblem(dim=32, batch=64, hidden=8, seed=3)
 
 
 def test_figure2_gamma():
-    assert mm.figure2_gamma(1) == pytest.approx(0.98)
-    assert mm.figure2_gamma(900) == pytest.approx(1 - 1 / 45000)
-    assert mm.figure2_gamma(0) == mm.figure2_gamma(1)
+    assert dm.figure2_gamma(1) == pytest.approx(0.98)
+    assert dm.figure2_gamma(900) == pytest.approx(1 - 1 / 45000)
+    assert dm.figure2_gamma(0) == dm.figure2_gamma(1)
     assert SMALL.gamma(10) == pytest.approx(0.998)
     with pytest.raises(ValueError):
-        mm.figure2_gamma(-1)
+        dm.figure2_gamma(-1)
 
 
 def test_toy_stack_is_tied_and_seeded():
@@ -29,7 +28,7 @@ def test_toy_stack_is_tied_and_seeded():
     assert x.shape == (SMALL.batch, SMALL.dim) and 0 <= float(x.min()) and float(x.max()) < 1
     net2, x2 = dm.build(5, True, SMALL)
     assert torch.equal(x, x2)
-    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), net2.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), net2.parameters(), strict=True))
     assert net.gamma == net2.gamma == pytest.approx(SMALL.gamma(5), abs=2 ** -16)
 
 
@@ -37,7 +36,7 @@ def test_toy_stack_is_tied_and_seeded():
 @pytest.mark.parametrize("gamma", [None, 0.0, 0.9])
 def test_ordinary_theory_equals_saved_bytes(depth, gamma):
     net, x = dm.build(depth, False, SMALL, gamma=gamma)
-    expected = mm.toy_ordinary_saved_bytes(depth, SMALL.batch, SMALL.dim, SMALL.hidden)
+    expected = dm.toy_ordinary_saved_bytes(depth, SMALL.batch, SMALL.dim, SMALL.hidden)
     assert saved_tensor_bytes(net, x) == expected
     assert expected == depth * SMALL.batch * (SMALL.dim + SMALL.hidden) * 4
 
@@ -45,7 +44,7 @@ def test_ordinary_theory_equals_saved_bytes(depth, gamma):
 def test_ordinary_theory_float64():
     net, x = dm.build(3, False, SMALL)
     net, x = net.double(), x.double()
-    assert saved_tensor_bytes(net, x) == mm.toy_ordinary_saved_bytes(3, SMALL.batch, SMALL.dim,
+    assert saved_tensor_bytes(net, x) == dm.toy_ordinary_saved_bytes(3, SMALL.batch, SMALL.dim,
                                                                       SMALL.hidden, itemsize=8)
 
 
@@ -54,10 +53,10 @@ def test_memory_free_theory_equals_saved_bytes_figure2_schedule(depth):
     net, x = dm.build(depth, True, SMALL)
     report = saved_tensors(net.forward_state, x)
     numel = SMALL.numel
-    assert report.nbytes == mm.memory_free_saved_bytes(depth, numel, net.gamma)
-    assert report.output.tape.buffer.nbytes() == mm.information_buffer_bytes(depth, numel, net.gamma)
+    assert report.nbytes == dm.memory_free_saved_bytes(depth, numel, net.gamma)
+    assert report.output.tape.buffer.nbytes() == dm.information_buffer_bytes(depth, numel, net.gamma)
     # Figure 2's schedule: ~0.03 bits per element whatever the depth, no word spilled
-    assert mm.buffer_words_per_element(depth, net.gamma) == 0
+    assert dm.buffer_words_per_element(depth, net.gamma) == 0
     assert report.nbytes == 24 * numel
 
 
@@ -66,29 +65,29 @@ def test_memory_free_theory_counts_spilled_words(depth, words):
     # gamma = 1/2: one bit per element per layer, a 32-bit word every 32 layers; these
     # depths sit half a word away from a boundary, where the count is exact
     net, x = dm.build(depth, True, SMALL, gamma=0.5)
-    assert mm.information_bits(depth, 0.5) == depth
-    assert mm.buffer_words_per_element(depth, 0.5) == words
+    assert dm.information_bits(depth, 0.5) == depth
+    assert dm.buffer_words_per_element(depth, 0.5) == words
     report = saved_tensors(net.forward_state, x)
     assert report.output.tape.buffer.nbytes() == SMALL.numel * (8 + 4 * words)
-    assert report.nbytes == mm.memory_free_saved_bytes(depth, SMALL.numel, 0.5)
+    assert report.nbytes == dm.memory_free_saved_bytes(depth, SMALL.numel, 0.5)
 
 
 def test_information_bits_use_the_rounded_gamma():
     gamma = 1 - 1 / 45000  # rounds to 65535 / 65536
-    assert mm.information_bits(900, gamma) == pytest.approx(900 * math.log2(65536 / 65535))
+    assert dm.information_bits(900, gamma) == pytest.approx(900 * math.log2(65536 / 65535))
     with pytest.raises(ValueError):
-        mm.information_bits(3, 0.0)  # gamma = 0 cannot be inverted
+        dm.information_bits(3, 0.0)  # gamma = 0 cannot be inverted
 
 
 def test_crossover_depth():
     # paper sizes: 6 000 000 bytes memory-free vs L x 1 016 000 ordinary
-    assert mm.crossover_depth(500, 500, 8) == 6
-    d = mm.crossover_depth(SMALL.batch, SMALL.dim, SMALL.hidden)
+    assert dm.crossover_depth(500, 500, 8) == 6
+    d = dm.crossover_depth(SMALL.batch, SMALL.dim, SMALL.hidden)
     numel = SMALL.numel
-    assert mm.memory_free_saved_bytes(d, numel, mm.figure2_gamma(d)) < \
-        mm.toy_ordinary_saved_bytes(d, SMALL.batch, SMALL.dim, SMALL.hidden)
-    assert mm.memory_free_saved_bytes(d - 1, numel, mm.figure2_gamma(d - 1)) >= \
-        mm.toy_ordinary_saved_bytes(d - 1, SMALL.batch, SMALL.dim, SMALL.hidden)
+    assert dm.memory_free_saved_bytes(d, numel, dm.figure2_gamma(d)) < \
+        dm.toy_ordinary_saved_bytes(d, SMALL.batch, SMALL.dim, SMALL.hidden)
+    assert dm.memory_free_saved_bytes(d - 1, numel, dm.figure2_gamma(d - 1)) >= \
+        dm.toy_ordinary_saved_bytes(d - 1, SMALL.batch, SMALL.dim, SMALL.hidden)
 
 
 def test_resnet_gamma0_saves_what_the_momentum_stack_saves():

@@ -27,7 +27,7 @@ def test_forward_step_is_within_one_unit_of_the_exact_product(gamma):
     v1 = v.clone()
     exact._forward_step(x, v1, buf.state, f, n)
     inc = (f * c).to(torch.int64)
-    for vi, v1i, ii in zip(v.tolist()[:400], v1.tolist()[:400], inc.tolist()[:400]):
+    for vi, v1i, ii in zip(v.tolist()[:400], v1.tolist()[:400], inc.tolist()[:400], strict=True):
         exact_value = Fraction(vi * n, exact.GAMMA_DENOMINATOR) + ii
         assert abs(v1i - exact_value) < 1
 
@@ -49,6 +49,7 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
     per_layer = (bits - 30 * n_elem) / (n_elem * depth)  # the empty state holds 30 bits
     expected = math.log2(exact.GAMMA_DENOMINATOR / n)
     assert abs(per_layer - expected) < 0.02 + 0.02 * expected
+    state_before, words_before = buf.state.clone(), [w.clone() for w in buf.words]
     back = buf.copy()
     for f in reversed(fs):
         exact._undo_position(x, v, torch.float64)
@@ -56,7 +57,9 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
         back.after_pop(n)
     assert torch.equal(x, x0) and torch.equal(v, v0)
     assert back.is_empty()
-    assert len(buf.words) > 0 or gamma > 0.99  # the unwound copy left the original intact
+    # unwinding the copy left the original buffer as it was
+    assert torch.equal(buf.state, state_before) and len(buf.words) == len(words_before)
+    assert all(torch.equal(a, b) for a, b in zip(buf.words, words_before, strict=True))
 
 
 def test_buffer_never_overflows_where_a_single_word_would():
@@ -97,8 +100,10 @@ def test_gamma_rounding_and_validation():
 def test_compiled_kernels_give_the_same_bits_as_eager():
     """The fused (torch.compile) kernels used for large tensors are bit-identical."""
     n = exact.gamma_numerator(0.9)
-    eager = exact._bound(n, False)
-    compiled = exact._bound(n, True)
+    example = torch.zeros(5000, dtype=torch.int64)
+    eager = exact.ExactKernels(example, n, backend="eager")
+    compiled = exact.ExactKernels(example, n, backend="compile")
+    assert compiled.compiled and not eager.compiled
     g = torch.Generator().manual_seed(0)
     size = 5000
     x = random_velocity(size, 1, bits=50)
@@ -106,15 +111,18 @@ def test_compiled_kernels_give_the_same_bits_as_eager():
     state = torch.randint(exact.STATE_LOW, 2**46 * n, (size,), generator=g)
     for dtype in (torch.float32, torch.float64):
         f = torch.randn(size, generator=g, dtype=torch.float64).to(dtype) * 10
-        for name, args in (("forward", (x, v, state, f)), ("undo_position", (x, v, dtype)),
+        for name, args in (("forward_step", (x, v, state, f)), ("undo_position", (x, v, dtype)),
                            ("undo_velocity", (v, state, f))):
             mine = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
             theirs = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-            out_e, out_c = eager[name](*mine), compiled[name](*theirs)
+            out_e, out_c = getattr(eager, name)(*mine), getattr(compiled, name)(*theirs)
             as_list = lambda out: list(out) if isinstance(out, tuple) else [] if out is None else [out]  # noqa: E731
-            for a, b in zip(mine + as_list(out_e), theirs + as_list(out_c)):
+            left, right = mine + as_list(out_e), theirs + as_list(out_c)
+            assert len(left) == len(right), name
+            for a, b in zip(left, right, strict=True):
                 if isinstance(a, torch.Tensor):
                     assert torch.equal(a, b), name
+    assert compiled.compiled, "the compiled kernels fell back to eager"
 
 
 @pytest.mark.parametrize("n", [1, 3, 655, 6554, 58982, 65535, 65536])

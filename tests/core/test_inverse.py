@@ -168,5 +168,5 @@ def test_cuda_device_index_kept_and_gradients_match():
     assert y1.device == dev
     g0 = torch.autograd.grad((y0 ** 2).sum(), [x, *plain.parameters()])
     g1 = torch.autograd.grad((y1 ** 2).sum(), [x, *free.parameters()])
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert a.device == dev and rel_err(a, b) < 1e-4

@@ -26,7 +26,7 @@ def test_output_and_gradients_match_autograd(gamma, depth, dtype):
     y0, g0 = grads(plain, x)
     y1, g1 = grads(free, x)
     assert rel_err(y1, y0) < TOL[dtype]
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) < TOL[dtype]
 
 
@@ -43,7 +43,7 @@ def test_extra_positional_and_keyword_arguments_get_gradients(gamma):
     y1, g1 = grads(free, x, scale, shift=shift)
     assert rel_err(y1, y0) < 1e-6
     assert len(g1) == 1 + 2 * 15 + 2  # x, weights and biases, scale and shift
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) < 1e-6
     # the keyword argument really reaches the functions
     assert rel_err(free(x, scale), y1) > 1e-3
@@ -55,7 +55,7 @@ def test_v_L_gradient_flows_through_forward_state():
     loss = lambda s: (s.x ** 2).sum() + (s.v ** 3).sum()  # noqa: E731
     g0 = torch.autograd.grad(loss(plain.forward_state(x)), [x, *plain.parameters()])
     g1 = torch.autograd.grad(loss(free.forward_state(x)), [x, *free.parameters()])
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) < 1e-6
 
 
@@ -68,7 +68,7 @@ def test_init_velocity_module_gets_gradients():
     y1, g1 = grads(free, x)
     assert len(g1) == 1 + 2 + 40
     assert rel_err(y1, y0) < 1e-6
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) < 1e-6
 
 
@@ -79,7 +79,7 @@ def test_shared_module_accumulates_over_layers():
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     y0, g0 = grads(plain, x)
     y1, g1 = grads(free, x)
-    for a, b in zip((y1, *g1), (y0, *g0)):
+    for a, b in zip((y1, *g1), (y0, *g0), strict=True):
         assert rel_err(a, b) < 1e-6
 
 
@@ -94,7 +94,7 @@ def test_frozen_parameters_get_no_gradient_and_others_are_right():
     trainable = [p for p in free.parameters() if p.requires_grad]
     g0 = torch.autograd.grad(loss0, trainable)
     g1 = torch.autograd.grad(loss1, trainable)
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) < 1e-6
     (free(x) ** 2).sum().backward()
     assert all(p.grad is None for f in fns[::2] for p in f.parameters())
@@ -111,7 +111,7 @@ def test_dropout_masks_are_replayed():
     y1, g1 = grads(free, x)
     after1 = torch.get_rng_state()
     assert rel_err(y1, y0) < 1e-5
-    for a, b in zip(g1, g0):
+    for a, b in zip(g1, g0, strict=True):
         assert rel_err(a, b) < 1e-4
     # backward's recomputation leaves the global random stream where ordinary training does
     assert torch.equal(after0, after1)
@@ -126,10 +126,10 @@ def test_batchnorm_statistics_updated_once():
     x = torch.randn(16, 6, dtype=torch.float64, requires_grad=True)
     y0, g0 = grads(plain, x)
     y1, g1 = grads(free, x)
-    for a, b in zip((y1, *g1), (y0, *g0)):
+    for a, b in zip((y1, *g1), (y0, *g0), strict=True):
         # biases in front of BatchNorm have zero gradient: compare them absolutely
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-10)
-    for b0, b1 in zip(plain.buffers(), free.buffers()):
+    for b0, b1 in zip(plain.buffers(), free.buffers(), strict=True):
         assert torch.allclose(b0, b1, rtol=1e-9, atol=1e-12), "running statistics differ"
     # and they did change (one step), exactly once: num_batches_tracked == 1
     assert all(int(m.num_batches_tracked) == 1 for m in free.modules() if isinstance(m, torch.nn.BatchNorm1d))
@@ -163,7 +163,7 @@ def test_low_precision_works_and_matches_float32(dtype):
     assert y1.dtype == dtype and all(g.dtype == dtype for g in g1)
     tol = 2e-2 if dtype == torch.float16 else 8e-2
     assert rel_err(y1.float(), ref(x)) < tol
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         assert torch.isfinite(a).all()
         assert rel_err(a.float(), b.float()) < 4 * tol
 
@@ -197,9 +197,9 @@ def test_second_backward_with_retain_graph_replays_the_forward():
     rng = torch.get_rng_state()
     first = torch.autograd.grad(loss, [x, *free.parameters()], retain_graph=True)
     second = torch.autograd.grad(loss, [x, *free.parameters()])
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
-    assert all(torch.equal(a, b) for a, b in zip(stats, free.buffers()))  # no extra BatchNorm update
+    assert all(torch.equal(a, b) for a, b in zip(stats, free.buffers(), strict=True))  # no extra BatchNorm update
     assert torch.equal(rng, torch.get_rng_state())
 
 

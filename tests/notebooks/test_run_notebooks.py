@@ -6,7 +6,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_notebooks.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run_notebooks.py"
 
 
 @pytest.fixture

@@ -22,11 +22,48 @@ Three measurements per depth and path (see :mod:`mresnet_core.memory`):
   ``memory_profiler`` saw, interpreter and libraries included), under glibc's default
   malloc and with a fixed mmap threshold (:data:`MALLOC_SETTINGS`).
 
-:func:`plot_memory_vs_depth` draws them next to the theory of :mod:`.memory_model`.
+:func:`plot_memory_vs_depth` draws them next to the shape theory below.
+
+The shape theory (``toy_ordinary_saved_bytes``, ``memory_free_saved_bytes`` and friends).
+What one forward pass keeps for backward, in bytes, for the toy stack of the paper's
+Figure 2: every layer applies the same kind of residual function
+``f = Linear(dim, hidden) - Tanh - Linear(hidden, dim)`` to a ``(batch, dim)`` input.
+These are the numbers :func:`mresnet_core.memory.saved_tensor_bytes` measures
+(parameters excluded); ``tests/test_py`` checks them against it exactly.
+
+Ordinary backprop (``MomentumNet(..., memory_efficient=False)``), per layer:
+
+* the first ``Linear`` saves its input x_n (needed for the weight gradient):
+  ``batch * dim`` values;
+* ``Tanh`` saves its output (its derivative is ``1 - tanh**2``), which the second
+  ``Linear`` saves again as its input: one storage, ``batch * hidden`` values;
+* the momentum update ``v = gamma v + (1 - gamma) f``, ``x = x + v`` multiplies by
+  Python scalars and adds: it saves nothing. Weights are parameters, not activations.
+
+So ``depth * batch * (dim + hidden) * itemsize`` bytes, whatever gamma (a ResNet,
+gamma = 0, saves the same).
+
+Memory-free backward (``memory_efficient=True``, ``exact.py``), independent of depth
+apart from the information buffer:
+
+* x_L and v_L in int64 fixed point: ``2 * 8`` bytes per element;
+* the information buffer: one int64 state per element, plus the 32-bit words it spills.
+  Each exact multiplication by gamma = n / 2**16 pushes log2(2**16 / n) bits per element
+  into the state; the state starts at 2**30 and spills its low 32 bits once it would pass
+  about gamma * 2**62, so after ``depth`` layers each element has spilled
+  ``floor(depth * log2(1 / gamma) / 32)`` words. That count is exact except within about
+  a bit of a word boundary, where rounding inside the state decides, element by element,
+  whether the spill happens at this layer or the next.
+
+The paper's asymptotic cost, ``depth * log2(1 / gamma)`` bits per element, is
+:func:`information_bits`. With Figure 2's schedule gamma = 1 - 1/(50 depth) it is
+``depth * log2(1 / gamma) ~ 1 / (50 ln 2) ~ 0.03`` bits per element at every depth, so
+no word ever spills: the buffer is the 64-bit state alone.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import sys
@@ -38,25 +75,96 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from . import memory_model
-from .memory import measure_step_memory, peak_rss_in_fresh_process, saved_tensors
-from .momentum import MomentumNet
+from .. import exact
+from ..memory import measure_step_memory, peak_rss_in_fresh_process, saved_tensors
+from ..momentum import MomentumNet
+from .common import toy_mlp
 
-__all__ = [
-    "ToyProblem",
-    "PATHS",
-    "build",
-    "training_step",
-    "fresh_process_step",
-    "resnet_saved_bytes",
-    "measure_depths",
-    "measure_rss",
-    "MALLOC_SETTINGS",
-    "plot_memory_vs_depth",
-    "MIB",
-    "LABELS",
-    "PAPER_RSS_MIB",
-]
+# --------------------------------------------------------------------------------------
+# The shape theory (see the module docstring)
+# --------------------------------------------------------------------------------------
+
+INT64_BYTES = 8
+WORD_BYTES = exact.WORD_BITS // 8
+
+
+def figure2_gamma(depth: int, scale: float = 50.0) -> float:
+    """Figure 2's momentum at ``depth`` layers: gamma = 1 - 1 / (scale * depth).
+
+    Depth 0 (no layer) uses depth 1's value, where the formula is undefined.
+    """
+    if depth < 0:
+        raise ValueError(f"depth must be >= 0, got {depth}")
+    return 1.0 - 1.0 / (scale * max(depth, 1))
+
+
+def toy_ordinary_saved_bytes(depth: int, batch: int, dim: int, hidden: int,
+                             itemsize: int = 4) -> int:
+    """Bytes ordinary backprop saves for the toy stack: ``depth * batch * (dim + hidden) * itemsize``.
+
+    Per layer: the first Linear's input (batch x dim) and the Tanh output that the second
+    Linear saves again (batch x hidden, one storage). Independent of gamma.
+    """
+    return depth * batch * (dim + hidden) * itemsize
+
+
+def _bits_per_layer(gamma: float) -> float:
+    n = exact.gamma_numerator(gamma)
+    exact.check_invertible(n)
+    return math.log2(exact.GAMMA_DENOMINATOR / n)
+
+
+def information_bits(depth: int, gamma: float) -> float:
+    """Bits per element the exact arithmetic must remember after ``depth`` layers.
+
+    ``depth * log2(1 / gamma)`` with gamma rounded as the network rounds it (n / 2**16).
+    """
+    return depth * _bits_per_layer(gamma)
+
+
+def buffer_words_per_element(depth: int, gamma: float) -> int:
+    """32-bit words each element has spilled after ``depth`` layers: floor(bits / 32).
+
+    Exact unless ``information_bits(depth, gamma)`` lies within about a bit of a multiple
+    of 32 (see the module docstring).
+    """
+    return int(math.floor(information_bits(depth, gamma) / exact.WORD_BITS))
+
+
+def information_buffer_bytes(depth: int, numel: int, gamma: float) -> int:
+    """Bytes of the information buffer: the int64 state plus the spilled 32-bit words."""
+    return numel * (INT64_BYTES + WORD_BYTES * buffer_words_per_element(depth, gamma))
+
+
+def memory_free_saved_bytes(depth: int, numel: int, gamma: float) -> int:
+    """Bytes the memory-free path keeps for backward: int64 x_L and v_L, and the buffer.
+
+    ``numel`` is the number of elements of the stack's input (batch * dim for the toy).
+    """
+    return 2 * INT64_BYTES * numel + information_buffer_bytes(depth, numel, gamma)
+
+
+def crossover_depth(batch: int, dim: int, hidden: int, itemsize: int = 4,
+                    gamma_of_depth=figure2_gamma, max_depth: int = 1_000_000) -> int:
+    """First depth at which the memory-free path saves fewer bytes than ordinary backprop
+    for the toy stack (``gamma_of_depth(depth)`` gives gamma; Figure 2's schedule by default).
+
+    Beyond it ordinary backprop grows by ``batch * (dim + hidden) * itemsize`` bytes per
+    layer and the memory-free path by at most one 32-bit word per element every
+    32 / log2(1 / gamma) layers, so for float32 it stays below.
+    """
+    numel = batch * dim
+    for depth in range(1, max_depth + 1):
+        if (memory_free_saved_bytes(depth, numel, gamma_of_depth(depth))
+                < toy_ordinary_saved_bytes(depth, batch, dim, hidden, itemsize)):
+            return depth
+    raise ValueError(f"the memory-free path does not save less than ordinary backprop "
+                     f"up to depth {max_depth}")
+
+
+# --------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------
 
 MIB = 2.0 ** 20
 #: the paper's Figure 2, read off its log axis (approximate): RSS in MiB at depth ~0 and ~900
@@ -78,7 +186,7 @@ class ToyProblem:
     seed: int = 1
 
     def gamma(self, depth: int) -> float:
-        return memory_model.figure2_gamma(depth, self.gamma_scale)
+        return figure2_gamma(depth, self.gamma_scale)
 
     @property
     def numel(self) -> int:
@@ -89,8 +197,7 @@ def build(depth: int, memory_efficient: bool, problem: ToyProblem = ToyProblem()
           device: str | torch.device = "cpu", gamma: float | None = None):
     """(net, x): ``depth`` layers of one shared f, and the input batch (seeded)."""
     torch.manual_seed(problem.seed)
-    f = nn.Sequential(nn.Linear(problem.dim, problem.hidden), nn.Tanh(),
-                      nn.Linear(problem.hidden, problem.dim)).to(device)
+    f = toy_mlp(problem.dim, problem.hidden).to(device)
     x = torch.rand(problem.batch, problem.dim, generator=torch.Generator().manual_seed(problem.seed)).to(device)
     g = problem.gamma(depth) if gamma is None else gamma
     return MomentumNet([f] * depth, g, memory_efficient=memory_efficient), x
@@ -191,9 +298,9 @@ def _measure_point(depth: int, path: str, problem: ToyProblem, device) -> Point:
     buffer = report.output.tape.buffer.nbytes() if PATHS[path] else 0
     del report
     if PATHS[path]:
-        theory = memory_model.memory_free_saved_bytes(depth, problem.numel, net.gamma)
+        theory = memory_free_saved_bytes(depth, problem.numel, net.gamma)
     else:
-        theory = memory_model.toy_ordinary_saved_bytes(depth, problem.batch, problem.dim,
+        theory = toy_ordinary_saved_bytes(depth, problem.batch, problem.dim,
                                                        problem.hidden, x.element_size())
     training_step(net, x)  # warm-up (compiles the exact kernels on first use)
     net.zero_grad(set_to_none=True)
@@ -251,7 +358,7 @@ def measure_rss(depths, problem: ToyProblem = ToyProblem(), *, settings=None, th
                 kwargs = dict(depth=int(depth), memory_efficient=memory_efficient, dim=problem.dim,
                               batch=problem.batch, hidden=problem.hidden,
                               gamma_scale=problem.gamma_scale, seed=problem.seed, threads=threads)
-                rss = peak_rss_in_fresh_process("mresnet_core.depth_memory:fresh_process_step", kwargs,
+                rss = peak_rss_in_fresh_process("mresnet_core.experiments.depth_memory:fresh_process_step", kwargs,
                                                 env=env, timeout=timeout)
                 rows.append(dict(depth=int(depth), path=path, malloc=malloc, before=rss["before"],
                                  peak=rss["peak"], step=rss["step"], method=rss["method"]))
@@ -279,7 +386,7 @@ def plot_memory_vs_depth(frame, rss=None, problem: ToyProblem = ToyProblem()):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .plotting import PALETTE
+    from ..plotting import PALETTE
 
     colors = {"ordinary": PALETTE["resnet"], "memory-free": PALETTE["momentum"]}
     depths = sorted(frame["depth"].unique())
@@ -289,9 +396,9 @@ def plot_memory_vs_depth(frame, rss=None, problem: ToyProblem = ToyProblem()):
                              squeeze=False)
     ax = axes[0, 0]
     theory = {
-        "ordinary": [memory_model.toy_ordinary_saved_bytes(d, problem.batch, problem.dim, problem.hidden)
+        "ordinary": [toy_ordinary_saved_bytes(d, problem.batch, problem.dim, problem.hidden)
                      for d in grid],
-        "memory-free": [memory_model.memory_free_saved_bytes(d, problem.numel, problem.gamma(d))
+        "memory-free": [memory_free_saved_bytes(d, problem.numel, problem.gamma(d))
                         for d in grid],
     }
     method = frame["peak_method"].iloc[0]

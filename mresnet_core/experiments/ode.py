@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .momentum import MomentumNet
+from ..momentum import MomentumNet
 
 
 # ----------------------------------------------------------------- the network <-> ODE mapping

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from mresnet_core import reference as ref
-from mresnet_core import reversibility as rv
+from mresnet_core.experiments import common
+from mresnet_core.experiments import exactness as rv
+from mresnet_core.experiments import reference as ref
 
 
 def test_unavailable_is_a_clear_error(monkeypatch):
@@ -26,23 +27,23 @@ needs_ref = pytest.mark.skipif(ref.load() is None, reason="momentumnet not insta
 
 @needs_ref
 def test_reconstruction_error_small_when_shallow_large_when_deep():
-    fs = rv.toy_functions(16, d=8, hidden=8)
-    x0 = rv.grid_input((4, 8))
+    fs = common.toy_functions(16, d=8, hidden=8)
+    x0 = common.grid_input((4, 8))
     assert ref.reconstruction_error(fs[:2], 0.9, x0) < 1e-5
     assert ref.reconstruction_error(fs, 0.01, x0) > 1.0
 
 
 @needs_ref
 def test_reconstruction_error_rejects_a_shared_first_function():
-    f = rv.toy_functions(1, d=4, hidden=4)[0]
+    f = common.toy_functions(1, d=4, hidden=4)[0]
     with pytest.raises(ValueError, match="shared"):
         ref.reconstruction_error([f, f], 0.5, torch.zeros(2, 4))
 
 
 @needs_ref
 def test_reference_gradients_are_wrong_at_small_gamma():
-    fs = rv.toy_functions(8, d=8, hidden=8)
-    x0 = rv.grid_input((4, 8))
+    fs = common.toy_functions(8, d=8, hidden=8)
+    x0 = common.grid_input((4, 8))
     assert ref.gradient_relative_error(fs, 0.01, x0) > 0.1  # ours: < 1e-5 (test_reversibility)
     assert ref.gradient_relative_error(fs[:1], 0.9, x0) < 1e-4
 

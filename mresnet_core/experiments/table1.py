@@ -1,10 +1,10 @@
-"""Momentum ResNets as drop-in replacements: the checks behind Table 1's "Momentum Net" row.
+"""Table 1: Momentum ResNets as drop-in replacements (the checks behind its "Momentum Net" row).
 
 For a model and its :func:`~mresnet_core.to_momentumnet` conversion:
 
 * :func:`compare_tensors`: same parameter count, and every parameter and buffer equal
   (``torch.equal``) to the original's under the documented name mapping
-  (:func:`renamed`, see ``mresnet_core.convert``);
+  (``mresnet_core.convert.renamed``);
 * :func:`relative_error` of the outputs at gamma = 0 (``memory_efficient=False``), which
   must compute the original network;
 * :func:`exact_inverse_ok`: a momentum stack of the converted model runs back to its
@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 from dataclasses import dataclass
 
 import torch
 import torchvision
 from torch import nn
 
-from . import exact
-from .convert import RESNET_STAGES, to_momentumnet
-from .memory import saved_tensor_bytes
-from .momentum import MomentumNet
+from .. import exact
+from ..convert import RESNET_STAGES, renamed, to_momentumnet
+from ..memory import saved_tensor_bytes
+from ..momentum import MomentumNet
+from .common import relative_error
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -96,23 +96,6 @@ def transformer_encoder(d_model: int = 32, nhead: int = 4, layers: int = 6, seed
 
 
 # ------------------------------------------------------------------ comparisons
-def renamed(*prefixes, keep_first: bool = True, module_list: bool = False):
-    """The documented name mapping of ``to_momentumnet`` for the containers ``prefixes``:
-    ``S.j.rest`` -> ``S.1.functions.{j-1}.rest`` (keep_first, j >= 1), or
-    ``S.functions.j.rest`` / ``S.0.functions.j.rest`` (keep_first=False, Sequential /
-    ModuleList)."""
-    def rename(name: str) -> str:
-        for prefix in prefixes:
-            m = re.fullmatch(rf"{re.escape(prefix)}\.(\d+)\.(.*)", name)
-            if m:
-                j, rest = int(m[1]), m[2]
-                if keep_first:
-                    return name if j == 0 else f"{prefix}.1.functions.{j - 1}.{rest}"
-                return f"{prefix}.{'0.' if module_list else ''}functions.{j}.{rest}"
-        return name
-    return rename
-
-
 resnet_names = renamed(*RESNET_STAGES)
 
 
@@ -139,11 +122,6 @@ def compare_tensors(original: nn.Module, converted: nn.Module, rename) -> Tensor
             copies &= k in got and got[k].data_ptr() != v.data_ptr()
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     return TensorComparison(n(original), n(converted), count, bool(same), bool(equal), bool(copies))
-
-
-def relative_error(approx: torch.Tensor, truth: torch.Tensor) -> float:
-    a, t = approx.detach().to(torch.float64), truth.detach().to(torch.float64)
-    return float((a - t).norm() / t.norm().clamp_min(1e-300))
 
 
 def momentum_stacks(model: nn.Module) -> dict:
