@@ -37,17 +37,16 @@
 
 # %%
 # %matplotlib inline
-import time
-
 import numpy as np
-import pandas as pd
 import torch
 
 from mresnet_core.experiments import dynamics as te
-from mresnet_core.plotting import save_figure, use_style
+from mresnet_core.experiments.common import check_claims, paper_vs_this_run, setup_notebook
+from mresnet_core.plotting import save_figure
 
 # %% tags=["parameters"]
 profile = "quick"  # results/<profile>/ holds the trained weights
+use_cache = True  # reuse weights trained by this code version with these settings
 threads = 1  # tiny models: one thread is fastest on a shared 2-core CPU (0: torch default)
 seed = 1
 depth = 15
@@ -61,31 +60,30 @@ n_trajectories = 8
 n_test = 201  # fixed test grid on [-1, 1]
 
 # %%
-if threads:
-    torch.set_num_threads(threads)
-use_style()
-common = dict(depth=depth, hidden=hidden, lr=lr, batch=batch, seed=seed, profile=profile)
-
-start = time.monotonic()
+start = setup_notebook(threads, seed)
+common = dict(depth=depth, hidden=hidden, lr=lr, batch=batch, seed=seed,
+              profile=profile if use_cache else None)
 models, losses = {}, {}
 models[0.0], losses[0.0] = te.train_cubic(0.0, resnet_steps, **common)
 for gamma in gammas:
     models[gamma], losses[gamma] = te.train_cubic(gamma, momentum_steps, **common)
-print(f"training (or loading the cached weights): {time.monotonic() - start:.1f} s")
 
 # %%
 best_increasing = te.best_increasing_mse(n_test)
 mse = {g: te.cubic_test_mse(m, n_test) for g, m in models.items()}
+r2 = {g: te.fit_r2(e, n_test) for g, e in mse.items()}
 traj = {g: te.trajectories(m, n_trajectories) for g, m in models.items()}
 n_pairs = n_trajectories * (n_trajectories - 1) // 2
 swapped = {g: te.swapped_pairs(t) for g, t in traj.items()}
 resnet_slope = te.layer_map_min_slope(models[0.0])
 for g in models:
     name = "ResNet" if g == 0 else f"Momentum ResNet, gamma = {g}"
-    print(f"{name:<32} test MSE {mse[g]:.4f}  order kept at depth 0..{depth}: "
+    print(f"{name:<32} test MSE {mse[g]:.4f}  R^2 {r2[g]:+.3f}  order kept at depth 0..{depth}: "
           f"{''.join('y' if k else '.' for k in te.order_kept(traj[g]))}  "
           f"swapped pairs at the output: {swapped[g]}/{n_pairs}")
-print(f"best MSE of any increasing map on the grid (constant fit): {best_increasing:.4f}")
+    print(f"{'':<32} outer trajectories end at {traj[g][-1, 0]:+.3f} (x0 = -1, target +1) and "
+          f"{traj[g][-1, -1]:+.3f} (x0 = +1, target -1)")
+print(f"best MSE of any increasing map on the grid (constant fit, R^2 = 0): {best_increasing:.4f}")
 print(f"smallest slope of a ResNet layer x -> x + f(x) on [-1.5, 1.5]: {resnet_slope:.3f}")
 
 # %%
@@ -95,31 +93,51 @@ for gamma, note in zip(gammas, ["paper caption", "reference script"]):
 fig = te.plot_dynamics(panels)
 save_figure(fig, "figure1_dynamics")
 
+# %% [markdown]
+# ## Paper vs this run
+#
+# The paper shows the picture and gives no numbers. "Swapped pairs" counts the pairs of
+# the 8 inputs whose order is reversed at the output (28 = fully reversed, as $-x^3$
+# requires); $R^2 = 1 - \mathrm{MSE}/\mathrm{Var}(-x^3)$ on the fixed grid (0 is the best
+# any increasing map can do).
+
 # %%
-rows = [dict(model="ResNet", gamma=0.0, steps=resnet_steps,
-             paper="cannot fit: order kept, increasing map only",
-             **{"this run: test MSE": round(mse[0.0], 4),
-                "this run: swapped pairs": f"{swapped[0.0]}/{n_pairs}"})]
+rows = [{"model": "ResNet", "gamma": 0.0, "steps": resnet_steps,
+         "paper": "cannot fit: order kept, increasing map only",
+         "this run: R^2": round(r2[0.0], 3), "this run: test MSE": round(mse[0.0], 4),
+         f"this run: swapped pairs (of {n_pairs})": swapped[0.0],
+         "this run: end of x0=-1 (target +1)": round(float(traj[0.0][-1, 0]), 3),
+         "this run: end of x0=+1 (target -1)": round(float(traj[0.0][-1, -1]), 3)}]
 for g in gammas:
-    rows.append(dict(model="Momentum ResNet", gamma=g, steps=momentum_steps,
-                     paper="fits -x^3: trajectories cross",
-                     **{"this run: test MSE": round(mse[g], 4),
-                        "this run: swapped pairs": f"{swapped[g]}/{n_pairs}"}))
-rows.append(dict(model="best increasing map (bound)", gamma=np.nan, steps=0, paper="-",
-                 **{"this run: test MSE": round(best_increasing, 4), "this run: swapped pairs": f"0/{n_pairs}"}))
-print("paper vs this run (Figure 1; the paper shows the picture, no numbers)")
-pd.DataFrame(rows)
+    rows.append({"model": "Momentum ResNet", "gamma": g, "steps": momentum_steps,
+                 "paper": "fits -x^3: trajectories cross",
+                 "this run: R^2": round(r2[g], 3), "this run: test MSE": round(mse[g], 4),
+                 f"this run: swapped pairs (of {n_pairs})": swapped[g],
+                 "this run: end of x0=-1 (target +1)": round(float(traj[g][-1, 0]), 3),
+                 "this run: end of x0=+1 (target -1)": round(float(traj[g][-1, -1]), 3)})
+paper_vs_this_run(rows, "paper vs this run (Figure 1; the paper shows the picture, no numbers)")
+
+# %% [markdown]
+# The fit is partial: the Momentum ResNets reverse the order of every pair of inputs, as
+# $-x^3$ requires, but with these few SGD steps they explain about three quarters of the
+# variance ($R^2$ above) and the outer trajectories stop short of $\pm 1$. The ResNet
+# cannot do better than the constant fit: every one of its layers is increasing, so the
+# whole network is.
+#
+# ## Checks
+# Each would fail if its claim failed: a Momentum ResNet that did not reverse the order,
+# or fitted no better than an increasing map, or a ResNet whose trajectories crossed.
 
 # %%
 # NBVAL_CHECK_OUTPUT
-resnet_kept = bool(te.order_kept(traj[0.0]).all())
-print("ResNet: the 8 trajectories never cross (order kept at every depth):", resnet_kept)
-print("ResNet: every layer x -> x + f(x) strictly increasing on [-1.5, 1.5]:", resnet_slope > 0)
-print("ResNet: test MSE not below the best increasing map's:", mse[0.0] >= best_increasing - 1e-4)
-assert resnet_kept and resnet_slope > 0 and mse[0.0] >= best_increasing - 1e-4
+measured = {
+    "ResNet: the 8 trajectories never cross (order kept at every depth, float64)":
+        bool(te.order_kept(traj[0.0]).all()),
+    "ResNet: every layer x -> x + f(x) strictly increasing on [-1.5, 1.5]": resnet_slope > 0,
+    "ResNet: R^2 <= 0.01 (no increasing map beats the constant fit)": r2[0.0] <= 0.01,
+}
 for g in gammas:
-    reversed_all = bool(np.all(np.diff(traj[g][-1]) < 0)) and swapped[g] == n_pairs
-    fits = mse[g] < 0.5 * best_increasing
-    print(f"Momentum ResNet, gamma = {g}: output order fully reversed (trajectories cross):", reversed_all)
-    print(f"Momentum ResNet, gamma = {g}: test MSE below half the best increasing map's:", fits)
-    assert reversed_all and fits
+    measured[f"Momentum ResNet, gamma = {g}: output order fully reversed ({n_pairs}/{n_pairs} pairs)"] = \
+        swapped[g] == n_pairs
+    measured[f"Momentum ResNet, gamma = {g}: R^2 >= 0.6"] = r2[g] >= 0.6
+check_claims(measured)

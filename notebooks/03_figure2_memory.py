@@ -34,7 +34,7 @@
 # is gamma = 0 with ordinary backprop; the momentum update saves nothing for backward, so
 # it keeps exactly the same bytes (checked below). Three measurements of each point:
 # (1) the bytes autograd keeps after the forward pass (`saved_tensor_bytes`, exact),
-# next to (3) the theory computed from the shapes (`mresnet_core.memory_model`, derived
+# next to (3) the theory computed from the shapes (`mresnet_core.experiments.depth_memory`, derived
 # below); (2) measured peaks of one step: the tensor-level peak of the step in this
 # process (CPU profiler allocation events, or the CUDA allocator on a GPU), and the peak
 # RSS of a fresh Python process per point, which is what the paper measured.
@@ -52,12 +52,11 @@ import os
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
 from mresnet_core.experiments import depth_memory as dm
-from mresnet_core.experiments import depth_memory as mm
-from mresnet_core.plotting import save_figure, use_style
+from mresnet_core.experiments.common import check_claims, paper_vs_this_run, setup_notebook
+from mresnet_core.plotting import save_figure
 
 # %% tags=["parameters"]
 profile = "quick"
@@ -73,13 +72,10 @@ seed = 1
 exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (compiled on CPU), eager or compile
 
 # %%
-if threads:
-    torch.set_num_threads(threads)
+start = setup_notebook(threads, seed)
 os.environ["MRESNET_EXACT_BACKEND"] = exact_backend  # also seen by the fresh processes
 if device == "auto":
     device = "cuda" if torch.cuda.is_available() else "cpu"
-use_style()
-pd.set_option("display.width", 200)
 problem = dm.ToyProblem(dim=dim, batch=batch, hidden=hidden, gamma_scale=gamma_scale, seed=seed)
 MiB = dm.MIB
 print(f"profile {profile}, device {device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
@@ -122,17 +118,17 @@ print(f"profile {profile}, device {device}, {torch.get_num_threads()} thread(s),
 
 # %%
 # NBVAL_CHECK_OUTPUT
-per_layer = mm.toy_ordinary_saved_bytes(1, batch, dim, hidden)
+per_layer = dm.toy_ordinary_saved_bytes(1, batch, dim, hidden)
 deepest = max(depths)
 print(f"ordinary backprop: {per_layer} bytes per layer ({per_layer / MiB:.3f} MiB)")
-print(f"memory-free: {mm.memory_free_saved_bytes(deepest, batch * dim, problem.gamma(deepest))} bytes "
+print(f"memory-free: {dm.memory_free_saved_bytes(deepest, batch * dim, problem.gamma(deepest))} bytes "
       f"at depth {deepest} (information buffer "
-      f"{mm.information_buffer_bytes(deepest, batch * dim, problem.gamma(deepest))} bytes, "
-      f"{mm.buffer_words_per_element(deepest, problem.gamma(deepest))} spilled words per element)")
+      f"{dm.information_buffer_bytes(deepest, batch * dim, problem.gamma(deepest))} bytes, "
+      f"{dm.buffer_words_per_element(deepest, problem.gamma(deepest))} spilled words per element)")
 print("information kept per element (bits) at each depth:",
-      [round(mm.information_bits(d, problem.gamma(d)), 3) for d in depths])
+      [round(dm.information_bits(d, problem.gamma(d)), 3) for d in depths])
 print("memory-free keeps fewer bytes than ordinary backprop from depth",
-      mm.crossover_depth(batch, dim, hidden, gamma_of_depth=problem.gamma))
+      dm.crossover_depth(batch, dim, hidden, gamma_of_depth=problem.gamma))
 
 # %% [markdown]
 # ## Measured in this process: saved bytes and the step peak
@@ -164,34 +160,35 @@ free = measured[measured["path"] == "memory-free"].set_index("depth").sort_index
 shallow, deep = ordinary.index.min(), ordinary.index.max()
 
 exact = bool((measured["saved"] == measured["theory"]).all())
-print("saved bytes equal the theory at every depth, both paths:", exact)
 
 slope, intercept = np.polyfit(ordinary.index.to_numpy(float), ordinary["saved"].to_numpy(float), 1)
 linear = round(slope) == per_layer and abs(intercept) < 1
-print(f"ordinary backprop: fitted slope {round(slope)} bytes per layer, intercept {round(intercept)} "
-      f"bytes; slope equals the theory per layer ({per_layer}):", linear)
+print(f"ordinary backprop: fitted slope {round(slope)} bytes per layer, intercept {round(intercept)} bytes")
 
 growth = int(free.loc[deep, "saved"] - free.loc[shallow, "saved"])
 buffer_deep = int(free.loc[deep, "buffer"])
 flat = growth <= buffer_deep
-print(f"memory-free: saved bytes grow by {growth} bytes from depth {shallow} to {deep}, "
-      f"at most the information buffer ({buffer_deep} bytes):", flat)
+print(f"memory-free: saved bytes grow by {growth} bytes from depth {shallow} to {deep}; "
+      f"information buffer {buffer_deep} bytes")
 
-cross = mm.crossover_depth(batch, dim, hidden, gamma_of_depth=problem.gamma)
+cross = dm.crossover_depth(batch, dim, hidden, gamma_of_depth=problem.gamma)
 below = bool((free.loc[free.index >= cross, "saved"] < ordinary.loc[ordinary.index >= cross, "saved"]).all())
-print(f"memory-free saves less than ordinary backprop at every measured depth >= {cross}:", below)
 
 resnet = dm.resnet_saved_bytes(deep, problem, device)
 same = resnet == int(ordinary.loc[deep, "saved"])
-print(f"the reference script's ResNet (gamma = 0, ordinary backprop) at depth {deep} saves the same "
-      "bytes as ordinary backprop of the momentum stack:", same)
 
 peaks_flat = free["peak"].max() <= 2 * free.loc[shallow, "peak"]
 peaks_grow = ordinary.loc[deep, "peak"] - ordinary.loc[shallow, "peak"] >= \
     ordinary.loc[deep, "saved"] - ordinary.loc[shallow, "saved"]
-print("step peak: memory-free stays below twice its depth-1 value:", bool(peaks_flat),
-      "| ordinary grows at least as fast as its saved bytes:", bool(peaks_grow))
-assert exact and linear and flat and below and same and peaks_flat and peaks_grow
+check_claims({
+    "saved bytes equal the shape theory at every depth, both paths": exact,
+    f"ordinary backprop: saved bytes grow linearly, {per_layer} bytes per layer": linear,
+    f"memory-free: saved bytes grow from depth {shallow} to {deep} by at most the information buffer": flat,
+    f"memory-free saves less than ordinary backprop at every measured depth >= {cross}": below,
+    "the reference script's ResNet (gamma = 0) saves what ordinary backprop of the momentum stack saves": same,
+    "step peak (gradients included): memory-free stays below twice its depth-1 value": peaks_flat,
+    "step peak: ordinary grows at least as fast as its saved bytes": peaks_grow,
+})
 
 # %% [markdown]
 # ## Measured in fresh processes: peak RSS, as the paper did
@@ -201,7 +198,10 @@ assert exact and linear and flat and below and same and peaks_flat and peaks_gro
 # holds, freed or not. Here one fresh Python process per point builds the model, runs one
 # warm-up step of a one-layer stack (so that compiling the exact kernels is not part of
 # the step), resets the kernel's high-water mark and runs the step
-# (`memory.peak_rss_in_fresh_process`). Each point runs twice: with glibc's default
+# (`memory.peak_rss_in_fresh_process`). Every process warms up *both* paths on a one-layer
+# stack first, so both load the same libraries (the memory-free path's compiled kernels
+# included) before the measured step: their RSS baselines differ only by what the step
+# itself holds, and compilation is outside the measured interval. Each point runs twice: with glibc's default
 # `malloc`, and with `MALLOC_MMAP_THRESHOLD_=131072`, under which every block above
 # 128 KiB is returned to the system when freed, so the RSS follows the live tensors.
 # By default glibc raises that threshold to the largest block freed so far, after which
@@ -222,55 +222,35 @@ save_figure(fig, "figure2_memory")
 # %% [markdown]
 # ## Paper vs this run
 #
-# The paper's numbers are read off its Figure 2 (log scale, so roughly), and they are the
-# RSS of the whole process: the ~1.2e2 MiB at depth 0 is the Python process with torch
-# loaded (torch 1.x in 2021), not activations. This run's RSS baseline is that of a
-# current torch, larger; the memory-free processes also hold the compiler that built
-# the exact kernels. The quick profile stops at depth 400; the theory line gives depth 900.
+# The paper's numbers are two points per curve read off its Figure 2 (log scale, so
+# roughly), and they are the RSS of the whole process: the ~1.2e2 MiB at depth 0 is the
+# Python process with torch loaded (torch 1.x in 2021), not activations. This run's RSS
+# baseline is that of a current torch, larger. The quick profile stops at depth 400;
+# the theory gives the saved bytes at depth 900 (printed below the table).
 
 # %%
-def mib(value, digits=0):
-    return "-" if value is None else f"{value / MiB:.{digits}f}"
-
-
-def rss_value(depth, path, malloc, column="peak"):
+def rss_mib(depth, path, malloc="default malloc", column="peak"):
     row = rss[(rss["depth"] == depth) & (rss["path"] == path) & (rss["malloc"] == malloc)]
-    return float(row[column].iloc[0]) if len(row) else None
+    return round(float(row[column].iloc[0]) / MiB, 1)
 
 
-def measured_value(depth, path, column):
+def peak_mib(depth, path):
     row = measured[(measured["depth"] == depth) & (measured["path"] == path)]
-    return float(row[column].iloc[0]) if len(row) else None
+    return round(float(row["peak"].iloc[0]) / MiB, 1) if len(row) else float("nan")
 
 
 paper_rss = dm.PAPER_RSS_MIB
-
-
-def approx(value):
-    return "~" + f"{value:.2g}".replace("e+0", "e")
-
-
 rows = []
 for path in dm.PATHS:
-    paper_lo, paper_hi = paper_rss[path]
-    for depth, paper in ((min(rss_depths), f"{approx(paper_lo)} (depth ~0)"),
-                         (max(rss_depths), f"{approx(paper_hi)} (depth ~{paper_rss['depth']})")):
-        rows.append({
-            "model": dm.LABELS[path], "depth": depth, "paper: peak RSS": paper,
-            "this run: RSS before the step": mib(rss_value(depth, path, "default malloc", "before")),
-            "this run: peak RSS, default malloc": mib(rss_value(depth, path, "default malloc")),
-            "this run: peak RSS, 128 KiB mmap threshold": mib(rss_value(depth, path, "mmap threshold 128 KiB")),
-            "this run: step peak (tensors)": mib(measured_value(depth, path, "peak"), 1),
-            "this run: saved": mib(measured_value(depth, path, "saved"), 1),
-        })
-for path in dm.PATHS:
-    theory = (mm.toy_ordinary_saved_bytes(900, batch, dim, hidden) if path == "ordinary"
-              else mm.memory_free_saved_bytes(900, batch * dim, problem.gamma(900)))
-    rows.append({"model": dm.LABELS[path], "depth": 900,
-                 "paper: peak RSS": approx(paper_rss[path][1]),
-                 "this run: saved": f"{mib(theory, 1)} (theory)"})
-print("paper vs this run, MiB (the paper's numbers read off its log-scale figure)")
-pd.DataFrame(rows).fillna("-")
+    for depth, paper, paper_depth in ((min(rss_depths), paper_rss[path][0], 0),
+                                      (max(rss_depths), paper_rss[path][1], paper_rss["depth"])):
+        rows.append({"model": dm.LABELS[path], "depth": depth,
+                     "paper": f"peak RSS ~{paper:g} MiB at depth ~{paper_depth} (read off its figure)",
+                     "this run: RSS before the step (MiB)": rss_mib(depth, path, column="before"),
+                     "this run: peak RSS, default malloc (MiB)": rss_mib(depth, path),
+                     "this run: peak RSS, 128 KiB mmap threshold (MiB)": rss_mib(depth, path, "mmap threshold 128 KiB"),
+                     "this run: step peak, tensors (MiB)": peak_mib(depth, path)})
+paper_vs_this_run(rows, "paper vs this run (RSS: whole process)")
 
 # %%
 base = rss[rss["malloc"] == "default malloc"]
@@ -282,6 +262,10 @@ for path in dm.PATHS:
               f"per layer between depths {part['depth'].iloc[0]} and {part['depth'].iloc[-1]}")
 print(f"this run: saved bytes of ordinary backprop grow by {per_layer / MiB:.2f} MiB per layer; "
       f"paper: about (2e3 - 1.2e2) / 900 = {(2e3 - 1.2e2) / 900:.1f} MiB per layer of RSS")
+for path in dm.PATHS:
+    theory = (dm.toy_ordinary_saved_bytes(900, batch, dim, hidden) if path == "ordinary"
+              else dm.memory_free_saved_bytes(900, batch * dim, problem.gamma(900)))
+    print(f"theory at depth 900, {dm.LABELS[path]}: saved {theory / MiB:.1f} MiB")
 
 # %% [markdown]
 # ## Reading the figure
@@ -294,8 +278,8 @@ print(f"this run: saved bytes of ordinary backprop grow by {per_layer / MiB:.2f}
 #   deterministic and checked above.
 # - **Whole process (right).** The RSS adds a baseline of several hundred MiB: the
 #   interpreter and a current torch (the paper's ~1.2e2 MiB at depth 0 is the same kind
-#   of baseline with a 2021 torch), and in the memory-free processes also the compiler
-#   that built the exact kernels. With the 128 KiB mmap threshold the RSS of the step
+#   of baseline with a 2021 torch), the same for both paths since every process loads
+#   the same libraries before its step. With the 128 KiB mmap threshold the RSS of the step
 #   follows the tensor peak of the left panel: ordinary backprop grows by its ~1 MiB per
 #   layer, the memory-free path stays flat. With glibc's default heuristics the RSS grows
 #   faster than the tensors held (see the slopes printed above): pages freed by the

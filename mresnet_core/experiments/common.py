@@ -175,3 +175,30 @@ def train_steps(model: nn.Module, make_batch: Callable[[int], tuple], loss_fn: C
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "losses": losses}, path)
     return losses
+
+
+# ---------------------------------------------------------------------- paper vs this run
+def paper_vs_this_run(rows: list[dict], title: str = "paper vs this run"):
+    """The "paper vs this run" table of a notebook, as a pandas DataFrame.
+
+    Each row is a dict: label columns (e.g. "claim", "model"), a "paper" entry (what the
+    paper states or reports: text or number, "-" where it gives none) and one or more
+    "this run: ..." entries. Those must be computed values (numbers or booleans, never
+    text typed into the notebook): a TypeError says which one is not.
+    """
+    import numbers
+
+    import pandas as pd
+
+    for i, row in enumerate(rows):
+        if "paper" not in row:
+            raise ValueError(f"row {i} has no 'paper' entry: {row}")
+        measured = {k: v for k, v in row.items() if k.startswith("this run")}
+        if not measured:
+            raise ValueError(f"row {i} has no 'this run: ...' entry: {row}")
+        for key, value in measured.items():
+            if isinstance(value, str) or not isinstance(value, (numbers.Number, bool)):
+                raise TypeError(f"row {i}, {key!r}: a measured value must be a number or a boolean "
+                                f"computed in this run, got {type(value).__name__} {value!r}")
+    print(title)
+    return pd.DataFrame(rows)

@@ -167,7 +167,7 @@ def crossover_depth(batch: int, dim: int, hidden: int, itemsize: int = 4,
 # --------------------------------------------------------------------------------------
 
 MIB = 2.0 ** 20
-#: the paper's Figure 2, read off its log axis (approximate): RSS in MiB at depth ~0 and ~900
+#: the paper's Figure 2, points read off its log axis (approximate): RSS in MiB at depth ~0 and ~900
 PAPER_RSS_MIB = {"depth": 900, "ordinary": (1.2e2, 2e3), "memory-free": (1.2e2, 1.2e2)}
 #: path name -> memory_efficient flag of the MomentumNet
 PATHS = {"ordinary": False, "memory-free": True}
@@ -214,17 +214,20 @@ def fresh_process_step(depth: int, memory_efficient: bool, dim: int = 500, batch
                        threads: int = 1):
     """Factory for :func:`mresnet_core.memory.peak_rss_in_fresh_process`.
 
-    Builds the model and data, runs one warm-up step of a *one-layer* stack of the same
-    path and gamma (it loads the kernels, and compiles the exact kernels of the
-    memory-free path, whose compiler would otherwise count in the step), and returns the
-    step of the ``depth``-layer stack.
+    Builds the model and data, runs one warm-up step of a *one-layer* stack on *both*
+    paths with the same gamma (it loads the kernels, and compiles the exact kernels of
+    the memory-free path), and returns the step of the ``depth``-layer stack. Warming both
+    paths in every process gives both the same libraries before the step: the compiler
+    the memory-free path loads is not counted as a difference in its RSS baseline, and
+    nothing is compiled during the measured step.
     """
     torch.set_num_threads(threads)
     problem = ToyProblem(dim, batch, hidden, gamma_scale, seed)
     gamma = problem.gamma(depth)
-    warm, x = build(1, memory_efficient, problem, gamma=gamma)
-    training_step(warm, x)
-    del warm
+    for path in PATHS.values():
+        warm, x = build(1, path, problem, gamma=gamma)
+        training_step(warm, x)
+        del warm
     net, x = build(depth, memory_efficient, problem)
     return lambda: training_step(net, x)
 
@@ -425,15 +428,12 @@ def plot_memory_vs_depth(frame, rss=None, problem: ToyProblem = ToyProblem()):
             rows = rss[(rss["path"] == path) & (rss["malloc"] == rss["malloc"].iloc[0])].sort_values("depth")
             ax.plot(rows["depth"], rows["before"] / MIB, ":", color=colors[path], lw=1,
                     label=f"{SHORT[path]}: RSS before the step")
-        span = np.linspace(0, max(depths), 50)
         paper = PAPER_RSS_MIB
-        ax.plot(span, paper["ordinary"][0] + (paper["ordinary"][1] - paper["ordinary"][0]) * span / paper["depth"],
-                color="0.55", lw=1.2, ls=(0, (5, 2, 1, 2)),
-                label="paper, ResNet (approx.)")
-        ax.plot(span, np.full_like(span, paper["memory-free"][0]), color="0.55", lw=1.2, ls=(0, (1, 1)),
-                label="paper, Momentum (approx.)")
+        for path, marker in (("ordinary", "X"), ("memory-free", "P")):
+            ax.plot([0, paper["depth"]], paper[path], marker, ls="none", ms=10, color=colors[path],
+                    mec="black", mew=0.8, label=f"paper, {SHORT[path]}: points read off its Fig. 2")
         _finish_axis(ax, "peak RSS (MiB)", "(b) whole process: peak RSS, one fresh process per point (CPU)\n"
-                     "paper: read off its Figure 2 (approximate)")
+                     "paper: two points per curve read off its Figure 2 (approximate)")
     fig.suptitle(f"Figure 2: memory vs depth. d = {problem.dim}, batch {problem.batch}, tied "
                  f"f = Linear({problem.dim},{problem.hidden})-Tanh-Linear({problem.hidden},{problem.dim}), "
                  f"gamma = 1 - 1/({problem.gamma_scale:g} depth), loss mean(out²)", fontsize=10)

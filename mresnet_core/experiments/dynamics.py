@@ -19,6 +19,7 @@ version, so a figure is redrawn without retraining and a change of either retrai
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import torch
@@ -117,6 +118,12 @@ def trajectories(model, n: int = 8, dtype=torch.float64) -> np.ndarray:
     """
     model = copy.deepcopy(model).to(dtype)
     return model.trajectory(cubic_grid(n).to(dtype))[..., 0].numpy()
+
+
+def fit_r2(mse: float, n: int = 201) -> float:
+    """R^2 of a fit on the grid: 1 - MSE / variance of the targets -x**3 (the variance is
+    the MSE of the constant fit, :func:`best_increasing_mse`)."""
+    return 1.0 - mse / best_increasing_mse(n)
 
 
 def layer_map_min_slope(model, lo: float = -1.5, hi: float = 1.5, n: int = 3001) -> float:
@@ -288,4 +295,46 @@ def plot_rings(rows: dict, labels, titles: dict | None = None):
     fig.suptitle("Separating 4 nested rings: the point cloud through depth (tied weights)", y=1.0)
     fig.tight_layout()
     fig.legend(handles=handles, loc="upper center", ncol=3, bbox_to_anchor=(0.5, 0.0))
+    return fig
+
+
+def rings_over_seeds(seeds, *, gamma: float, momentum_steps: int, momentum_lr: float, resnet_steps: int,
+                     resnet_lr: float, points_per_ring: int, depth: int = 15, hidden: int = 16,
+                     eval_points_per_ring: int = 500, profile: str | None = None, progress: bool = True):
+    """Train both models of Figure 5 at every seed; accuracy on the fixed evaluation sample
+    (:func:`rings_eval_set`) and the ResNet's fold fraction. Returns (a pandas DataFrame
+    with one row per seed, {seed: (resnet, momentum)} of the trained models)."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    points, labels = rings_eval_set(eval_points_per_ring)
+    rows, models = [], {}
+    for seed in tqdm(list(seeds), desc="seeds", disable=not progress, file=sys.stdout):
+        common = dict(points_per_ring=points_per_ring, depth=depth, hidden=hidden, seed=seed, profile=profile,
+                      progress=False)
+        momentum, _ = train_rings(gamma, momentum_steps, momentum_lr, **common)
+        resnet, _ = train_rings(0.0, resnet_steps, resnet_lr, **common)
+        models[seed] = (resnet, momentum)
+        rows.append({"seed": seed, "ResNet accuracy": rings_accuracy(resnet, points, labels),
+                     "Momentum ResNet accuracy": rings_accuracy(momentum, points, labels),
+                     "ResNet folds (% of visited points)": 100 * fold_fraction(resnet, points)})
+    return pd.DataFrame(rows).set_index("seed"), models
+
+
+def plot_accuracy_over_seeds(table, threshold: float = 0.95):
+    """Final accuracy of each model at each seed (one dot per seed, medians as bars)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, (column, key) in enumerate((("ResNet accuracy", "resnet"), ("Momentum ResNet accuracy", "momentum"))):
+        values = table[column].to_numpy()
+        ax.plot(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, "o",
+                color=PALETTE[key], ms=7, label=f"{column.split(' accuracy')[0]}: one dot per seed")
+        ax.hlines(np.median(values), i - 0.25, i + 0.25, color=PALETTE[key], lw=2.5)
+    ax.plot([], [], color="0.3", lw=2.5, label="median over seeds (bars)")
+    ax.axhline(threshold, color=PALETTE["theory"], ls="--", lw=1, label=f"separated: accuracy >= {threshold}")
+    ax.set(xticks=[0, 1], xticklabels=["ResNet", "Momentum ResNet"], xlim=(-0.6, 1.6), ylabel="accuracy",
+           title=f"Figure 5 over {len(table)} seeds")
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, -0.55), ncol=2)
+    fig.tight_layout()
     return fig

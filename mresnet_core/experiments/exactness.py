@@ -132,3 +132,66 @@ def inversion_sweep(functions, gammas, depths, x0: torch.Tensor, exact_depths=No
                             "buffer bytes": ex.buffer.nbytes()})
             rows.append(row)
     return rows
+
+
+def plot_inversion_errors(sweep, gammas, ref_sweep=None, floor: float = 1e-19, ceiling: float = 1e6):
+    """Relative error on x_0 against depth: naive float32 and float64 (Eq. 3), and the
+    reference package when ``ref_sweep`` is given; our exact inverse (error 0) drawn as
+    squares at the floor, errors beyond ``ceiling`` or non-finite as crosses at the top."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = [("naive float32 (Eq. 3)", sweep, "naive float32"), ("naive float64 (Eq. 3)", sweep, "naive float64")]
+    if ref_sweep is not None:
+        panels.append(("reference momentumnet 0.10 (float32)", ref_sweep, "reference"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.2), sharey=True)
+    colors = dict(zip(gammas, plt.cm.viridis(np.linspace(0, 0.9, len(gammas)))))
+    for ax, (title, data, col) in zip(axes, panels):
+        for g in gammas:
+            s = data[data.gamma == g]
+            err = s[col].to_numpy(dtype=float)
+            shown = np.clip(np.where(np.isfinite(err), err, ceiling), floor, ceiling)
+            ax.plot(s.depth, shown, "o-", ms=3, color=colors[g], label=f"$\\gamma$ = {g}")
+            over = err >= ceiling
+            ax.plot(s.depth[over], shown[over], "x", ms=7, color=colors[g])
+        ex = sweep[sweep["exact bit for bit"]]
+        ax.plot(ex.depth.unique(), np.full(ex.depth.nunique(), 3 * floor), "s", ms=5, color="black",
+                label="ours, exact: error 0\n(bit for bit, every $\\gamma$)")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--", label="100 %: useless")
+        ax.set(xscale="log", yscale="log", ylim=(floor, ceiling * 10), xlabel="depth $L$", title=title)
+    axes[0].set_ylabel("relative error on $x_0$ after inverting $L$ layers")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.text(0.5, -0.03, f"x: error >= {ceiling:.0e} or inf (drawn at the top); squares: our exact inverse, "
+             "error exactly 0 (drawn at the floor)", ha="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_buffer_cost(sweep, bits, gammas, elements: int):
+    """(left) buffer bits per element per layer against log2(1/gamma); (right) buffer bytes
+    per element against depth, next to float32 activations (4 bytes per layer)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    colors = dict(zip(gammas, plt.cm.viridis(np.linspace(0, 0.9, len(gammas)))))
+    depths = sorted(sweep.depth.unique())
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    lg = np.array([paper_bits(g) for g in gammas])
+    measured = bits["this run: bits/element/layer"].to_numpy()
+    ax1.plot([0.01, 10], [0.01, 10], color="grey", lw=1, label="paper: $\\log_2(1/\\gamma)$")
+    ax1.plot(lg, measured, "o", color="C1", label=f"this run, depth {max(depths)}")
+    for g, x_, y_ in zip(gammas, lg, measured):
+        ax1.annotate(f"$\\gamma$ = {g}", (x_, y_), textcoords="offset points", xytext=(8, -12), fontsize=8)
+    ax1.set(xscale="log", yscale="log", xlabel="$\\log_2(1/\\gamma)$", ylabel="buffer bits per element per layer",
+            title="information buffer cost")
+    ax1.legend()
+    for g in gammas:
+        s = sweep[sweep.gamma == g]
+        ax2.plot(s.depth, s["buffer bytes"] / elements, "o-", ms=3, color=colors[g], label=f"$\\gamma$ = {g}")
+    ax2.plot(depths, [4 * L for L in depths], "k--", lw=1, label="float32 activations\n(4 bytes x depth)")
+    ax2.set(xscale="log", yscale="log", xlabel="depth $L$", ylabel="bytes per element",
+            title="buffer size (words + 8-byte state) vs depth")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

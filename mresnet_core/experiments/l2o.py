@@ -2,8 +2,9 @@
 
 Each layer is one step of an optimizer on a random problem (A, b) passed as extra
 arguments: f(x, A, b) = -p * grad L(x; A, b) with a learned positive diagonal step p.
-Stacked as a ResNet this is gradient descent, as a Momentum ResNet heavy ball, and as the
-F of an additive-coupling RevNet (G = the identity) heavy ball without friction.
+Stacked as a ResNet this is gradient descent, as a Momentum ResNet heavy ball, and as
+the F of an additive-coupling RevNet whose G (a learned diagonal scale) is learned too,
+a frictionless heavy ball with a learned position step.
 """
 from __future__ import annotations
 
@@ -153,11 +154,16 @@ class GradientStep(nn.Module):
         return -torch.exp(self.log_p) * self.grad(x, A, b)
 
 
-class PassThrough(nn.Module):
-    """G(y) = y, ignoring the problem data: the parameter-free half of the RevNet step."""
+class LearnedScale(nn.Module):
+    """G(y) = q * y, q = exp(log_q) a learned positive diagonal (d parameters), ignoring the
+    problem data: the learned second half of the RevNet step (q = 1 at initialisation)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.log_q = nn.Parameter(torch.zeros(d, dtype=torch.float64))
 
     def forward(self, y, *args, **kwargs):
-        return y
+        return torch.exp(self.log_q) * y
 
 
 KINDS = ("resnet", "momentum", "revnet")
@@ -167,8 +173,10 @@ class UnrolledOptimizer(nn.Module):
     """A problem batch (A, b) -> the iterate after ``depth`` tied layers from x0 = 0 (and v0 = 0).
 
     kind "resnet": x + f(x) (gradient descent); "momentum": MomentumNet(gamma) (heavy ball);
-    "revnet": AdditiveCoupling(F = f, G = identity) on (v, x) (heavy ball without friction).
-    All three hold exactly the parameters of ``step``.
+    "revnet": the additive coupling (v, x) -> (v + F(x), x + G(v + F(x))) with both halves
+    learned: F = f and G = :class:`LearnedScale` (a heavy ball without friction whose
+    position step is learned too). The ResNet and the Momentum ResNet hold the d
+    parameters of ``step``; the RevNet holds those and G's d more.
     """
 
     def __init__(self, step: nn.Module, kind: str, depth: int, gamma: float = 0.0):
@@ -177,12 +185,13 @@ class UnrolledOptimizer(nn.Module):
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.step, self.kind, self.depth = step, kind, int(depth)
         self.gamma = {"resnet": 0.0, "momentum": gamma, "revnet": 1.0}[kind]
+        self.coupling_g = LearnedScale(step.log_p.numel()) if kind == "revnet" else None
         self.stack = self.build(self.depth)
 
     def build(self, depth: int):
         """The stack of ``depth`` tied layers (MomentumNet, or RevNet for kind 'revnet')."""
         if self.kind == "revnet":
-            return RevNet([AdditiveCoupling(self.step, PassThrough())] * depth)
+            return RevNet([AdditiveCoupling(self.step, self.coupling_g)] * depth)
         return MomentumNet([self.step] * depth, self.gamma, memory_efficient=False)
 
     def forward(self, problem):
@@ -209,3 +218,83 @@ class UnrolledOptimizer(nn.Module):
             v, x = stack(v, x, A, b)
             return x, v
         return momentum_flow(stack, x, v, A, b)
+
+
+# ----------------------------------------------------------------- the experiment
+def make_problems(name: str, count: int, n: int, d: int, scales: torch.Tensor, generator: torch.Generator):
+    """``count`` random problems of family ``name`` (a key of PROBLEMS): ((A, b), x_star)."""
+    A, b, x_star = PROBLEMS[name][0](count, n, d, scales, generator)
+    return (A, b), x_star
+
+
+def relative_sq_distance(out, x_star):
+    """Training loss: mean ||x_L - x*||^2 / mean ||x*||^2 over the batch of problems."""
+    return ((out - x_star) ** 2).sum(-1).mean() / (x_star ** 2).sum(-1).mean()
+
+
+def train_and_track(name: str, kind: str, *, n: int, d: int, scales, depth: int, eval_depth: int,
+                    gamma: float, train_steps: int, batch: int, pool: int, test_problems: int,
+                    lr: float, init_step: float, seed: int):
+    """Train one unrolled optimizer (Adam on :func:`relative_sq_distance` at ``depth``
+    layers, problems drawn from a pool) and run it to ``eval_depth`` on held-out problems.
+    Returns (model, relative distance ||x_n - x*|| / ||x*|| for n = 0..eval_depth)."""
+    from .common import train_steps as fit
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    (A_pool, b_pool), x_pool = make_problems(name, pool, n, d, scales, gen)
+    test, x_test = make_problems(name, test_problems, n, d, scales, gen)
+    torch.manual_seed(seed)
+    model = UnrolledOptimizer(GradientStep(PROBLEMS[name][2], d, init_step), kind, depth, gamma)
+    picks = torch.Generator().manual_seed(seed + 2)
+
+    def make_batch(step):
+        idx = torch.randint(0, pool, (batch,), generator=picks)
+        return (A_pool[idx], b_pool[idx]), x_pool[idx]
+
+    fit(model, make_batch, relative_sq_distance, torch.optim.Adam(model.parameters(), lr=lr), train_steps,
+        progress=False)
+    iterates = model.iterates(test, eval_depth)
+    dist = ((iterates - x_test) ** 2).sum(-1).mean(-1).sqrt() / (x_test ** 2).sum(-1).mean().sqrt()
+    return model, dist.numpy()
+
+
+def state_map_log_dets(model: UnrolledOptimizer, problem, x, v, depths) -> list:
+    """(L, sign, log|det J|) of the Jacobian (autograd) of the state map (x, v) -> (x_L, v_L)
+    of ``model`` for one problem, at the state (x, v), for each L in ``depths``."""
+    A, b = problem
+    d = x.numel()
+    out = []
+    for L in depths:
+        J = torch.autograd.functional.jacobian(
+            lambda z: torch.cat(model.state_map(z[:d], z[d:], A, b, depth=L)), torch.cat((x, v)))
+        sign, logdet = torch.linalg.slogdet(J)
+        out.append((L, sign.item(), logdet.item()))
+    return out
+
+
+def plot_l2o(curves: dict, det_rows: list, depth: int, d: int, gamma: float, labels: dict):
+    """(left, middle) distance to the minimiser vs depth per problem family; (right) log|det|
+    of the state map against d L log(gamma) (momentum) and 0 (RevNet)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ..plotting import PALETTE
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, name in zip(axes[:2], PROBLEMS):
+        for kind in KINDS:
+            ax.semilogy(curves[name, kind], color=PALETTE[kind], label=labels[kind])
+        ax.axvline(depth, color="0.4", ls="--", lw=1, label="training depth")
+        ax.set(title=name, xlabel="layer $n$", ylabel="$\\|x_n - x^*\\| / \\|x^*\\|$", ylim=(1e-8, 3))
+    axes[0].legend(loc="lower left", fontsize=8)
+    ax = axes[2]
+    for kind, marker in (("momentum", "o"), ("revnet", "s")):
+        pts = [(L, logdet) for name, k, L, _, logdet, _ in det_rows if k == kind and name == "least squares"]
+        ax.plot(*zip(*pts), marker, color=PALETTE[kind], label=f"{kind}: autograd")
+    Ls = np.arange(depth + 1)
+    ax.plot(Ls, d * Ls * math.log(gamma), color=PALETTE["theory"], lw=1, label="$d L \\log\\gamma$")
+    ax.axhline(0, color=PALETTE["theory"], lw=1, ls=":", label="0 (volume preserved)")
+    ax.set(title="volume of the state map (least squares)", xlabel="layers $L$", ylabel="$\\log |\\det J|$")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -192,3 +192,300 @@ def solve_ode(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, eps: 
     if times:
         return torch.stack(path)
     return state if eps == 0 else state[0]
+
+
+# ----------------------------------------------------------------- the ODE-limit experiment
+def fitted_slope(xs, ys) -> float:
+    """Least-squares slope of log(ys) against log(xs): the measured order of a power law."""
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
+def depth_convergence(f: nn.Module, x0: torch.Tensor, eps_list, depths, ref_steps: int = 4096,
+                      fit_last: int = 4):
+    """max_i |x_N(x0_i) - x(1)| for the network of N layers against the RK4 solution of
+    eps x'' + x' = f(x), per eps and N (skipping N < 1/eps, where gamma < 0), and the
+    slope fitted on the deepest ``fit_last`` networks. Returns (errors {eps: {N: err}},
+    slopes {eps: slope})."""
+    errors, slopes = {}, {}
+    for eps in eps_list:
+        reference = solve_ode(f, x0, eps, steps=ref_steps)
+        errors[eps] = {}
+        for N in depths:
+            if N * eps < 1:
+                continue
+            with torch.no_grad():
+                errors[eps][N] = (ode_network(f, eps, depth=N)(x0) - reference).norm(dim=-1).max().item()
+        Ns = sorted(errors[eps])[-fit_last:]
+        slopes[eps] = fitted_slope(Ns, [errors[eps][N] for N in Ns])
+    return errors, slopes
+
+
+def first_order_limit(f: nn.Module, x0: torch.Tensor, eps_list, depth: int, ref_steps: int = 4096,
+                      fit_last: int = 4):
+    """How eps x'' + x' = f approaches the first-order flow x' = f as eps -> 0.
+
+    Returns (ode_gap {eps: max |x_eps(1) - x_flow(1)|} from RK4, net_gap {eps: max
+    |MomentumNet - ResNet|} at ``depth`` layers, the slope of ode_gap in eps over the
+    smallest ``fit_last`` eps, resnet_equals_eps_h: the network at eps = h compared bit for
+    bit with the ResNet)."""
+    flow = solve_ode(f, x0, 0.0, steps=ref_steps)
+    with torch.no_grad():
+        resnet_out = ode_network(f, 0.0, depth=depth)(x0)
+        at_eps_h = ode_network(f, 1 / depth, depth=depth)(x0)
+    ode_gap, net_gap = {}, {}
+    for eps in eps_list:
+        ode_gap[eps] = (solve_ode(f, x0, eps, steps=ref_steps) - flow).norm(dim=-1).max().item()
+        with torch.no_grad():
+            net_gap[eps] = (ode_network(f, eps, depth=depth)(x0) - resnet_out).norm(dim=-1).max().item()
+    small = sorted(eps_list)[:fit_last]
+    slope = fitted_slope(small, [ode_gap[e] for e in small])
+    return ode_gap, net_gap, slope, bool(torch.equal(at_eps_h, resnet_out))
+
+
+def plot_ode_limit(f: nn.Module, x0: torch.Tensor, eps_list, errors: dict, slopes: dict,
+                   ode_gap: dict, net_gap: dict, slope_eps: float, depth: int):
+    """The ODE-limit figure: (left) three paths, RK4 lines and N = 16 network dots;
+    (middle) network error vs N per eps; (right) the gap to the first-order flow vs eps."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    from ..plotting import PALETTE
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
+    show = x0[:3]
+    t_path = np.linspace(0, 1, 513)
+    colors = plt.cm.viridis(np.linspace(0, 0.85, len(eps_list)))
+    for eps, color in zip(eps_list, colors):
+        path = solve_ode(f, show, eps, steps=512, times=True).numpy()
+        axes[0].plot(t_path, path[:, :, 0], color=color, lw=1.5)
+        n_plot = max(16, math.ceil(1 / eps))  # gamma >= 0 needs N >= 1/eps
+        layers = ode_network(f, eps, depth=n_plot).trajectory(show).numpy()
+        axes[0].plot(np.linspace(0, 1, n_plot + 1), layers[:, :, 0], ".", color=color, ms=5)
+        axes[0].plot([], [], color=color, marker=".", label=f"$\\varepsilon$ = {eps}")
+    path = solve_ode(f, show, 0.0, steps=512, times=True).numpy()
+    axes[0].plot(t_path, path[:, :, 0], color=PALETTE["resnet"], ls="--", lw=1.2)
+    axes[0].plot([], [], color=PALETTE["resnet"], ls="--", label="first-order flow $\\dot x = f(x)$")
+    axes[0].set(title="3 paths, first coordinate: lines RK4, dots N = 16", xlabel="$t$", ylabel="$x_1(t)$")
+    axes[0].legend(fontsize=8)
+
+    all_depths = sorted({N for e in errors.values() for N in e})
+    for eps, color in zip(eps_list, colors):
+        Ns = sorted(errors[eps])
+        axes[1].loglog(Ns, [errors[eps][N] for N in Ns], "o-", color=color, ms=4,
+                       label=f"$\\varepsilon$ = {eps}: slope {slopes[eps]:.3f}")
+    Ns = np.array(all_depths, dtype=float)
+    last = errors[eps_list[-1]][all_depths[-1]]
+    axes[1].loglog(Ns, 2 * last * Ns[-1] / Ns, ls="--", color=PALETTE["theory"], label="slope $-1$")
+    axes[1].set(title="Momentum ResNet vs ODE solution at $t = 1$", xlabel="layers $N$",
+                ylabel="$\\max_i \\|x_N - x(1)\\|$")
+    axes[1].legend(fontsize=8)
+
+    E = np.array(sorted(ode_gap))
+    axes[2].loglog(E, [ode_gap[e] for e in E], "o-", color=PALETTE["momentum"],
+                   label=f"ODE: $\\|x_\\varepsilon(1) - x_{{flow}}(1)\\|$, slope {slope_eps:.2f}")
+    axes[2].loglog(E, [net_gap[e] for e in E], "s", color=PALETTE["resnet"], mfc="none",
+                   label=f"networks, N = {depth}: |MomentumNet $-$ ResNet|")
+    axes[2].loglog(E, ode_gap[E[0]] * E / E[0], ls="--", color=PALETTE["theory"], label="slope 1")
+    axes[2].set(title="$\\varepsilon \\to 0$ recovers the first-order flow", xlabel="$\\varepsilon$",
+                ylabel="distance at $t = 1$")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------- Section 4: representation
+class Diagonal(nn.Module):
+    """f(x) = lam * x with a fixed ``lam`` (a scalar, or one value per sample: the 1-D
+    linear ODE for a whole grid of lambda at once)."""
+
+    def __init__(self, lam):
+        super().__init__()
+        self.lam = lam
+
+    def forward(self, x):
+        return self.lam * x
+
+
+def train_minus_x(eps: float, depth: int, hidden: int, steps: int, batch: int, lr: float,
+                  seed: int = 0, dtype=torch.float64):
+    """Fit x -> -x on [-1, 1] with ``depth`` independent MLPs Linear(1, hidden)-Tanh-
+    Linear(hidden, 1) as the network of :func:`ode_network` (eps = 0: the ResNet with step
+    1/depth), Adam on MSE. Returns (net, relative MSE on a 201-point grid, i.e.
+    MSE / E[x^2]; an increasing map cannot go below 1)."""
+    from .common import toy_mlp, train_steps
+
+    functions = []
+    for i in range(depth):
+        torch.manual_seed(seed + i)
+        functions.append(toy_mlp(1, hidden, dtype))
+    net = ode_network(functions, eps)
+    points = torch.Generator().manual_seed(seed + 1)
+
+    def make_batch(step):
+        x = 2 * torch.rand(batch, 1, generator=points, dtype=dtype) - 1
+        return x, -x
+
+    train_steps(net, make_batch, nn.functional.mse_loss, torch.optim.Adam(net.parameters(), lr=lr),
+                steps, progress=False)
+    grid = torch.linspace(-1, 1, 201, dtype=dtype)[:, None]
+    with torch.no_grad():
+        rel_mse = (((net(grid) + grid) ** 2).mean() / (grid ** 2).mean()).item()
+    return net, rel_mse
+
+
+def order_preservation(net, n: int = 201, dtype=torch.float64):
+    """(is the map of ``net`` non-decreasing on a grid of [-1, 1], smallest ratio of
+    consecutive gaps between layers: > 0 means every layer keeps the order)."""
+    grid = torch.linspace(-1, 1, n, dtype=dtype)[:, None]
+    out = net.trajectory(grid)
+    increasing = bool((out[-1, 1:] >= out[-1, :-1]).all())
+    slopes = (out[1:, 1:] - out[1:, :-1]) / (out[:-1, 1:] - out[:-1, :-1])
+    return increasing, float(slopes.min())
+
+
+def plot_minus_x(nets: dict, eps: float, depth: int):
+    """Trajectories of 8 inputs through the ResNet and the Momentum ResNet trained on x -> -x,
+    and the maps they learned. ``nets`` maps "resnet" and "momentum" to the networks."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import PALETTE
+
+    dtype = next(nets["resnet"].parameters()).dtype
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    starts = torch.linspace(-1, 1, 8, dtype=dtype)[:, None]
+    t = np.linspace(0, 1, depth + 1)
+    for ax, name, title in ((axes[0], "resnet", f"ResNet, step 1/{depth} (first-order flow)"),
+                            (axes[1], "momentum", f"Momentum ResNet, $\\varepsilon$ = {eps}")):
+        traj = nets[name].trajectory(starts)[:, :, 0].numpy()
+        ax.plot(t, traj[:, 0], color=PALETTE[name], marker=".", ms=4, label="trajectories $x(t)$")
+        ax.plot(t, traj[:, 1:], color=PALETTE[name], marker=".", ms=4)
+        ax.scatter(np.ones(8), -starts[:, 0].numpy(), marker="x", color=PALETTE["theory"], zorder=3,
+                   label="target $-x_0$")
+        ax.set(title=title, xlabel="depth $t = n / N$", ylabel="$x$", ylim=(-1.3, 1.3))
+        ax.legend(loc="lower left", fontsize=8)
+    grid = torch.linspace(-1, 1, 201, dtype=dtype)[:, None]
+    with torch.no_grad():
+        for name, label in (("resnet", "ResNet"), ("momentum", "Momentum ResNet")):
+            axes[2].plot(grid[:, 0], nets[name](grid)[:, 0], color=PALETTE[name], label=label)
+    axes[2].plot(grid[:, 0], -grid[:, 0], color=PALETTE["theory"], ls="--", label="target $-x$")
+    axes[2].set(title="learned map $x(1)$ against $x(0)$", xlabel="$x(0)$", ylabel="$x(1)$")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reflection(theta: float, dtype=torch.float64) -> torch.Tensor:
+    """The 2-D reflection across the line at angle ``theta`` (det -1, eigenvalues +1, -1)."""
+    c, s = math.cos(2 * theta), math.sin(2 * theta)
+    return torch.tensor([[c, s], [s, -c]], dtype=dtype)
+
+
+def network_most_negative_slope(eps: float, depth: int, lam_min: float = -80.0, n: int = 8001) -> float:
+    """The most negative x_N / x_0 the 1-D linear network (residual lam x / N) reaches over
+    lam in [lam_min, 0]."""
+    lam = torch.linspace(lam_min, 0, n, dtype=torch.float64)
+    with torch.no_grad():
+        return ode_network(Diagonal(lam), eps, depth=depth)(torch.ones_like(lam)).min().item()
+
+
+def fit_linear_map(target: torch.Tensor, eps: float, depth: int, steps: int, lr: float):
+    """Train the linear tied network x -> x + (1/N) Theta x (eps = 0) or its momentum
+    version (eps > 0) from Theta = 0 to compute ``target`` (Adam on the matrix it
+    computes). Returns (the matrix M it computes, ||M - target|| / ||target||, det M)."""
+    from .common import train_steps
+
+    eye = torch.eye(target.shape[0], dtype=target.dtype)
+    lin = nn.Linear(target.shape[0], target.shape[0], bias=False).to(target.dtype)
+    nn.init.zeros_(lin.weight)
+    net = ode_network(lin, eps, depth=depth)
+    train_steps(net, lambda step: (eye, target.T), nn.functional.mse_loss,
+                torch.optim.Adam(net.parameters(), lr=lr), steps, progress=False)
+    with torch.no_grad():
+        M = net(eye).T  # columns: images of the basis vectors
+    return M, ((M - target).norm() / target.norm()).item(), torch.linalg.det(M).item()
+
+
+def plot_linear_maps(eps_list, lams, closed: dict, lam_check, rk4: dict, factors, errors: dict,
+                     m_network: float, eps_b: float, depth_b: int):
+    """(left) x(1)/x0 of eps x'' + x' = lam x, closed form and RK4; (middle) the most
+    negative reachable slope m(eps); (right) trained errors on c x reflection."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import PALETTE
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    for eps, color in zip(eps_list, plt.cm.viridis(np.linspace(0, 0.9, len(eps_list)))):
+        axes[0].plot(lams, closed[eps], color=color, label=f"$\\varepsilon$ = {eps}")
+        axes[0].plot(lam_check, rk4[eps], "o", ms=3, color=color)
+    axes[0].plot([], [], "o", ms=3, color="0.4", label="RK4 (dots)")
+    axes[0].axhline(0, color="0.3", lw=0.8)
+    axes[0].set(title="$\\varepsilon\\ddot x + \\dot x = \\lambda x$: $x(1)/x_0$ (lines: closed form)",
+                xlabel="$\\lambda$", ylabel="$x(1) / x_0$", ylim=(-0.8, 2.5))
+    axes[0].legend(fontsize=8)
+    eps_fine = np.linspace(0.02, 3, 150)
+    axes[1].plot(eps_fine, [most_negative_factor(e, grid=20001) for e in eps_fine], color=PALETTE["momentum"],
+                 label="$m(\\varepsilon)$: most negative $x(1)/x_0$")
+    axes[1].plot(eps_fine, -np.exp(-1 / (2 * eps_fine)), ls="--", color=PALETTE["theory"],
+                 label="Prop. 8: $-e^{-1/(2\\varepsilon)}$")
+    axes[1].axhline(-1, color="0.3", lw=0.8, ls=":", label="$-1$")
+    axes[1].set(title="reachable negative slopes ($\\varepsilon = 0$: none)", xlabel="$\\varepsilon$",
+                ylabel="slope")
+    axes[1].legend(fontsize=8)
+    cs = np.array(factors)
+    axes[2].plot(cs, [errors["resnet", c] for c in factors], "o-", color=PALETTE["resnet"], label="ResNet (trained)")
+    axes[2].plot(cs, [errors["momentum", c] for c in factors], "o-", color=PALETTE["momentum"],
+                 label="Momentum ResNet (trained)")
+    c_fine = np.linspace(min(factors), max(factors), 200)
+    axes[2].plot(c_fine, np.maximum(0, c_fine - abs(m_network)) / (c_fine * math.sqrt(2)), ls="--",
+                 color=PALETTE["momentum"], lw=1, label="momentum: best possible")
+    axes[2].axhline(1 / math.sqrt(2), ls="--", color=PALETTE["resnet"], lw=1, label="ResNet: $\\det \\geq 0$ bound")
+    axes[2].axvline(abs(m_network), color="0.5", lw=0.8, ls=":", label="$c = |m|$ of the network")
+    axes[2].set(title=f"learning $c R$, $R$ a reflection ($\\varepsilon$ = {eps_b}, N = {depth_b})", xlabel="$c$",
+                ylabel="$\\|M - cR\\| / \\|cR\\|$")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def prop8_convergence(eps: float, depths, x0: float = 1.0):
+    """The Momentum ResNet of Prop. 8 (residual (1/N) eps f, f(x) = c x with c from
+    :func:`prop8_coefficient`) at each depth N. Returns (paths {N: x_0..x_N}, errors
+    {N: |x_N - x(1)|} against the closed form, slope of log error between the two deepest)."""
+    c8 = prop8_coefficient(eps)
+    end = prop8_trajectory(1.0, eps, x0)
+    paths, errors = {}, {}
+    for N in depths:
+        net = ode_network(Diagonal(torch.tensor(eps * c8, dtype=torch.float64)), eps, depth=N)
+        paths[N] = net.trajectory(torch.tensor([x0], dtype=torch.float64))[:, 0].numpy()
+        errors[N] = abs(paths[N][-1] - end)
+    slope = math.log(errors[depths[-1]] / errors[depths[-2]]) / math.log(depths[-1] / depths[-2])
+    return paths, errors, slope
+
+
+def plot_prop8(paths: dict, errors: dict, slope: float, eps: float, x0: float = 1.0):
+    """Prop. 8's closed-form trajectory against the networks, and the error at t = 1 vs N."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import PALETTE
+
+    depths = sorted(paths)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    t_fine = np.linspace(0, 1, 400)
+    axes[0].plot(t_fine, prop8_trajectory(t_fine, eps, x0), color=PALETTE["theory"], lw=2.5,
+                 label="closed form (Prop. 8)")
+    for N, color in zip(depths, plt.cm.Oranges(np.linspace(0.4, 0.95, len(depths)))):
+        axes[0].plot(np.linspace(0, 1, N + 1), paths[N], color=color, marker="." if N <= 32 else None,
+                     label=f"Momentum ResNet, N = {N}")
+    axes[0].axhline(prop8_trajectory(1.0, eps, x0), color="0.5", ls=":", lw=1, label="$x(1)$")
+    axes[0].set(title=f"$\\ddot x + \\dot x/\\varepsilon = f(x)$, $\\varepsilon$ = {eps}",
+                xlabel="$t = n / N$", ylabel="$x$")
+    axes[0].legend(fontsize=8)
+    Ns = np.array(depths, dtype=float)
+    axes[1].loglog(Ns, [errors[N] for N in depths], "o-", color=PALETTE["momentum"],
+                   label=f"$|x_N - x(1)|$, last slope {slope:.2f}")
+    axes[1].loglog(Ns, errors[depths[-1]] * Ns[-1] / Ns, ls="--", color=PALETTE["theory"], label="slope $-1$")
+    axes[1].set(title="error at $t = 1$ against depth", xlabel="layers $N$", ylabel="error")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -27,7 +27,7 @@ from torch import nn
 
 from .. import exact
 from ..convert import RESNET_STAGES, renamed, to_momentumnet
-from ..memory import saved_tensor_bytes
+from ..memory import saved_tensor_bytes, saved_tensors
 from ..momentum import MomentumNet
 from .common import relative_error
 
@@ -274,3 +274,55 @@ def transformer_report(batch: int = 4, seq: int = 16, d_model: int = 32, nhead: 
         "saved MiB (original)": mem_original / 2**20,
         "saved MiB (Momentum, memory-free)": mem_free / 2**20,
     }
+
+
+# ------------------------------------------------------------------ measured rows of Table 1
+def stack_memory_vs_depth(arch: str = "resnet101", stage: str = "layer3", depths=(1, 2, 4, 8, 16, 22),
+                          batch: int = 2, size: int = 64, gamma: float = 0.9, seed: int = 0) -> list:
+    """Bytes saved for backward by one momentum stack made of the first ``k`` momentum
+    blocks of ``stage`` of a converted ``arch``, for each k in ``depths``: ordinary backprop
+    against the memory-free path (its information buffer reported apart). Rows of dicts:
+    depth, ordinary, memory-free, buffer (bytes), in training mode."""
+    model, _ = load_resnet(arch, seed=seed, pretrained=False)
+    converted = to_momentumnet(model, gamma, memory_efficient=True)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    h = resnet_stage_input(converted, x, stage)
+    blocks = list(getattr(converted, stage)[1].functions)
+    if max(depths) > len(blocks):
+        raise ValueError(f"{arch}.{stage} has {len(blocks)} momentum blocks, fewer than {max(depths)}")
+    rows = []
+    for k in depths:
+        part = [copy.deepcopy(b).train() for b in blocks[:k]]
+        plain = MomentumNet(part, gamma, memory_efficient=False, residual=False)
+        free = MomentumNet(part, gamma, memory_efficient=True, residual=False)
+        report = saved_tensors(free.forward_state, h)
+        rows.append({"depth": k, "ordinary": saved_tensor_bytes(plain, h), "memory-free": report.nbytes,
+                     "buffer": report.output.tape.buffer.nbytes()})
+        del report
+    return rows
+
+
+def unconstrained_training(arch: str = "resnet18", steps: int = 8, batch: int = 8, size: int = 32,
+                           gamma: float = 0.9, lr: float = 0.05, seed: int = 0, stage: str = "layer3") -> dict:
+    """Train a memory-free Momentum ``arch`` with plain SGD, no constraint of any kind on its
+    blocks (no spectral normalisation, no Lipschitz bound), for ``steps`` steps on one
+    fixed batch of random images with random labels (a mechanics check: can it fit, not
+    a data set). Returns the losses, the Lipschitz lower bound of ``stage``'s first
+    momentum block after training, and whether that stack still inverts bit for bit."""
+    model, _ = load_resnet(arch, seed=seed, pretrained=False)
+    net = to_momentumnet(model, gamma, memory_efficient=True).train()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, size, size, generator=gen)
+    y = torch.randint(0, 1000, (batch,), generator=gen)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    net.eval()
+    h = resnet_stage_input(net, x, stage)
+    stack = getattr(net, stage)[1]
+    return {"losses": losses, "lipschitz": residual_lipschitz(stack, h), "inverse_ok": exact_inverse_ok(stack, h)}

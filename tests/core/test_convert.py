@@ -55,6 +55,7 @@ def has_momentum(model):
 
 
 # ------------------------------------------------------------------ torchvision ResNets
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RESNETS)
 def test_resnet_at_gamma_0_computes_the_original(name):
     model = resnet(name).to(F64).eval()

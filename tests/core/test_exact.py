@@ -97,6 +97,7 @@ def test_gamma_rounding_and_validation():
         exact.check_invertible(exact.gamma_numerator(1e-7))
 
 
+@pytest.mark.slow
 def test_compiled_kernels_give_the_same_bits_as_eager():
     """The fused (torch.compile) kernels used for large tensors are bit-identical."""
     n = exact.gamma_numerator(0.9)

@@ -161,6 +161,7 @@ def test_cuda_peak_of_a_known_allocation():
     assert 4 * n <= peak <= 4 * n + (1 << 20)
 
 
+@pytest.mark.slow
 def test_peak_rss_in_fresh_process():
     size = 256 << 20
     rss = peak_rss_in_fresh_process("mresnet_core.memory:allocation_step", {"nbytes": size},

@@ -1,5 +1,5 @@
-"""mresnet_core.memory_model (Figure 2's theory) against measured saved bytes, exactly;
-mresnet_core.depth_memory (Figure 2's toy problem and measurements) on small sizes."""
+"""experiments.depth_memory: Figure 2's shape theory against measured saved bytes, exactly,
+and its toy problem and measurements on small sizes."""
 import math
 
 import pytest
@@ -106,7 +106,15 @@ def test_measure_depths_small(capfd):
     assert "profiler_start" not in err and "SyncActivityProfilerHandler" not in err
 
 
-def test_fresh_process_rss_small():
-    rss = dm.measure_rss([2], SMALL, settings={"default": {}})
-    assert len(rss) == 2 and set(rss["path"]) == set(dm.PATHS)
-    assert (rss["peak"] >= rss["before"]).all() and (rss["before"] > 0).all()
+@pytest.mark.slow
+def test_fresh_process_rss_grows_with_depth_for_ordinary_backprop_only():
+    """Peak RSS of one step (128 KiB mmap threshold, so freed blocks are returned): from
+    depth 1 to 40, ordinary backprop's step grows by about its saved activations, the
+    memory-free step by far less."""
+    problem = dm.ToyProblem(dim=500, batch=500, hidden=8, seed=1)
+    rss = dm.measure_rss([1, 40], problem, settings={"mmap": dm.MALLOC_SETTINGS["mmap threshold 128 KiB"]})
+    step = rss.set_index(["path", "depth"])["step"]
+    grown = {path: step[(path, 40)] - step[(path, 1)] for path in dm.PATHS}
+    theory = dm.toy_ordinary_saved_bytes(39, problem.batch, problem.dim, problem.hidden)
+    assert grown["ordinary"] >= 0.8 * theory, (grown, theory)
+    assert grown["memory-free"] < 0.2 * grown["ordinary"], grown

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from mresnet_core.experiments import common
-from mresnet_core.experiments import exactness as rv
 from mresnet_core.experiments import reference as ref
 
 

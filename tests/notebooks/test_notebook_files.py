@@ -1,8 +1,10 @@
 """Static checks of the committed notebooks; nbval (--nbval-lax) re-executes them.
 
 A committed notebook must be executed top to bottom in one run (quick profile), free of
-errors and stderr, have a papermill ``parameters`` cell, show its figures inline, state
-the paper's numbers next to this run's, and match its jupytext percent-script pair.
+errors and stderr, have a papermill ``parameters`` cell, show its figures inline, build
+its "paper vs this run" table with ``common.paper_vs_this_run`` (which accepts computed
+numbers only as this run's values), check its claims with ``common.check_claims`` in a
+cell that nbval compares, and match its jupytext percent-script pair.
 """
 from pathlib import Path
 
@@ -54,8 +56,14 @@ def test_conventions(path):
     outputs = "\n".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                         + str(o.get("data", {}).get("text/html", ""))
                         for c in code_cells(nb) for o in c.get("outputs", []))
+    sources = [c.source for c in code_cells(nb)]
+    assert any("paper_vs_this_run(" in src for src in sources), \
+        f"{path.name}: needs a results table built by common.paper_vs_this_run (computed 'this run' values)"
     assert "paper" in outputs.lower() and "this run" in outputs.lower(), \
-        f"{path.name}: must print what the paper reported next to what this run measured"
+        f"{path.name}: its executed outputs must show the paper next to what this run measured"
+    checked = [src for src in sources if src.lstrip().startswith("# NBVAL_CHECK_OUTPUT")]
+    assert any("check_claims(" in src for src in checked), \
+        f"{path.name}: its claims must be checked by common.check_claims in a '# NBVAL_CHECK_OUTPUT' cell"
     assert "<Figure size" not in outputs and "0x7f" not in outputs, \
         f"{path.name}: outputs must not contain Figure reprs or memory addresses"
 

@@ -28,6 +28,7 @@ def runner(tmp_path, monkeypatch):
     return module, tmp_path
 
 
+@pytest.mark.slow
 def test_failure_is_summarised_and_resume_skips_what_passed(runner, capsys):
     module, root = runner
     assert module.main([]) == 1

@@ -1,0 +1,103 @@
+"""A broken claim breaks the suite: each notebook, run on a copy of the package with a
+deliberate regression in it, must fail through its own claim checks.
+
+The regression is a change to the source of a copy of ``mresnet_core`` put first on the
+kernel's PYTHONPATH, the way a real bug would arrive: its code version differs, so
+weights cached by the correct code cannot stand in for training (checked too). The
+notebooks run with papermill at the parameters given here (the quick profile unless
+stated), in scratch folders.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
+
+#: name -> (file of mresnet_core, text to replace, replacement)
+REGRESSIONS = {
+    # every MomentumNet gets gamma = 1/2**16: momentum switched off, the API otherwise working
+    "momentum off": ("exact.py", "    return int(round(float(gamma) * GAMMA_DENOMINATOR))\n",
+                     "    return min(1, int(round(float(gamma) * GAMMA_DENOMINATOR)))  # regression\n"),
+    # the memory-free backward scales the velocity's adjoint by gamma / 2 instead of gamma
+    "wrong gradient": ("reversible.py", "    dv = g.mul_(gamma) if g_owned else g * gamma\n",
+                       "    dv = g.mul_(0.5 * gamma) if g_owned else g * (0.5 * gamma)  # regression\n"),
+}
+
+
+def package_with(regression: str, where: Path) -> Path:
+    """A copy of mresnet_core with ``regression`` applied; returns the folder to put on PYTHONPATH."""
+    file, old, new = REGRESSIONS[regression]
+    shutil.copytree(ROOT / "mresnet_core", where / "mresnet_core", ignore=shutil.ignore_patterns("__pycache__"))
+    target = where / "mresnet_core" / file
+    text = target.read_text()
+    assert text.count(old) == 1, (f"the '{regression}' regression no longer applies: {file} does not contain "
+                                  f"{old.strip()!r} once; update REGRESSIONS in this test")
+    target.write_text(text.replace(old, new))
+    return where
+
+
+def run_notebook(name: str, tmp_path: Path, monkeypatch, parameters: dict, pythonpath: Path | None = None,
+                 results: Path | None = None):
+    """Execute notebooks/<name>.ipynb with papermill; returns the executed notebook."""
+    import papermill as pm
+
+    monkeypatch.setenv("MRESNET_FIGURES_DIR", str(tmp_path / "figures"))
+    monkeypatch.setenv("MRESNET_RESULTS_DIR", str(results or tmp_path / "results"))
+    if pythonpath is not None:
+        monkeypatch.setenv("PYTHONPATH", str(pythonpath))
+    out = tmp_path / f"{name}-{'patched' if pythonpath else 'plain'}.ipynb"
+    return pm.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
+                               cwd=str(NOTEBOOKS), kernel_name="python3", progress_bar=False)
+
+
+def assert_claims_fail(name, tmp_path, monkeypatch, regression, parameters, expected, results=None):
+    import papermill as pm
+
+    path = package_with(regression, tmp_path / "pkg")
+    with pytest.raises(pm.PapermillExecutionError) as failure:
+        run_notebook(name, tmp_path, monkeypatch, parameters, path, results)
+    message = str(failure.value)
+    assert "claims that failed" in message, f"{name} failed, but not through its claim checks:\n{message[-2000:]}"
+    assert expected in message, f"{name}: expected the claim {expected!r} to fail:\n{message[-2000:]}"
+
+
+# ---------------------------------------------------------------- momentum switched off
+@pytest.mark.slow
+def test_figure1_needs_momentum_and_a_stale_cache_cannot_hide_it(tmp_path, monkeypatch):
+    """Figure 1 passes with the real code, filling the weight cache; with momentum off it
+    fails, although the cache holds good weights for the same settings."""
+    results = tmp_path / "shared-results"
+    params = {"use_cache": True}
+    run_notebook("02_figure1_dynamics", tmp_path, monkeypatch, params, results=results)
+    assert any(results.rglob("*.pt")), "the correct run cached no weights: the stale-cache check tests nothing"
+    assert_claims_fail("02_figure1_dynamics", tmp_path, monkeypatch, "momentum off", params,
+                       "output order fully reversed", results=results)
+
+
+@pytest.mark.slow
+def test_figure5_needs_momentum(tmp_path, monkeypatch):
+    assert_claims_fail("04_figure5_rings", tmp_path, monkeypatch, "momentum off", {}, "Momentum ResNet")
+
+
+@pytest.mark.slow
+def test_representation_needs_momentum(tmp_path, monkeypatch):
+    assert_claims_fail("07_representation", tmp_path, monkeypatch, "momentum off", {},
+                       "(a) trained Momentum ResNet: relative MSE < 0.01")
+
+
+@pytest.mark.slow
+def test_ode_limit_needs_momentum(tmp_path, monkeypatch):
+    assert_claims_fail("08_ode_limit", tmp_path, monkeypatch, "momentum off", {},
+                       "network error ~ 1/N")
+
+
+# ---------------------------------------------------------------- a wrong gradient
+@pytest.mark.slow
+def test_exactness_notebook_catches_a_wrong_memory_free_gradient(tmp_path, monkeypatch):
+    params = {"depths": [1, 2, 4, 8, 16, 32, 64], "reference_depths": [1, 8]}
+    assert_claims_fail("05_exact_reversibility", tmp_path, monkeypatch, "wrong gradient", params,
+                       "memory-free gradients within 1e-4 of autograd")
