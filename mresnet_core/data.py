@@ -53,10 +53,12 @@ class ImageData:
 
 
 class TensorImages(Dataset):
-    """Images held as one (N, C, H, W) float tensor, with labels and a per-image transform."""
+    """Images held as one (N, C, H, W) float tensor, with labels and a per-image transform;
+    ``index``: where each image comes from in the source data set (to check splits)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None):
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None,
+                 index: torch.Tensor | None = None):
+        self.images, self.labels, self.transform, self.index = images, labels, transform, index
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -113,13 +115,14 @@ def load_digits(image_size: int = DEFAULT_DIGITS_SIZE, *, augment: bool = True,
     bunch = sk_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # in [0, 1]
     labels = torch.tensor(bunch.target, dtype=torch.int64)
+    source = torch.arange(len(labels))
     name = "digits"
     if classes is not None:
         classes = [int(c) for c in classes]
         if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
             raise ValueError(f"classes must be distinct digits 0..9, got {classes!r}")
         keep = torch.isin(labels, torch.tensor(classes))
-        images = images[keep]
+        images, source = images[keep], source[keep]
         labels = torch.tensor([classes.index(int(y)) for y in labels[keep]], dtype=torch.int64)
         name = f"digits {''.join(map(str, classes))}" if len(classes) < 10 else name
     num_classes = int(labels.max()) + 1
@@ -133,8 +136,10 @@ def load_digits(image_size: int = DEFAULT_DIGITS_SIZE, *, augment: bool = True,
     shift = transforms.RandomCrop(image_size, padding=max(1, image_size // 8))
     train_tf = transforms.Compose([shift, normalize]) if augment else normalize
     return ImageData(name=name,
-                     train=TensorImages(images[train_idx], labels[train_idx], train_tf),
-                     test=TensorImages(images[test_idx], labels[test_idx], normalize),
+                     train=TensorImages(images[train_idx], labels[train_idx], train_tf,
+                                        source[train_idx]),
+                     test=TensorImages(images[test_idx], labels[test_idx], normalize,
+                                       source[test_idx]),
                      num_classes=num_classes, image_size=image_size)
 
 
