@@ -70,6 +70,7 @@ class TrainConfig:
     data_dir: str | None = None
     download: bool = True
     image_size: int | None = None
+    augment: bool = True
     classes: tuple[int, ...] | None = None
     epochs: int = 220
     batch_size: int = 128
@@ -109,6 +110,8 @@ class TrainConfig:
             raise ConfigError("need lr > 0, weight_decay >= 0 and momentum in [0, 1)")
         if any(m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones are epochs >= 1, got {list(self.lr_milestones)}")
+        if self.classes is not None and self.dataset != "digits":
+            raise ConfigError("class subsets (classes / --classes) exist for the digits set only")
         if self.resume and self.out is None:
             raise ConfigError("resume needs the output folder (out / --out) of the run to continue")
 
@@ -283,11 +286,14 @@ def _write_outputs(out: Path, model, optimizer, scheduler, epoch, config, histor
 
 # ------------------------------------------------------------------------------ train
 def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageData | None = None,
-          progress: bool = True, callback: Callable | None = None) -> TrainResult:
+          progress: bool = True, verbose: bool = True,
+          callback: Callable | None = None) -> TrainResult:
     """Train ``config.model`` (or the given ``model``, e.g. to fine-tune or refit after
     changing gamma) on ``config.dataset`` (or the given ``data``) for ``config.epochs``.
 
-    ``callback(model, epoch)`` runs after every optimiser step (on every process).
+    ``progress``: a tqdm bar per epoch; ``verbose``: print the data set, model, device
+    and one line per epoch (rank 0 only). ``callback(model, epoch)`` runs after every
+    optimiser step (on every process).
     Returns the trained model (unwrapped from DistributedDataParallel) and a history of
     per-epoch dicts: epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds.
     Raises ConfigError for invalid settings and DataNotFoundError for missing data,
@@ -309,11 +315,12 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
     if out is not None and not config.resume and (out / CHECKPOINT).exists():
         raise ConfigError(f"{out} already holds a run ({CHECKPOINT}); resume it with --resume, "
                           "or choose another --out (or delete that folder)")
-    say = print if rank == 0 and progress else (lambda *a, **k: None)
+    say = (lambda *a: print(*a, flush=True)) if rank == 0 and verbose else (lambda *a: None)
 
     if data is None:
         data = load_data(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                         download=config.download and rank == 0, classes=config.classes)
+                         download=config.download and rank == 0, augment=config.augment,
+                         classes=config.classes)
     _seed_everything(config.seed)
     if model is None:
         model = build_model(config.model, data.num_classes, gamma=config.gamma,
@@ -431,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=d.image_size,
                    help="digits: upsampled side (default 16); CIFAR: 32; image folders: crop "
                         "side (default 224)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                   help="training augmentation (CIFAR: random crop, padding 4, and flip; digits: "
+                        "random shifts; image folders: random resized crop and flip)")
     p.add_argument("--classes", type=int, nargs="+", default=d.classes,
                    help="digits only: keep these digits, relabelled 0..k-1")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (paper: 220)")
@@ -457,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last checkpoint (same settings; "
                         "--epochs may grow)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar or epoch lines")
+                   help="no progress bar (the epoch lines are still printed)")
     return p
 
 
@@ -476,8 +486,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     args = parser.parse_args(argv)
     config = config_from_args(args)
     try:
-        return train(config, progress=args.progress)
-    except (ConfigError, FileNotFoundError) as e:
+        return train(config, progress=args.progress)  # epoch lines are printed either way
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, DataNotFoundError, model errors
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     finally:
         if dist.is_available() and dist.is_initialized():
