@@ -1,0 +1,226 @@
+"""Image data for training: CIFAR-10/100, image folders (ImageNet, hymenoptera) and the
+embedded handwritten digits, with the paper's augmentation and normalisation.
+
+:func:`load_data` returns an :class:`ImageData` (train and test sets, classes, image size,
+a one-line description); :func:`make_loader` batches a set deterministically: the order
+comes from a ``DistributedSampler`` seeded with ``seed`` and reseeded by
+:func:`start_epoch`, so that a resumed run sees the same batches, and a run split over
+processes sees, per step, exactly the global batch of a single-process run.
+
+The digits (``sklearn.datasets.load_digits``: 1797 8x8 grey images, shipped with
+scikit-learn) are the offline default for CPU runs: upsampled to ``image_size``, repeated
+on 3 channels, split once into stratified train/test sets (``split_seed``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision import datasets, transforms
+from torchvision.transforms import functional as TF
+
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DEFAULT_DIGITS_SIZE = 16
+HOW_TO_GET = ("Get it with download=True (--download) where the network allows, or point "
+              "data_dir (--data-dir) to an existing copy; offline, use the embedded "
+              "handwritten digits (dataset 'digits', --dataset digits).")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data set is not where it was looked for (the message says how to get it)."""
+
+
+@dataclass
+class ImageData:
+    """Train and test sets of one data set, ready for :func:`make_loader`."""
+
+    name: str
+    train: Dataset
+    test: Dataset
+    num_classes: int
+    image_size: int
+
+    def describe(self) -> str:
+        """One line: data set, split sizes, image size, classes."""
+        s = self.image_size
+        return (f"{self.name}: {len(self.train)} train / {len(self.test)} test images, "
+                f"3x{s}x{s}, {self.num_classes} classes")
+
+
+class TensorImages(Dataset):
+    """Images held as one (N, C, H, W) float tensor, with labels and a per-image transform;
+    ``index``: where each image comes from in the source data set (to check splits)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform=None,
+                 index: torch.Tensor | None = None):
+        self.images, self.labels, self.transform, self.index = images, labels, transform, index
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = self.images[i]
+        return (self.transform(x) if self.transform is not None else x), int(self.labels[i])
+
+
+def load_data(dataset: str = "digits", *, data_dir: str | Path | None = None,
+              image_size: int | None = None, download: bool = False, augment: bool = True,
+              classes: Sequence[int] | None = None, split_seed: int = 0,
+              test_fraction: float = 0.25) -> ImageData:
+    """Train and test sets of ``dataset`` (one of :data:`DATASETS`).
+
+    Args:
+        dataset: "digits" (embedded), "cifar10", "cifar100" or "imagefolder" (``data_dir``
+            holds ``train/`` and ``val/`` with one subfolder per class: ImageNet, the
+            "hymenoptera" ants/bees set).
+        data_dir: where the data set is (CIFAR: torchvision's folder layout; default
+            ``.data/<dataset>``). Unused for digits.
+        image_size: digits: side after upsampling (default 16); CIFAR: 32 unless given
+            (then resized); image folders: the crop side (default 224).
+        download: CIFAR only: let torchvision download the data set when missing.
+        augment: training augmentation (CIFAR: random crop with 4-pixel padding and
+            horizontal flip; image folders: random resized crop and flip; digits: random
+            shifts of up to 1/8 of the side, no flip).
+        classes: digits only: keep these digits, relabelled 0..len(classes)-1 in the given
+            order (e.g. (0, 1, 2, 3, 4) and (5, 6, 7, 8, 9) for a fine-tuning experiment).
+        split_seed, test_fraction: digits only: the fixed stratified train/test split.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    if classes is not None and dataset != "digits":
+        raise ValueError("class subsets (classes=) are available for the digits set only")
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+        raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    if dataset == "digits":
+        return load_digits(image_size or DEFAULT_DIGITS_SIZE, augment=augment, classes=classes,
+                           split_seed=split_seed, test_fraction=test_fraction)
+    if dataset.startswith("cifar"):
+        return load_cifar(dataset, data_dir, image_size=image_size or 32, download=download,
+                          augment=augment)
+    return load_image_folder(data_dir, image_size=image_size or 224, augment=augment)
+
+
+def load_digits(image_size: int = DEFAULT_DIGITS_SIZE, *, augment: bool = True,
+                classes: Sequence[int] | None = None, split_seed: int = 0,
+                test_fraction: float = 0.25) -> ImageData:
+    """scikit-learn's handwritten digits as 3-channel ``image_size`` images (see load_data)."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # in [0, 1]
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    source = torch.arange(len(labels))
+    name = "digits"
+    if classes is not None:
+        classes = [int(c) for c in classes]
+        if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
+            raise ValueError(f"classes must be distinct digits 0..9, got {classes!r}")
+        keep = torch.isin(labels, torch.tensor(classes))
+        images, source = images[keep], source[keep]
+        labels = torch.tensor([classes.index(int(y)) for y in labels[keep]], dtype=torch.int64)
+        name = f"digits {''.join(map(str, classes))}" if len(classes) < 10 else name
+    num_classes = int(labels.max()) + 1
+    train_idx, test_idx = train_test_split(torch.arange(len(labels)).numpy(),
+                                           test_size=test_fraction, random_state=split_seed,
+                                           stratify=labels.numpy())
+    images = TF.resize(images, [image_size, image_size], antialias=True).repeat(1, 3, 1, 1)
+    train_idx, test_idx = torch.as_tensor(train_idx), torch.as_tensor(test_idx)
+    mean, std = float(images[train_idx].mean()), float(images[train_idx].std())
+    normalize = transforms.Normalize((mean,) * 3, (std,) * 3)
+    shift = transforms.RandomCrop(image_size, padding=max(1, image_size // 8))
+    train_tf = transforms.Compose([shift, normalize]) if augment else normalize
+    return ImageData(name=name,
+                     train=TensorImages(images[train_idx], labels[train_idx], train_tf,
+                                        source[train_idx]),
+                     test=TensorImages(images[test_idx], labels[test_idx], normalize,
+                                       source[test_idx]),
+                     num_classes=num_classes, image_size=image_size)
+
+
+def load_cifar(dataset: str = "cifar10", data_dir: str | Path | None = None, *,
+               image_size: int = 32, download: bool = False, augment: bool = True) -> ImageData:
+    """CIFAR-10 or CIFAR-100 through torchvision, with the paper's augmentation."""
+    cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[dataset]
+    root = Path(data_dir) if data_dir is not None else Path(".data") / dataset
+    resize = [transforms.Resize(image_size, antialias=True)] if image_size != 32 else []
+    final = [transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)]
+    crop = [transforms.RandomCrop(image_size, padding=image_size // 8),
+            transforms.RandomHorizontalFlip()] if augment else []
+    try:
+        train = cls(root=str(root), train=True, download=download,
+                    transform=transforms.Compose(resize + crop + final))
+        test = cls(root=str(root), train=False, download=download,
+                   transform=transforms.Compose(resize + final))
+    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+        raise DataNotFoundError(f"{dataset} not found in {root} ({e}). {HOW_TO_GET}") from e
+    except OSError as e:  # the download failed (no network)
+        raise DataNotFoundError(f"{dataset} could not be downloaded to {root} ({e}). "
+                                f"{HOW_TO_GET}") from e
+    return ImageData(name=dataset, train=train, test=test, num_classes=len(train.classes),
+                     image_size=image_size)
+
+
+def load_image_folder(data_dir: str | Path | None, *, image_size: int = 224,
+                      augment: bool = True) -> ImageData:
+    """``data_dir/train`` and ``data_dir/val`` class folders with ImageNet preprocessing."""
+    if data_dir is None:
+        raise DataNotFoundError("dataset 'imagefolder' needs data_dir (--data-dir) holding "
+                                "train/ and val/ with one subfolder per class (ImageNet, the "
+                                "hymenoptera ants/bees set). Offline, use --dataset digits.")
+    root = Path(data_dir)
+    missing = [d for d in ("train", "val") if not (root / d).is_dir()]
+    if missing:
+        raise DataNotFoundError(f"{root} has no {' or '.join(d + '/' for d in missing)} folder: "
+                                "an image folder data set needs train/ and val/ with one "
+                                "subfolder per class. Offline, use --dataset digits.")
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train_tf = ([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+                if augment else [transforms.Resize(image_size * 256 // 224),
+                                 transforms.CenterCrop(image_size)])
+    test_tf = [transforms.Resize(image_size * 256 // 224), transforms.CenterCrop(image_size)]
+    train = datasets.ImageFolder(str(root / "train"),
+                                 transforms.Compose(train_tf + [transforms.ToTensor(), normalize]))
+    test = datasets.ImageFolder(str(root / "val"),
+                                transforms.Compose(test_tf + [transforms.ToTensor(), normalize]))
+    if train.classes != test.classes:
+        raise ValueError(f"{root}: train/ and val/ have different class folders "
+                         f"({train.classes} vs {test.classes})")
+    return ImageData(name=f"imagefolder {root.name}", train=train, test=test,
+                     num_classes=len(train.classes), image_size=image_size)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0,
+                workers: int = 0, rank: int = 0, world_size: int = 1,
+                pin_memory: bool = False) -> DataLoader:
+    """A DataLoader over this process's share of ``dataset``.
+
+    Training: a ``DistributedSampler`` (also with one process) shuffles with ``seed`` +
+    epoch (call :func:`start_epoch` before each epoch) and gives each of the
+    ``world_size`` processes every ``world_size``-th sample of the permutation, so the
+    processes' batch ``k`` together are the single-process batch ``k`` when
+    ``batch_size`` is the per-process batch. Evaluation: rank ``r`` gets samples
+    r, r + world_size, ... in order (no padding, every sample counted once).
+    """
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                          generator=torch.Generator(), pin_memory=pin_memory)
+    if world_size > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), world_size))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=pin_memory)
+
+
+def start_epoch(loader: DataLoader, epoch: int, seed: int = 0) -> None:
+    """Fix the shuffle and worker seeds of ``epoch`` (deterministic, resumable)."""
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed * 100_003 + epoch)

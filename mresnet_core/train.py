@@ -1,0 +1,498 @@
+"""Train and evaluate the (Momentum) ResNets: a library API and ``python -m mresnet_core.train``.
+
+Library::
+
+    from mresnet_core.train import TrainConfig, train, evaluate
+    result = train(TrainConfig(model="mresnet18", width=8, epochs=5, lr=0.05))
+    result.history[-1]["test_acc"], result.model
+
+``train(config, model=m)`` continues training (fine-tuning) an existing model; ``out``
+set: every epoch is checkpointed there (model, optimizer, scheduler, RNG states, config,
+history; written atomically) with metrics in ``metrics.csv`` and ``metrics.json``, and
+``resume=True`` continues from the last checkpoint with the same result as an
+uninterrupted run (bit for bit on the CPU with ``workers=0``).
+
+Several processes: ``torchrun --nproc_per_node N -m mresnet_core.train ...`` trains with
+DistributedDataParallel (gloo on the CPU, nccl on GPUs); ``batch_size`` is the global
+batch, split evenly over the processes; only rank 0 writes files and prints. BatchNorm
+normalises with each process's own part of the batch unless ``sync_bn`` (GPUs only: this
+torch's SyncBatchNorm refuses CPU tensors) or ``freeze_bn`` (running statistics, e.g.
+for fine-tuning with tiny batches).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .data import DATASETS, ImageData, load_data, make_loader, start_epoch
+from .models import INIT_VELOCITIES, MODEL_NAMES, STEMS, build_model, check_gamma, parse_name
+
+CHECKPOINT = "checkpoint.pt"
+# config fields that may differ between a run and its resumption
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "out", "resume", "threads")
+
+
+class ConfigError(ValueError):
+    """A training setting is invalid or contradicts the checkpoint it should resume."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. Defaults: the paper's CIFAR-10 recipe (SGD, lr 0.01
+    divided by 10 at epoch 180 of 220, momentum 0.9, weight decay 5e-4, batch 128) on the
+    embedded digits set; the paper trains on ``dataset="cifar10"``."""
+
+    model: str = "mresnet18"
+    gamma: float = 0.9
+    init_velocity: str = "zero"
+    memory_free: bool = True
+    width: int = 64
+    stem: str = "cifar"
+    weights: str | None = None
+    dataset: str = "digits"
+    data_dir: str | None = None
+    download: bool = True
+    image_size: int | None = None
+    augment: bool = True
+    classes: tuple[int, ...] | None = None
+    epochs: int = 220
+    batch_size: int = 128
+    lr: float = 0.01
+    lr_milestones: tuple[int, ...] = (180,)
+    lr_factor: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    freeze_bn: bool = False
+    sync_bn: bool = False
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    out: str | None = None
+    resume: bool = False
+
+    def check(self) -> None:
+        """A ConfigError naming the first invalid setting."""
+        try:
+            parse_name(self.model)
+            check_gamma(self.gamma)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if self.init_velocity not in INIT_VELOCITIES:
+            raise ConfigError(f"init_velocity must be one of {INIT_VELOCITIES}, got {self.init_velocity!r}")
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.stem not in STEMS:
+            raise ConfigError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        for name in ("epochs", "batch_size", "width"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError("need lr > 0, weight_decay >= 0 and momentum in [0, 1)")
+        if any(m < 1 for m in self.lr_milestones):
+            raise ConfigError(f"lr_milestones are epochs >= 1, got {list(self.lr_milestones)}")
+        if self.classes is not None and self.dataset != "digits":
+            raise ConfigError("class subsets (classes / --classes) exist for the digits set only")
+        if self.resume and self.out is None:
+            raise ConfigError("resume needs the output folder (out / --out) of the run to continue")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained model (unwrapped) and per-epoch metrics."""
+
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    config: TrainConfig | None = None
+    out: Path | None = None
+
+
+# ------------------------------------------------------------------------------ pieces
+def make_optimizer(model: nn.Module, config: TrainConfig):
+    """SGD with momentum and weight decay, and the step schedule (x lr_factor at each
+    milestone epoch): the paper's optimiser."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_milestones),
+                                                     gamma=config.lr_factor)
+    return optimizer, scheduler
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device="cpu") -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in %) of ``model`` in eval mode over ``loader``,
+    summed over all processes when torch.distributed is running."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        out = model(x)
+        sums += torch.stack([nn.functional.cross_entropy(out, y, reduction="sum").double(),
+                             (out.argmax(1) == y).sum().double(),
+                             torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+    model.train(was_training)
+    loss, correct, n = _all_reduce(sums).tolist()
+    return loss / max(n, 1), 100.0 * correct / max(n, 1)
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool = False) -> None:
+    """model.train(), with the BatchNorm layers left in eval mode when ``freeze_bn``."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def _train_epoch(model, loader, optimizer, device, config, *, progress, epoch, callback):
+    set_train_mode(model, config.freeze_bn)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+               file=sys.stdout, leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        loss = nn.functional.cross_entropy(out, y)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
+                                 torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
+        if callback is not None:
+            callback(getattr(model, "module", model), epoch)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    loss, correct, n = _all_reduce(sums).tolist()
+    return loss / max(n, 1), 100.0 * correct / max(n, 1)
+
+
+# ------------------------------------------------------------------------------ run setup
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(config: TrainConfig, local_rank: int) -> torch.device:
+    if config.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(config.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool = False) -> None:
+    """Write ``path`` through a temporary file and os.replace: never half written."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb" if binary else "w", newline=None if binary else "") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    d = dataclasses.asdict(config)
+    for k in ("lr_milestones", "classes"):
+        if d[k] is not None:
+            d[k] = list(d[k])
+    return d
+
+
+def _load_checkpoint(config: TrainConfig) -> dict:
+    """The checkpoint in ``config.out``, checked against ``config`` (a ConfigError if it
+    was written for another model or setting)."""
+    path = Path(config.out) / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume first)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved, now = ckpt["config"], _config_dict(config)
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in now
+            if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if diff:
+        raise ConfigError(f"{path} was written for another configuration ({'; '.join(diff)}); "
+                          "resume with the same settings (only --epochs, --workers, --device "
+                          "and --threads may change) or choose another --out")
+    if ckpt["epoch"] > config.epochs:
+        raise ConfigError(f"{path} has already trained {ckpt['epoch']} epochs, more than "
+                          f"--epochs {config.epochs}")
+    return ckpt
+
+
+def _write_outputs(out: Path, model, optimizer, scheduler, epoch, config, history) -> None:
+    ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch,
+            "config": _config_dict(config), "history": history}
+    _atomic_write(out / CHECKPOINT, lambda f: torch.save(ckpt, f), binary=True)
+    _atomic_write(out / "metrics.json", lambda f: json.dump(history, f, indent=1))
+
+    def write_csv(f):
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    _atomic_write(out / "metrics.csv", write_csv)
+
+
+# ------------------------------------------------------------------------------ train
+def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageData | None = None,
+          progress: bool = True, verbose: bool = True,
+          callback: Callable | None = None) -> TrainResult:
+    """Train ``config.model`` (or the given ``model``, e.g. to fine-tune or refit after
+    changing gamma) on ``config.dataset`` (or the given ``data``) for ``config.epochs``.
+
+    ``progress``: a tqdm bar per epoch; ``verbose``: print the data set, model, device
+    and one line per epoch (rank 0 only). ``callback(model, epoch)`` runs after every
+    optimiser step (on every process).
+    Returns the trained model (unwrapped from DistributedDataParallel) and a history of
+    per-epoch dicts: epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds.
+    Raises ConfigError for invalid settings and DataNotFoundError for missing data,
+    before any file is written.
+    """
+    config.check()
+    rank, world, local_rank = _distributed()
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size {config.batch_size} (the global batch) must be divisible "
+                          f"by the number of processes {world}")
+    device = _device(config, local_rank)
+    if config.sync_bn and (world == 1 or device.type != "cuda"):
+        raise ConfigError("sync_bn needs several processes on GPUs (torchrun, nccl): this "
+                          "torch's SyncBatchNorm refuses CPU tensors; use freeze_bn on the CPU")
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    out = Path(config.out) if config.out is not None else None
+    ckpt = _load_checkpoint(config) if config.resume else None
+    if out is not None and not config.resume and (out / CHECKPOINT).exists():
+        raise ConfigError(f"{out} already holds a run ({CHECKPOINT}); resume it with --resume, "
+                          "or choose another --out (or delete that folder)")
+    say = (lambda *a: print(*a, flush=True)) if rank == 0 and verbose else (lambda *a: None)
+
+    if data is None:
+        data = load_data(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                         download=config.download and rank == 0, augment=config.augment,
+                         classes=config.classes)
+    _seed_everything(config.seed)
+    if model is None:
+        model = build_model(config.model, data.num_classes, gamma=config.gamma,
+                            init_velocity=config.init_velocity, memory_efficient=config.memory_free,
+                            width=config.width, stem=config.stem, weights=config.weights)
+    model = model.to(device)
+    optimizer, scheduler = make_optimizer(model, config)
+    history: list[dict] = []
+    start = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, start = list(ckpt["history"]), ckpt["epoch"]
+        _set_rng_state(ckpt["rng"])
+
+    say(f"data: {data.describe()}")
+    say(f"model: {config.model} (width {config.width}, {config.stem} stem, "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters), gamma {config.gamma}, "
+        f"v0 {config.init_velocity}, memory-free {config.memory_free}")
+    say(f"device: {device}, {torch.get_num_threads()} threads, {world} process(es), "
+        f"batch {config.batch_size} global ({config.batch_size // world} per process)"
+        + (f"; resuming after epoch {start}" if ckpt is not None else ""))
+
+    trained = model
+    if world > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if config.sync_bn:
+            trained = nn.SyncBatchNorm.convert_sync_batchnorm(trained)
+        trained = DistributedDataParallel(
+            trained, device_ids=[device.index] if device.type == "cuda" else None)
+        model = trained.module
+    per_rank = config.batch_size // world
+    pin = device.type == "cuda"
+    train_loader = make_loader(data.train, per_rank, train=True, seed=config.seed,
+                               workers=config.workers, rank=rank, world_size=world, pin_memory=pin)
+    test_loader = make_loader(data.test, per_rank, train=False, workers=config.workers,
+                              rank=rank, world_size=world, pin_memory=pin)
+    if out is not None and rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out / "config.json", lambda f: json.dump(_config_dict(config), f, indent=1))
+
+    for epoch in range(start + 1, config.epochs + 1):
+        t0 = time.perf_counter()
+        start_epoch(train_loader, epoch, config.seed)
+        lr = optimizer.param_groups[0]["lr"]
+        train_loss, train_acc = _train_epoch(trained, train_loader, optimizer, device, config,
+                                             progress=progress and rank == 0, epoch=epoch,
+                                             callback=callback)
+        scheduler.step()
+        test_loss, test_acc = evaluate(model, test_loader, device)
+        row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
+               "test_loss": test_loss, "test_acc": test_acc,
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        say(f"epoch {epoch}/{config.epochs}: lr {lr:.4g}, train loss {train_loss:.4f} "
+            f"acc {train_acc:.2f}%, test loss {test_loss:.4f} acc {test_acc:.2f}% "
+            f"({row['seconds']:.1f} s)")
+        if out is not None and rank == 0:
+            _write_outputs(out, model, optimizer, scheduler, epoch, config, history)
+    return TrainResult(model=model, history=history, config=config, out=out)
+
+
+# ------------------------------------------------------------------------------ CLI
+def _init_velocity(value: str) -> str:
+    """-i 0 / 1 (the reference script) or zero / block."""
+    mapping = {"0": "zero", "1": "block", "zero": "zero", "block": "block"}
+    if value not in mapping:
+        raise argparse.ArgumentTypeError("use 0 or zero (v0 = 0), 1 or block (v0 = f(x0))")
+    return mapping[value]
+
+
+def _gamma(value: str) -> float:
+    try:
+        return check_gamma(float(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"gamma must be a number in [0, 1], got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; defaults are the paper's CIFAR-10 recipe (on the digits set)."""
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m mresnet_core.train",
+        description="Train a ResNet or Momentum ResNet (Sander et al., ICML 2021). The paper: "
+                    "--dataset cifar10, 220 epochs, batch 128, SGD lr 0.01 (x0.1 at epoch "
+                    "180), momentum 0.9, weight decay 5e-4, width 64, gamma 0.9. Several "
+                    "processes: torchrun --nproc_per_node N -m mresnet_core.train ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-m", "--model", default=d.model, choices=MODEL_NAMES,
+                   help="network; 'm' prefix: Momentum ResNet")
+    p.add_argument("-g", "--gamma", type=_gamma, default=d.gamma,
+                   help="momentum in [0, 1] of the momentum stacks (paper: 0.9)")
+    p.add_argument("-i", "--init-velocity", type=_init_velocity, default=d.init_velocity,
+                   help="initial velocity: 0/zero (v0 = 0) or 1/block (v0 = f(x0), one "
+                        "extra learned block per stack)")
+    p.add_argument("--memory-free", action=argparse.BooleanOptionalAction, default=d.memory_free,
+                   help="momentum stacks store no activations (exact inversion in backward); "
+                        "gamma 0 always uses ordinary backprop")
+    p.add_argument("--width", type=int, default=d.width, help="base channels (paper: 64)")
+    p.add_argument("--stem", choices=STEMS, default=d.stem,
+                   help="cifar: 3x3 stride-1 conv1, no max-pool; imagenet: torchvision's")
+    p.add_argument("--weights", default=d.weights,
+                   help="torchvision pretrained weights, e.g. IMAGENET1K_V1 (needs --stem "
+                        "imagenet and width 64; downloads them)")
+    p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
+                   help="digits: scikit-learn's handwritten digits, embedded, offline; the "
+                        "paper uses cifar10/cifar100; imagefolder: --data-dir with train/ "
+                        "and val/ (ImageNet, hymenoptera)")
+    p.add_argument("--data-dir", default=d.data_dir,
+                   help="folder of an existing data set (CIFAR default: .data/<dataset>)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=d.download,
+                   help="let torchvision download CIFAR when it is missing")
+    p.add_argument("--image-size", type=int, default=d.image_size,
+                   help="digits: upsampled side (default 16); CIFAR: 32; image folders: crop "
+                        "side (default 224)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
+                   help="training augmentation (CIFAR: random crop, padding 4, and flip; digits: "
+                        "random shifts; image folders: random resized crop and flip)")
+    p.add_argument("--classes", type=int, nargs="+", default=d.classes,
+                   help="digits only: keep these digits, relabelled 0..k-1")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (paper: 220)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="global batch size, split evenly over torchrun processes (paper: 128)")
+    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (paper: 0.01)")
+    p.add_argument("--lr-milestones", type=int, nargs="*", default=list(d.lr_milestones),
+                   help="epochs after which lr is multiplied by --lr-factor (paper: 180)")
+    p.add_argument("--lr-factor", type=float, default=d.lr_factor, help="paper: 0.1")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (paper: 0.9)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="paper: 5e-4")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="BatchNorm uses (and keeps) its running statistics while training")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="torchrun on GPUs: BatchNorm statistics over the global batch")
+    p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, order, augmentation")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
+    p.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--out", default=None,
+                   help="output folder (checkpoint.pt, metrics.csv/json, config.json); "
+                        "default results/train/<model>-g<gamma>-s<seed>")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (same settings; "
+                        "--epochs may grow)")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (the epoch lines are still printed)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed command-line arguments."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["lr_milestones"] = tuple(args.lr_milestones)
+    values["classes"] = tuple(args.classes) if args.classes else None
+    if values["out"] is None:
+        values["out"] = f"results/train/{args.model}-g{args.gamma:g}-s{args.seed}"
+    return TrainConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    try:
+        return train(config, progress=args.progress)  # epoch lines are printed either way
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, DataNotFoundError, model errors
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""train.py: seeded runs repeat exactly, --resume (after a stop or a kill) ends where an
+uninterrupted run ends, bad arguments change no saved file, and torchrun (2 CPU
+processes, gloo) takes the same steps as one process on the same global batch."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from mresnet_core.train import CHECKPOINT, ConfigError, TrainConfig, main, train
+
+ROOT = Path(__file__).resolve().parents[2]
+# a tiny Momentum ResNet on two digits at 8x8: 270 training images, 9 steps an epoch
+TINY = TrainConfig(model="mresnet18", width=4, image_size=8, classes=(0, 1), batch_size=32,
+                   lr=0.05, epochs=2, threads=1)
+TINY_ARGS = ["-m", "mresnet18", "--width", "4", "--image-size", "8", "--classes", "0", "1",
+             "--batch-size", "32", "--lr", "0.05", "--threads", "1"]
+
+
+def _env():
+    path = os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "mresnet_core.train", *args], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _metrics(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def _same_run(ckpt_path, reference):
+    """The checkpoint at ckpt_path holds exactly the reference run's weights and metrics."""
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    state = reference.model.state_dict()
+    assert ckpt["model"].keys() == state.keys()
+    for k, v in state.items():
+        assert torch.equal(ckpt["model"][k], v), k
+    assert _metrics(ckpt["history"]) == _metrics(reference.history)
+    assert _metrics(json.loads((Path(ckpt_path).parent / "metrics.json").read_text())) == \
+        _metrics(reference.history)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """An uninterrupted in-process run of TINY (2 epochs)."""
+    return train(TINY, progress=False, verbose=False)
+
+
+def test_seeded_runs_repeat_exactly(reference):
+    again = train(TINY, progress=False, verbose=False)
+    assert _metrics(again.history) == _metrics(reference.history)
+    assert [row["epoch"] for row in again.history] == [1, 2]
+    for a, b in zip(again.model.state_dict().values(), reference.model.state_dict().values()):
+        assert torch.equal(a, b)
+    other = train(replace(TINY, seed=1, epochs=1), progress=False, verbose=False)
+    assert _metrics(other.history) != _metrics(reference.history[:1])
+    assert reference.history[-1]["test_acc"] > 65  # it learns (two digits, chance 50 %)
+
+
+def test_resume_in_process_is_exact(reference, tmp_path):
+    train(replace(TINY, epochs=1, out=str(tmp_path)), progress=False, verbose=False)
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds" and len(lines) == 2
+    resumed = train(replace(TINY, out=str(tmp_path), resume=True), progress=False, verbose=False)
+    assert _metrics(resumed.history) == _metrics(reference.history)
+    _same_run(tmp_path / CHECKPOINT, reference)
+    assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_api_rejects_a_model_change_on_resume(reference, tmp_path):
+    train(replace(TINY, epochs=1, out=str(tmp_path)), progress=False, verbose=False)
+    with pytest.raises(ConfigError, match="model: checkpoint 'mresnet18' vs now 'resnet18'"):
+        train(replace(TINY, model="resnet18", out=str(tmp_path), resume=True), progress=False)
+
+
+@pytest.mark.slow
+def test_cli_resume_after_a_stop_matches_an_uninterrupted_run(reference, tmp_path):
+    first = _cli(*TINY_ARGS, "--epochs", "1", "--out", str(tmp_path))
+    assert first.returncode == 0, first.stderr
+    assert "digits 01: 270 train / 90 test images, 3x8x8, 2 classes" in first.stdout
+    assert "gamma 0.9" in first.stdout and "device: cpu, 1 threads" in first.stdout
+    second = _cli(*TINY_ARGS, "--epochs", "2", "--out", str(tmp_path), "--resume")
+    assert second.returncode == 0, second.stderr
+    assert "resuming after epoch 1" in second.stdout
+    _same_run(tmp_path / CHECKPOINT, reference)
+
+
+@pytest.mark.slow
+def test_cli_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "mresnet_core.train", *TINY_ARGS, "--epochs",
+                             "50", "--out", str(tmp_path), "--no-progress"], cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = tmp_path / CHECKPOINT
+    deadline = time.monotonic() + 240
+    while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), proc.stderr.read().decode()
+    done = torch.load(ckpt, weights_only=False)["epoch"]
+    assert 1 <= done < 50
+    resumed = _cli(*TINY_ARGS, "--epochs", str(done + 1), "--out", str(tmp_path), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    reference = train(replace(TINY, epochs=done + 1), progress=False, verbose=False)
+    _same_run(ckpt, reference)
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["-m", "resnet20"], "invalid choice: 'resnet20'"),
+    (["-g", "1.5"], r"gamma must be a number in \[0, 1\]"),
+    (["-m", "resnet18", "--resume"], "another configuration"),
+    (["--resume", "--lr", "0.1"], "lr: checkpoint 0.05 vs now 0.1"),
+    ([], "already holds a run"),
+    (["--resume", "--epochs", "0"], "epochs must be a positive integer"),
+    (["--dataset", "cifar10"], "class subsets .* digits set only"),
+    (["--resume", "--no-augment"], "augment: checkpoint True vs now False"),
+    (["--resume", "--out", "{tmp}/empty"], "nothing to resume"),
+])
+def test_bad_arguments_change_no_saved_file(argv, message, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(replace(TINY, epochs=1, out=str(run)), progress=False, verbose=False)
+    before = _snapshot(tmp_path)
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(run)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(TINY_ARGS + ["--epochs", "1", "--no-progress"] + argv)
+    assert exit_info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert _snapshot(tmp_path) == before
+
+
+def test_missing_data_is_a_clear_cli_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "none"), "--no-download",
+              "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 2
+    assert re.search("cifar10 not found.*--data-dir.*--dataset digits", capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_help_documents_the_paper_settings():
+    result = _cli("--help", timeout=120)
+    assert result.returncode == 0, result.stderr
+    for text in ("--lr-milestones", "--resume", "--memory-free", "cifar10", "torchrun", "paper: 0.9"):
+        assert text in result.stdout
+
+
+DDP_SCRIPT = """
+import os, sys, torch, torch.distributed as dist
+from mresnet_core.train import TrainConfig, train
+steps = []
+config = TrainConfig(**{config})
+train(config, progress=False, verbose=False,
+      callback=lambda model, epoch: steps.append([p.detach().clone() for p in model.parameters()]))
+if dist.get_rank() == 0:
+    torch.save(steps, sys.argv[1])
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_takes_the_single_process_steps(tmp_path):
+    """2 CPU processes (gloo) on half batches each == 1 process on the global batch, step by
+    step, for a memory-free Momentum ResNet. BatchNorm uses its running statistics
+    (freeze_bn): in training mode each process would normalise with its own half batch,
+    and SyncBatchNorm refuses CPU tensors in this torch. No augmentation: each process
+    draws its random shifts from its own generator, so the crops would differ."""
+    config = replace(TINY, epochs=1, freeze_bn=True, augment=False)
+    fields = {k: getattr(config, k) for k in ("model", "width", "image_size", "classes", "batch_size",
+                                              "lr", "epochs", "threads", "freeze_bn", "augment")}
+    script = tmp_path / "ddp_steps.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT).replace("{config}", repr(fields)))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "2", str(script), str(tmp_path / "steps.pt")],
+                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    distributed = torch.load(tmp_path / "steps.pt")
+    single = []
+    model = train(config, progress=False, verbose=False,
+                  callback=lambda m, e: single.append([p.detach().clone() for p in m.parameters()])).model
+    assert all(s.memory_efficient for s in model.modules() if hasattr(s, "memory_efficient"))
+    assert len(distributed) == len(single) == 9
+    for step, (a, b) in enumerate(zip(distributed, single)):
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"step {step + 1}")
+    assert not torch.equal(single[-1][0], single[0][0])  # the steps did move the weights
