@@ -202,3 +202,9 @@ def paper_vs_this_run(rows: list[dict], title: str = "paper vs this run"):
                                 f"computed in this run, got {type(value).__name__} {value!r}")
     print(title)
     return pd.DataFrame(rows)
+
+
+def run_dir(profile: str, name: str, settings: dict) -> Path:
+    """Folder of a cached run: ``<results_dir>/<name>-<digest>``, the digest covering every
+    setting and :func:`code_version` (a folder version of :func:`checkpoint_path`)."""
+    return checkpoint_path(profile, name, settings).with_suffix("")
