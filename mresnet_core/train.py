@@ -284,6 +284,20 @@ def _write_outputs(out: Path, model, optimizer, scheduler, epoch, config, histor
     _atomic_write(out / "metrics.csv", write_csv)
 
 
+def _load_data_once(config: TrainConfig, rank: int, world: int) -> ImageData:
+    """load_data for this process; under torchrun rank 0 first (it may download), then
+    the others from what it left on disk."""
+    def load():
+        return load_data(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+                         download=config.download and rank == 0, augment=config.augment,
+                         classes=config.classes)
+    if world == 1:
+        return load()
+    data = load() if rank == 0 else None
+    dist.barrier()
+    return data if data is not None else load()
+
+
 # ------------------------------------------------------------------------------ train
 def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageData | None = None,
           progress: bool = True, verbose: bool = True,
@@ -317,10 +331,12 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
                           "or choose another --out (or delete that folder)")
     say = (lambda *a: print(*a, flush=True)) if rank == 0 and verbose else (lambda *a: None)
 
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if data is None:
-        data = load_data(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-                         download=config.download and rank == 0, augment=config.augment,
-                         classes=config.classes)
+        data = _load_data_once(config, rank, world)
     _seed_everything(config.seed)
     if model is None:
         model = build_model(config.model, data.num_classes, gamma=config.gamma,
@@ -347,8 +363,6 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
 
     trained = model
     if world > 1:
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if config.sync_bn:
             trained = nn.SyncBatchNorm.convert_sync_batchnorm(trained)
         trained = DistributedDataParallel(
@@ -372,6 +386,9 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
                                              progress=progress and rank == 0, epoch=epoch,
                                              callback=callback)
         scheduler.step()
+        if world > 1:  # evaluate (and save) with rank 0's BatchNorm running statistics
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
         test_loss, test_acc = evaluate(model, test_loader, device)
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc,
