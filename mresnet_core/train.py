@@ -42,7 +42,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .data import DATASETS, ImageData, load_data, make_loader, start_epoch
-from .models import INIT_VELOCITIES, MODEL_NAMES, STEMS, build_model, check_gamma, parse_name
+from .models import (INIT_VELOCITIES, MODEL_NAMES, STEMS, build_model, check_gamma,
+                     momentum_stacks, parse_name)
 
 CHECKPOINT = "checkpoint.pt"
 # config fields that may differ between a run and its resumption
@@ -305,6 +306,10 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
     """Train ``config.model`` (or the given ``model``, e.g. to fine-tune or refit after
     changing gamma) on ``config.dataset`` (or the given ``data``) for ``config.epochs``.
 
+    A given model is trained as it is (moved to the device in place): the model-building
+    settings of ``config`` (model, gamma, init_velocity, memory_free, width, stem,
+    weights) then only name the run; set gamma with :func:`mresnet_core.models.set_gamma`.
+
     ``progress``: a tqdm bar per epoch; ``verbose``: print the data set, model, device
     and one line per epoch (rank 0 only). ``callback(model, epoch)`` runs after every
     optimiser step (on every process).
@@ -338,7 +343,8 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
     if data is None:
         data = _load_data_once(config, rank, world)
     _seed_everything(config.seed)
-    if model is None:
+    given = model is not None
+    if not given:
         model = build_model(config.model, data.num_classes, gamma=config.gamma,
                             init_velocity=config.init_velocity, memory_efficient=config.memory_free,
                             width=config.width, stem=config.stem, weights=config.weights)
@@ -354,9 +360,14 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
         _set_rng_state(ckpt["rng"])
 
     say(f"data: {data.describe()}")
-    say(f"model: {config.model} (width {config.width}, {config.stem} stem, "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters), gamma {config.gamma}, "
-        f"v0 {config.init_velocity}, memory-free {config.memory_free}")
+    n_params = f"{sum(p.numel() for p in model.parameters()):,} parameters"
+    if given:
+        gammas = sorted({s.gamma for s in momentum_stacks(model)})
+        say(f"model: the given {type(model).__name__} ({n_params}), "
+            + (f"gamma {', '.join(f'{g:g}' for g in gammas)}" if gammas else "no momentum stack"))
+    else:
+        say(f"model: {config.model} (width {config.width}, {config.stem} stem, {n_params}), "
+            f"gamma {config.gamma}, v0 {config.init_velocity}, memory-free {config.memory_free}")
     say(f"device: {device}, {torch.get_num_threads()} threads, {world} process(es), "
         f"batch {config.batch_size} global ({config.batch_size // world} per process)"
         + (f"; resuming after epoch {start}" if ckpt is not None else ""))
