@@ -117,6 +117,19 @@ class TrainConfig:
             raise ConfigError("resume needs the output folder (out / --out) of the run to continue")
 
 
+#: The quick profile for notebooks on a 2-core CPU (measured: about 5 s per training of a
+#: ResNet-18 and 10 s of a memory-free Momentum ResNet-18 with one thread, 96-98 % test
+#: accuracy on the digits): width 8, 16x16 digits, batch 64, lr 0.05 divided by 10 after
+#: epoch 4 of 6, one thread.
+QUICK = dict(width=8, dataset="digits", image_size=16, batch_size=64, lr=0.05, epochs=6,
+             lr_milestones=(4,), threads=1)
+
+
+def quick_config(model: str = "mresnet18", **overrides) -> TrainConfig:
+    """The quick-profile TrainConfig (:data:`QUICK`) for ``model``, with ``overrides``."""
+    return TrainConfig(**{**QUICK, "model": model, **overrides})
+
+
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the trained model (unwrapped) and per-epoch metrics."""

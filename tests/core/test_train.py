@@ -18,7 +18,8 @@ import torch
 
 from mresnet_core.data import load_data, make_loader
 from mresnet_core.models import momentum_stacks, set_gamma
-from mresnet_core.train import CHECKPOINT, ConfigError, TrainConfig, evaluate, main, train
+from mresnet_core.train import (CHECKPOINT, ConfigError, TrainConfig, evaluate, main, quick_config,
+                                train)
 
 ROOT = Path(__file__).resolve().parents[2]
 # a tiny Momentum ResNet on two digits at 8x8: 270 training images, 9 steps an epoch
@@ -220,3 +221,11 @@ def test_torchrun_takes_the_single_process_steps(tmp_path):
         for p, q in zip(a, b):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"step {step + 1}")
     assert not torch.equal(single[-1][0], single[0][0])  # the steps did move the weights
+
+
+@pytest.mark.slow
+def test_quick_profile_learns_the_digits():
+    """The notebooks' quick profile reaches the accuracy the report quotes (ResNet-18)."""
+    result = train(quick_config("resnet18"), progress=False, verbose=False)
+    assert result.history[-1]["test_acc"] >= 95
+    assert [row["lr"] for row in result.history] == pytest.approx([0.05] * 4 + [0.005] * 2)
