@@ -85,3 +85,22 @@ def test_order_is_seeded_per_epoch_and_splits_over_processes(digits):
 def test_evaluation_shards_count_each_sample_once(digits):
     parts = [make_loader(digits.test, 64, train=False, rank=r, world_size=3) for r in range(3)]
     assert sum(len(p.dataset) for p in parts) == len(digits.test)
+
+
+def test_image_folder_reads_train_and_val_class_folders(digits, tmp_path):
+    """A small image folder (digit images saved as PNG: ants/bees stand-ins) loads with the
+    ImageNet preprocessing at the requested crop size."""
+    from torchvision.transforms.functional import to_pil_image
+    images = digits.test.images
+    for split in ("train", "val"):
+        for c, name in enumerate(("ants", "bees")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(3):
+                to_pil_image(images[4 * c + i]).save(tmp_path / split / name / f"{i}.png")
+    data = load_data("imagefolder", data_dir=tmp_path, image_size=32)
+    assert (len(data.train), len(data.test), data.num_classes) == (6, 6, 2)
+    assert data.train.classes == ["ants", "bees"]
+    x, y = data.test[5]
+    assert x.shape == (3, 32, 32) and y == 1
+    assert data.train[0][0].shape == (3, 32, 32)
+    assert data.describe() == f"imagefolder {tmp_path.name}: 6 train / 6 test images, 3x32x32, 2 classes"

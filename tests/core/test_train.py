@@ -1,6 +1,7 @@
 """train.py: seeded runs repeat exactly, --resume (after a stop or a kill) ends where an
 uninterrupted run ends, bad arguments change no saved file, and torchrun (2 CPU
 processes, gloo) takes the same steps as one process on the same global batch."""
+import copy
 import json
 import os
 import re
@@ -15,7 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mresnet_core.train import CHECKPOINT, ConfigError, TrainConfig, main, train
+from mresnet_core.data import load_data, make_loader
+from mresnet_core.models import momentum_stacks, set_gamma
+from mresnet_core.train import (CHECKPOINT, ConfigError, TrainConfig, evaluate, main, quick_config,
+                                train)
 
 ROOT = Path(__file__).resolve().parents[2]
 # a tiny Momentum ResNet on two digits at 8x8: 270 training images, 9 steps an epoch
@@ -76,6 +80,21 @@ def test_resume_in_process_is_exact(reference, tmp_path):
     assert _metrics(resumed.history) == _metrics(reference.history)
     _same_run(tmp_path / CHECKPOINT, reference)
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_refit_a_given_model_at_another_gamma(reference, capsys):
+    """The notebooks' workflow: train, change gamma, evaluate, refit the same model."""
+    model = copy.deepcopy(reference.model)
+    set_gamma(model, 0.5)
+    data = load_data("digits", image_size=8, classes=(0, 1))
+    loss, acc = evaluate(model, make_loader(data.test, 64, train=False))
+    assert 0 <= acc <= 100 and loss > 0
+    refit = train(replace(TINY, epochs=1, lr=0.01), model=model, data=data, progress=False)
+    assert refit.model is model and len(refit.history) == 1
+    assert all(s.gamma == 0.5 for s in momentum_stacks(model))
+    assert "model: the given NarrowResNet (44,358 parameters), gamma 0.5" in capsys.readouterr().out
+    before = dict(reference.model.named_parameters())
+    assert any(not torch.equal(p, before[k]) for k, p in model.named_parameters())
 
 
 def test_api_rejects_a_model_change_on_resume(reference, tmp_path):
@@ -202,3 +221,11 @@ def test_torchrun_takes_the_single_process_steps(tmp_path):
         for p, q in zip(a, b):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5, msg=f"step {step + 1}")
     assert not torch.equal(single[-1][0], single[0][0])  # the steps did move the weights
+
+
+@pytest.mark.slow
+def test_quick_profile_learns_the_digits():
+    """The notebooks' quick profile reaches the accuracy the report quotes (ResNet-18)."""
+    result = train(quick_config("resnet18"), progress=False, verbose=False)
+    assert result.history[-1]["test_acc"] >= 95
+    assert [row["lr"] for row in result.history] == pytest.approx([0.05] * 4 + [0.005] * 2)
