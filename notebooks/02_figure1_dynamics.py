@@ -31,7 +31,8 @@
 # unchanged; these models are tiny. It shows the 8 trajectories, checks numerically that
 # the ResNet keeps the order of the 8 inputs at every depth (in float64, and every
 # ResNet layer is strictly increasing) while both Momentum ResNets reverse it, and
-# compares the fit errors on a fixed grid with the best any increasing map can do.
+# reports how well each fits: R^2 on a fixed grid (0 is the best any increasing map can
+# do) and where the outermost trajectories end against their targets.
 # **Paper profile**: the same settings (`notebooks/params/paper.yaml`); nothing more is
 # needed. The paper gives no numbers for this figure, only the picture.
 

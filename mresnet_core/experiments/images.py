@@ -10,19 +10,20 @@ from ..train import CHECKPOINT, TrainConfig, TrainResult, train
 from .common import run_dir
 
 
-def fit(profile: str | None, name: str, *, model=None, data=None, **settings) -> TrainResult:
-    """Train with :func:`mresnet_core.train.train` (no progress bars, no per-epoch lines).
+def fit(profile: str | None, name: str, *, start_from=None, data=None, **settings) -> TrainResult:
+    """Train with :func:`mresnet_core.train.train` (no progress bars, no per-epoch lines);
+    ``settings`` are TrainConfig fields (model name, gamma, epochs, ...).
 
-    With ``profile`` (and no ``model`` given), the run is checkpointed under the profile's
+    With ``profile`` (and no ``start_from``), the run is checkpointed under the profile's
     results folder in a folder keyed on every setting and the code version: a finished run
-    is loaded instead of retrained, an interrupted one resumes. ``model``: continue from
-    that model (refit, fine-tuning); never cached.
+    is loaded instead of retrained, an interrupted one resumes. ``start_from``: an
+    ``nn.Module`` to continue training (refit, fine-tuning); such runs are not cached.
     """
     config = TrainConfig(**settings)
-    if profile and model is None:
+    if profile and start_from is None:
         out = run_dir(profile, name, dataclasses.asdict(config))
         config.out, config.resume = str(out), (out / CHECKPOINT).exists()
-    return train(config, model=model, data=data, progress=False, verbose=False)
+    return train(config, model=start_from, data=data, progress=False, verbose=False)
 
 
 def final_accuracy(result: TrainResult) -> float:
