@@ -257,11 +257,13 @@ def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool =
 
 
 def _config_dict(config: TrainConfig) -> dict:
-    d = dataclasses.asdict(config)
-    for k in ("lr_milestones", "classes"):
-        if d[k] is not None:
-            d[k] = list(d[k])
-    return d
+    """The config as JSON values (tuples as lists; a weights enum or torch.device as text),
+    as saved in checkpoints and config.json and compared on resume."""
+    def plain(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        return [plain(x) for x in v] if isinstance(v, (tuple, list, range)) else str(v)
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
 def _load_checkpoint(config: TrainConfig) -> dict:
