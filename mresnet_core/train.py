@@ -257,11 +257,13 @@ def _atomic_write(path: Path, write: Callable[[io.IOBase], None], binary: bool =
 
 
 def _config_dict(config: TrainConfig) -> dict:
-    d = dataclasses.asdict(config)
-    for k in ("lr_milestones", "classes"):
-        if d[k] is not None:
-            d[k] = list(d[k])
-    return d
+    """The config as JSON values (tuples as lists; a weights enum or torch.device as text),
+    as saved in checkpoints and config.json and compared on resume."""
+    def plain(v):
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        return [plain(x) for x in v] if isinstance(v, (tuple, list, range)) else str(v)
+    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
 def _load_checkpoint(config: TrainConfig) -> dict:
@@ -442,27 +444,46 @@ def _gamma(value: str) -> float:
         raise argparse.ArgumentTypeError(f"gamma must be a number in [0, 1], got {value!r}") from None
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help (unless None: the help says what unset means), and the
+    description and examples kept as written."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; defaults are the paper's CIFAR-10 recipe (on the digits set)."""
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m mresnet_core.train",
-        description="Train a ResNet or Momentum ResNet (Sander et al., ICML 2021). The paper: "
-                    "--dataset cifar10, 220 epochs, batch 128, SGD lr 0.01 (x0.1 at epoch "
-                    "180), momentum 0.9, weight decay 5e-4, width 64, gamma 0.9. Several "
-                    "processes: torchrun --nproc_per_node N -m mresnet_core.train ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-m", "--model", default=d.model, choices=MODEL_NAMES,
-                   help="network; 'm' prefix: Momentum ResNet")
+        description="Train a ResNet or Momentum ResNet (Sander et al., ICML 2021).\n"
+                    "The paper: --dataset cifar10, 220 epochs, batch 128, SGD lr 0.01 (x0.1 "
+                    "at epoch 180),\nmomentum 0.9, weight decay 5e-4, width 64, gamma 0.9. "
+                    "Defaults: those settings on the\nembedded digits (offline). Every epoch "
+                    "is checkpointed in --out; --resume continues exactly.",
+        epilog="examples:\n"
+               "  quick, offline:  python -m mresnet_core.train -m mresnet18 --width 8 "
+               "--epochs 6 --batch-size 64 --lr 0.05 --lr-milestones 4 --threads 1\n"
+               "  the paper:       python -m mresnet_core.train -m mresnet101 -g 0.9 "
+               "--dataset cifar10 --epochs 220\n"
+               "  continue a run:  the same command with --resume (and a larger --epochs)\n"
+               "  2 GPUs:          torchrun --nproc_per_node 2 -m mresnet_core.train "
+               "-m mresnet101 --dataset cifar10\n"
+               "Small models on the CPU: MRESNET_EXACT_BACKEND=eager skips compiling the exact "
+               "kernels of the memory-free path (same results).",
+        formatter_class=_HelpFormatter)
+    p.add_argument("-m", "--model", default=d.model, choices=MODEL_NAMES, metavar="MODEL",
+                   help=f"network, one of {', '.join(MODEL_NAMES)} ('m': Momentum ResNet)")
     p.add_argument("-g", "--gamma", type=_gamma, default=d.gamma,
-                   help="momentum in [0, 1] of the momentum stacks (paper: 0.9)")
+                   help="momentum in [0, 1] of the momentum stacks; the paper: 0.9")
     p.add_argument("-i", "--init-velocity", type=_init_velocity, default=d.init_velocity,
                    help="initial velocity: 0/zero (v0 = 0) or 1/block (v0 = f(x0), one "
                         "extra learned block per stack)")
     p.add_argument("--memory-free", action=argparse.BooleanOptionalAction, default=d.memory_free,
                    help="momentum stacks store no activations (exact inversion in backward); "
                         "gamma 0 always uses ordinary backprop")
-    p.add_argument("--width", type=int, default=d.width, help="base channels (paper: 64)")
+    p.add_argument("--width", type=int, default=d.width, help="base channels; the paper: 64")
     p.add_argument("--stem", choices=STEMS, default=d.stem,
                    help="cifar: 3x3 stride-1 conv1, no max-pool; imagenet: torchvision's")
     p.add_argument("--weights", default=d.weights,
@@ -477,22 +498,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=d.download,
                    help="let torchvision download CIFAR when it is missing")
     p.add_argument("--image-size", type=int, default=d.image_size,
-                   help="digits: upsampled side (default 16); CIFAR: 32; image folders: crop "
-                        "side (default 224)")
+                   help="digits: upsampled side (16 if unset); CIFAR: 32; image folders: crop "
+                        "side (224 if unset)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=d.augment,
                    help="training augmentation (CIFAR: random crop, padding 4, and flip; digits: "
                         "random shifts; image folders: random resized crop and flip)")
     p.add_argument("--classes", type=int, nargs="+", default=d.classes,
                    help="digits only: keep these digits, relabelled 0..k-1")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (paper: 220)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs; the paper: 220")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="global batch size, split evenly over torchrun processes (paper: 128)")
-    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate (paper: 0.01)")
+                   help="global batch size, split evenly over torchrun processes; the paper: 128")
+    p.add_argument("--lr", type=float, default=d.lr, help="SGD learning rate; the paper: 0.01")
     p.add_argument("--lr-milestones", type=int, nargs="*", default=list(d.lr_milestones),
-                   help="epochs after which lr is multiplied by --lr-factor (paper: 180)")
-    p.add_argument("--lr-factor", type=float, default=d.lr_factor, help="paper: 0.1")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum (paper: 0.9)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="paper: 5e-4")
+                   help="epochs after which lr is multiplied by --lr-factor; the paper: 180")
+    p.add_argument("--lr-factor", type=float, default=d.lr_factor, help="the paper: 0.1")
+    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum; the paper: 0.9")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="the paper: 5e-4")
     p.add_argument("--freeze-bn", action="store_true",
                    help="BatchNorm uses (and keeps) its running statistics while training")
     p.add_argument("--sync-bn", action="store_true",
@@ -500,15 +521,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="seeds weights, order, augmentation")
     p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes")
     p.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="torch CPU threads (unset: torch's choice)")
     p.add_argument("--out", default=None,
                    help="output folder (checkpoint.pt, metrics.csv/json, config.json); "
                         "default results/train/<model>-g<gamma>-s<seed>")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (same settings; "
                         "--epochs may grow)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar (the epoch lines are still printed)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="tqdm progress bar per epoch (the epoch lines are printed either way)")
     return p
 
 
