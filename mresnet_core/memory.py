@@ -61,6 +61,7 @@ __all__ = [
     "peak_step_memory",
     "TrainingStepMemory",
     "training_step_memory",
+    "describe",
     "peak_rss_in_fresh_process",
     "allocation_step",
 ]
@@ -388,6 +389,30 @@ def training_step_memory(model: nn.Module, *inputs, loss: Callable | None = None
     m = measure_step_memory(step, device, exclude_grads_of=model)
     return TrainingStepMemory(whole_step=m.peak_all, activations=m.peak, gradients=m.excluded,
                               method=m.method)
+
+
+def describe(model: nn.Module) -> list:
+    """One dict per momentum stack in ``model``: how it is trained and why.
+
+    Keys: ``path`` (dotted name), ``depth``, ``requested`` (True, False, "recompute" or
+    "auto"), ``mode`` (what the last forward with gradients did: "exact", "recompute" or
+    "backprop"; None for an "auto" stack before its first such forward), and the
+    estimates of the plan behind it (bytes, None before the first forward):
+    ``backprop_bytes``, ``recompute_bytes``, ``exact_bytes`` (each mode's estimated share
+    of the step's peak) and ``gradient_bytes``. See ``mresnet_core.plan``.
+    """
+    from .momentum import MomentumNet  # momentum imports this module's users lazily
+
+    rows = []
+    for path, m in model.named_modules():
+        if isinstance(m, MomentumNet):
+            plan = m.memory_plan()
+            est = plan.estimates if plan is not None else {}
+            rows.append({"path": path, "depth": len(m.functions), "requested": m.memory_efficient,
+                         "mode": m.training_mode, "backprop_bytes": est.get("backprop"),
+                         "recompute_bytes": est.get("recompute"), "exact_bytes": est.get("exact"),
+                         "gradient_bytes": plan.gradient_bytes if plan is not None else None})
+    return rows
 
 
 # --------------------------------------------------------------------------------------

@@ -114,10 +114,21 @@ def _call_recording(stack: Stack, module, xf, args, kwargs):
 
 
 class _Replaying:
-    """Context manager: put layer n's RNG and buffers back as they were, then restore."""
+    """Context manager: put layer n's RNG and buffers back as they were, then restore.
 
-    def __init__(self, module, replay: LayerReplay | None, device):
+    ``untracked=True`` writes the buffers through ``.data`` (no version-counter bump), for
+    a graph that is differentiated after the block has exited (``recompute.py``); the
+    default bumps it, and the gradient must then be taken inside the block.
+    """
+
+    def __init__(self, module, replay: LayerReplay | None, device, untracked: bool = False):
         self.module, self.replay, self.device = module, replay, device
+        self.untracked = untracked
+
+    def _write(self, buffers, values):
+        with torch.no_grad():
+            for b, value in zip(buffers, values):
+                (b.data if self.untracked else b).copy_(value)
 
     def __enter__(self):
         r = self.replay
@@ -132,9 +143,7 @@ class _Replaying:
         if r.buffers:
             bufs = list(self.module.buffers())
             self.saved_buffers = [b.detach().clone() for b in bufs]
-            with torch.no_grad():
-                for b, value in zip(bufs, r.buffers):
-                    b.copy_(value)
+            self._write(bufs, r.buffers)
         return self
 
     def __exit__(self, *exc):
@@ -146,9 +155,7 @@ class _Replaying:
         if r.cuda_rng is not None:
             torch.cuda.set_rng_state(self.saved_cuda, self.device)
         if r.buffers:
-            with torch.no_grad():
-                for b, value in zip(self.module.buffers(), self.saved_buffers):
-                    b.copy_(value)
+            self._write(list(self.module.buffers()), self.saved_buffers)
         return False
 
 
