@@ -319,7 +319,10 @@ class InformationBuffer:
         """Refill states that an inverse step took below 2**30 from the last word."""
         self._lower = (self._lower >> GAMMA_BITS) * n
         if self._lower < STATE_LOW:
-            total = int((self.state < STATE_LOW).sum())
+            # the minimum first, then counts chunk by chunk: no full-size mask or int64 sum
+            low = int(self.state.min()) if self.state.numel() else STATE_LOW
+            total = 0 if low >= STATE_LOW else sum(
+                int(torch.count_nonzero(chunk < STATE_LOW)) for chunk in self._chunks())
             if total:
                 if not self.words or self.words[-1].numel() != total:
                     raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
