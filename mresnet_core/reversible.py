@@ -165,7 +165,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) 
     """Exact forward pass without autograd, keeping each layer's replay record."""
     dtype = x0.dtype
     x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
-    buffer = exact.InformationBuffer.empty(x.shape, x.device)
+    buffer = exact.InformationBuffer.empty(x.shape, x.device, stack.n)
     k = exact.ExactKernels(x, stack.n)
     replays = []
     # one preallocated slot per layer: a list of small tensors would pin freed memory
