@@ -104,17 +104,20 @@ def _to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (x.to(torch.float64) * INV_SCALE).to(dtype)
 
 
-def _divmod(a, n: int):
+def _divmod(a, n: int, small: bool = False):
     """Exact floor division and remainder of int64 ``a`` (|a| < 2**62) by 0 < n <= 2**16.
 
     Integer division does not vectorise; a float64 reciprocal gives the quotient to
     within about 2**10, a second pass on the small remainder and a +-1 fix make it exact.
+    ``small``: |a| < 2**40, where the first quotient is already within 1 and the second
+    pass is skipped.
     """
     inv = 1.0 / n
     q = torch.floor(a.to(torch.float64) * inv).to(torch.int64)
     r = a - q * n
-    q2 = torch.floor(r.to(torch.float64) * inv).to(torch.int64)
-    q, r = q + q2, r - q2 * n
+    if not small:
+        q2 = torch.floor(r.to(torch.float64) * inv).to(torch.int64)
+        q, r = q + q2, r - q2 * n
     low = r < 0
     q, r = torch.where(low, q - 1, q), torch.where(low, r + n, r)
     high = r >= n
@@ -154,7 +157,7 @@ def _forward_step(x, v, state, f, n: int):
     Returns the float value of the new x (the next layer's input) and the largest
     magnitude seen (for the range check).
     """
-    popped_state, s = _divmod(state, n)
+    popped_state, s = _divmod(state, n, small=state.dtype == torch.int32)
     z = (v & LOW_MASK) * n + s
     v.copy_((v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + _increment(f, n))
     state.copy_((popped_state << GAMMA_BITS) | (z & LOW_MASK))
@@ -173,7 +176,7 @@ def _undo_position(x, v, dtype: torch.dtype):
 def _undo_velocity(v, state, f, n: int):
     """In place inverse of the velocity update of `_forward_step`, given f(x_n) (see above)."""
     hi, zh = _divmod(v - _increment(f, n), n)
-    lo, s = _divmod((zh << GAMMA_BITS) | (state & LOW_MASK), n)
+    lo, s = _divmod((zh << GAMMA_BITS) | (state & LOW_MASK), n, small=True)  # z < n 2**16
     state.copy_((state >> GAMMA_BITS) * n + s)
     v.copy_((hi << GAMMA_BITS) | lo)
 
@@ -361,7 +364,8 @@ class InformationBuffer:
                         chunk.masked_scatter_(refill, chunk.masked_select(refill)
                                               .bitwise_left_shift_(self.word_bits).bitwise_or_(bits))
                         start += count
-            self._lower = int(self.state.min())
+                low = int(self.state.min())
+            self._lower = low  # the true minimum (read once when nothing was refilled)
         self._upper = 1 << 62  # unknown: the next forward step reads the true maximum
 
     def _chunks(self):

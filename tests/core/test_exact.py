@@ -138,3 +138,15 @@ def test_divmod_by_float_reciprocal_is_exact(n):
     q, r = exact._divmod(a, n)
     assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
     assert torch.equal(r, torch.remainder(a, n))
+
+
+@pytest.mark.parametrize("n", [1, 2, 655, 58982, 65535, 65536])
+def test_divmod_single_pass_for_small_values_is_exact(n):
+    g = torch.Generator().manual_seed(n)
+    a = torch.cat([torch.randint(-(2**40) + 1, 2**40, (20000,), generator=g),
+                   torch.randint(0, 2**31, (20000,), generator=g),
+                   torch.arange(0, 50) * n + torch.randint(-1, 2, (50,), generator=g),
+                   torch.tensor([0, 1, n - 1, n, n + 1, 2**31 - 1, 2**40 - 1, -(2**40) + 1])])
+    q, r = exact._divmod(a, n, small=True)
+    assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
+    assert torch.equal(r, torch.remainder(a, n))
