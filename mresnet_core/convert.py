@@ -31,6 +31,7 @@ from torch import nn
 from . import exact
 from ._torch_private import ConvNd, canonical_mask, detect_is_causal_mask, get_seq_len, none_or_dtype
 from .momentum import MomentumNet
+from .plan import requested_mode
 from .reversible import slow_attention
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -38,7 +39,7 @@ _TRANSFORMERS = (nn.TransformerEncoder, nn.TransformerDecoder)
 
 
 def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_first: bool = True,
-                   memory_efficient: bool = True) -> nn.Module:
+                   memory_efficient: bool | str = "auto") -> nn.Module:
     """A copy of ``model`` whose residual containers are momentum stacks (same parameters).
 
     Args:
@@ -50,7 +51,15 @@ def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_fi
             ``nn.TransformerEncoder`` itself use ``["layers"]`` with ``keep_first=False``.
             Default: ``layer1``..``layer4``.
         keep_first: leave each container's first block (which may change shape) plain.
-        memory_efficient: rebuild activations in backward instead of storing them.
+        memory_efficient: how each momentum stack gets its activations in backward.
+            "auto" (default): each stack picks, at its first forward with gradients, the
+            cheapest exact way for its shapes (exact inversion where it saves memory,
+            recompute-from-input or ordinary backprop for short stacks; see
+            ``mresnet_core.plan``), so the converted model's training step never needs
+            more memory than ordinary backprop. True forces exact inversion in every
+            stack, False ordinary backprop, "recompute" recomputation. All give the
+            gradients of ordinary autograd. ``mresnet_core.memory.describe(model)``
+            lists each stack's choice.
 
     The parameter name mapping is in this module's docstring (and :func:`renamed`).
     """
@@ -60,7 +69,7 @@ def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_fi
         raise TypeError(f"gamma must be a number in [0, 1], got {type(gamma).__name__}")
     gamma = float(gamma)
     n = exact.gamma_numerator(gamma)  # raises for gamma outside [0, 1]
-    if memory_efficient:
+    if requested_mode(memory_efficient) == "exact":
         exact.check_invertible(n)
     paths = _resolve_stages(model, stages, keep_first)
 

@@ -8,10 +8,11 @@ layer, so instead (Maclaurin, Duvenaud & Adams 2015, Algorithm 1) we:
   ``x + v`` and ``x - v`` are exact;
 * write gamma = n / 2**16 and multiply v by it exactly, pushing the information the
   rounding would destroy into a per-element *information buffer*;
-* stream that buffer in 32-bit words (the rANS construction): each element keeps a
-  64-bit state in ``[2**30, 2**62)``; when the state would overflow, its low 32 bits
-  are moved to a new word. The buffer never overflows and costs ``log2(1/gamma)`` bits
-  per element per layer, plus one 64-bit state per element.
+* stream that buffer in 15-bit words (the rANS construction): each element keeps a
+  31-bit state in ``[2**16, 2**31)`` (an int32); when the state would overflow, its low
+  15 bits are moved to a new word (int16). The buffer never overflows and costs
+  ``log2(1/gamma)`` bits per element per layer (16/15 of it, stored), plus one 32-bit
+  state per element. (For gamma < 2.3e-5, n = 1, it is a 62-bit state and 32-bit words.)
 
 Precision and range (the documented trade-off): values are multiples of 2**-40
 (about 1e-12) and must stay below 2**22 (about 4.2e6) in magnitude; anything larger is a
@@ -39,9 +40,17 @@ GAMMA_DENOMINATOR = 1 << GAMMA_BITS
 LOW_MASK = GAMMA_DENOMINATOR - 1
 #: Largest magnitude a value may reach; twice this still fits int64 with FRACTION_BITS.
 VALUE_LIMIT = float(2 ** (62 - FRACTION_BITS))
-WORD_BITS = 32
+# The information buffer's layout (see InformationBuffer): a state of STATE_BITS bits in
+# [STATE_LOW, 2**STATE_BITS) per element, spilling WORD_BITS-bit words, STATE_LOW =
+# 2**(STATE_BITS - WORD_BITS). Exactness needs STATE_BITS - WORD_BITS >= GAMMA_BITS and
+# spilled states >= n (so the next push lands at or above STATE_LOW again) and below the
+# spill limit n * 2**(STATE_BITS - 16) (one spill per layer): 31/15 bits (int32 state,
+# int16 words) meets this for every n >= 2; n = 1 (gamma < 2.3e-5) keeps 62/32 bits.
+STATE_BITS = 31
+WORD_BITS = 15
 WORD_MASK = (1 << WORD_BITS) - 1
-STATE_LOW = 1 << 30  # buffer states live in [STATE_LOW, 2**62)
+STATE_LOW = 1 << (STATE_BITS - WORD_BITS)  # buffer states live in [STATE_LOW, 2**31)
+WIDE_LAYOUT = (62, 32)  # (state bits, word bits) for n = 1
 SPILL_CHUNK = 1 << 14  # elements spilled/refilled at a time (bounds the scratch memory)
 
 
@@ -95,17 +104,20 @@ def _to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (x.to(torch.float64) * INV_SCALE).to(dtype)
 
 
-def _divmod(a, n: int):
+def _divmod(a, n: int, small: bool = False):
     """Exact floor division and remainder of int64 ``a`` (|a| < 2**62) by 0 < n <= 2**16.
 
     Integer division does not vectorise; a float64 reciprocal gives the quotient to
     within about 2**10, a second pass on the small remainder and a +-1 fix make it exact.
+    ``small``: |a| < 2**40, where the first quotient is already within 1 and the second
+    pass is skipped.
     """
     inv = 1.0 / n
     q = torch.floor(a.to(torch.float64) * inv).to(torch.int64)
     r = a - q * n
-    q2 = torch.floor(r.to(torch.float64) * inv).to(torch.int64)
-    q, r = q + q2, r - q2 * n
+    if not small:
+        q2 = torch.floor(r.to(torch.float64) * inv).to(torch.int64)
+        q, r = q + q2, r - q2 * n
     low = r < 0
     q, r = torch.where(low, q - 1, q), torch.where(low, r + n, r)
     high = r >= n
@@ -145,7 +157,7 @@ def _forward_step(x, v, state, f, n: int):
     Returns the float value of the new x (the next layer's input) and the largest
     magnitude seen (for the range check).
     """
-    popped_state, s = _divmod(state, n)
+    popped_state, s = _divmod(state, n, small=state.dtype == torch.int32)
     z = (v & LOW_MASK) * n + s
     v.copy_((v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + _increment(f, n))
     state.copy_((popped_state << GAMMA_BITS) | (z & LOW_MASK))
@@ -164,7 +176,7 @@ def _undo_position(x, v, dtype: torch.dtype):
 def _undo_velocity(v, state, f, n: int):
     """In place inverse of the velocity update of `_forward_step`, given f(x_n) (see above)."""
     hi, zh = _divmod(v - _increment(f, n), n)
-    lo, s = _divmod((zh << GAMMA_BITS) | (state & LOW_MASK), n)
+    lo, s = _divmod((zh << GAMMA_BITS) | (state & LOW_MASK), n, small=True)  # z < n 2**16
     state.copy_((state >> GAMMA_BITS) * n + s)
     v.copy_((hi << GAMMA_BITS) | lo)
 
@@ -281,34 +293,50 @@ def check_range(peak: float, what: str) -> None:
 class InformationBuffer:
     """Per-element stack of the bits that exact multiplication by gamma must keep.
 
-    ``state`` holds the live top of each element's stack (64 bits); ``words`` the full
-    32-bit words moved out of it, oldest first, each a 1-D tensor of the elements that
-    spilled at that layer. Forward steps grow it by about log2(1/gamma) bits per element.
+    ``state`` holds the live top of each element's stack (``state_bits`` = 31 bits in an
+    int32, or 62 in an int64 for n = 1); ``words`` the full ``word_bits``-bit words moved
+    out of it (int16 for 15 bits, int32 for 32), oldest first, each a 1-D tensor of the
+    elements that spilled at that layer. Forward steps grow it by about log2(1/gamma)
+    bits per element.
     """
 
     state: torch.Tensor
     words: list = field(default_factory=list)
     _upper: int = STATE_LOW  # upper bound on state.max(), tracked without reading state
     _lower: int = STATE_LOW  # lower bound on state.min()
+    state_bits: int = STATE_BITS
+    word_bits: int = WORD_BITS
 
     @classmethod
-    def empty(cls, shape, device) -> "InformationBuffer":
-        return cls(torch.full(shape, STATE_LOW, dtype=torch.int64, device=device))
+    def empty(cls, shape, device, n: int = 2) -> "InformationBuffer":
+        """An empty buffer for gamma = n / 2**16 (the layout depends on n, see above)."""
+        state_bits, word_bits = (STATE_BITS, WORD_BITS) if n >= 2 else WIDE_LAYOUT
+        low = 1 << (state_bits - word_bits)
+        dtype = torch.int32 if state_bits < 32 else torch.int64
+        return cls(torch.full(shape, low, dtype=dtype, device=device), [], low, low,
+                   state_bits, word_bits)
+
+    @property
+    def low(self) -> int:
+        """Smallest state of an element that has not spilled (STATE_LOW for 31 bits)."""
+        return 1 << (self.state_bits - self.word_bits)
 
     def copy(self) -> "InformationBuffer":
         """A copy that can be unwound without touching this one (words are shared)."""
-        return InformationBuffer(self.state.clone(), list(self.words), self._upper, -1)
+        return InformationBuffer(self.state.clone(), list(self.words), self._upper, -1,
+                                 self.state_bits, self.word_bits)
 
     def before_push(self, n: int) -> None:
-        """Spill low words so the next forward step cannot overflow the 64-bit state."""
-        limit = n << (62 - GAMMA_BITS)
+        """Spill low words so the next forward step cannot overflow the state."""
+        limit = n << (self.state_bits - GAMMA_BITS)
         if self._upper >= limit:
+            mask, word_dtype = (1 << self.word_bits) - 1, torch.int16 if self.word_bits < 16 else torch.int32
             pieces = []
             for chunk in self._chunks():
                 spill = chunk >= limit
                 if bool(spill.any()):
-                    pieces.append((chunk.masked_select(spill) & WORD_MASK).to(torch.int32))
-                    chunk.copy_(torch.where(spill, chunk >> WORD_BITS, chunk))
+                    pieces.append((chunk.masked_select(spill) & mask).to(word_dtype))
+                    chunk.copy_(torch.where(spill, chunk >> self.word_bits, chunk))
             if pieces:
                 self.words.append(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
             self._upper = int(self.state.max())
@@ -316,23 +344,28 @@ class InformationBuffer:
         self._lower = -1  # unknown: the first inverse step reads the true minimum
 
     def after_pop(self, n: int) -> None:
-        """Refill states that an inverse step took below 2**30 from the last word."""
+        """Refill states that an inverse step took below ``low`` from the last word."""
+        low_state, mask = self.low, (1 << self.word_bits) - 1
         self._lower = (self._lower >> GAMMA_BITS) * n
-        if self._lower < STATE_LOW:
-            total = int((self.state < STATE_LOW).sum())
+        if self._lower < low_state:
+            # the minimum first, then counts chunk by chunk: no full-size mask or int64 sum
+            low = int(self.state.min()) if self.state.numel() else low_state
+            total = 0 if low >= low_state else sum(
+                int(torch.count_nonzero(chunk < low_state)) for chunk in self._chunks())
             if total:
                 if not self.words or self.words[-1].numel() != total:
                     raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
                 word, start = self.words.pop(), 0
                 for chunk in self._chunks():
-                    refill = chunk < STATE_LOW
-                    count = int(refill.sum())
+                    refill = chunk < low_state
+                    count = int(torch.count_nonzero(refill))
                     if count:
-                        low = word[start:start + count].to(torch.int64).bitwise_and_(WORD_MASK)
-                        chunk.masked_scatter_(refill, chunk.masked_select(refill).bitwise_left_shift_(WORD_BITS)
-                                              .bitwise_or_(low))
+                        bits = word[start:start + count].to(chunk.dtype).bitwise_and_(mask)
+                        chunk.masked_scatter_(refill, chunk.masked_select(refill)
+                                              .bitwise_left_shift_(self.word_bits).bitwise_or_(bits))
                         start += count
-            self._lower = int(self.state.min())
+                low = int(self.state.min())
+            self._lower = low  # the true minimum (read once when nothing was refilled)
         self._upper = 1 << 62  # unknown: the next forward step reads the true maximum
 
     def _chunks(self):
@@ -341,10 +374,11 @@ class InformationBuffer:
         return flat.split(SPILL_CHUNK)
 
     def is_empty(self) -> bool:
-        return not self.words and bool((self.state == STATE_LOW).all())
+        return not self.words and bool((self.state == self.low).all())
 
     def nbytes(self) -> int:
-        return self.state.numel() * 8 + sum(w.numel() * 4 for w in self.words)
+        return (self.state.numel() * self.state.element_size()
+                + sum(w.numel() * w.element_size() for w in self.words))
 
     def tensors(self) -> list:
         return [self.state, *self.words]

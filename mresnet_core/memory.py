@@ -6,6 +6,11 @@ Three measurements, from the most to the least deterministic:
   output): the bytes of the tensors autograd keeps for backward after one forward pass.
   Exact, deterministic and device independent; this is the "activation memory" of the
   paper's Figure 2. Parameters are excluded (see below).
+* :func:`training_step_memory`: the headline measure. The peak memory of one whole
+  training step of a model (``zero_grad(set_to_none=True)``, forward, loss, backward),
+  parameter gradients included, since they are allocated during backward and decide an
+  out-of-memory error; the gradient-free activation peak comes with it as a second
+  figure. Built on :func:`measure_step_memory`.
 * :func:`peak_step_memory` (and :func:`measure_step_memory`): the peak memory of one
   training step (forward + backward). On CUDA it is the caching allocator's
   ``max_memory_allocated``; on the CPU it replays the allocation and free events that
@@ -22,10 +27,12 @@ The information buffer of the memory-free path is measured by its own
 Example::
 
     from mresnet_core import MomentumNet
-    from mresnet_core.memory import saved_tensor_bytes, peak_step_memory
+    from mresnet_core.memory import saved_tensor_bytes, peak_step_memory, training_step_memory
 
     net = MomentumNet(functions, gamma=0.9, memory_efficient=True)
     activations = saved_tensor_bytes(net, x)          # bytes kept for backward
+    step = training_step_memory(net, x)               # whole step, gradients included
+    step.whole_step, step.activations
     peak = peak_step_memory(lambda: net(x).pow(2).mean().backward(), x.device,
                             exclude_grads_of=net)   # activations and temporaries
 """
@@ -52,6 +59,9 @@ __all__ = [
     "saved_tensor_bytes",
     "measure_step_memory",
     "peak_step_memory",
+    "TrainingStepMemory",
+    "training_step_memory",
+    "describe",
     "peak_rss_in_fresh_process",
     "allocation_step",
 ]
@@ -188,6 +198,8 @@ class StepMemory:
         method: "cpu-profiler" or "cuda-allocator".
         events: number of allocation/free events replayed (CPU only; 0 on CUDA).
         excluded: bytes of the parameter gradients left out (``exclude_grads_of``).
+        peak_all: the peak with nothing left out (CPU: from the same events as ``peak``;
+            equal to ``peak`` when ``exclude_grads_of`` is None or on CUDA).
     """
 
     peak: int
@@ -195,6 +207,7 @@ class StepMemory:
     method: str
     events: int = 0
     excluded: int = 0
+    peak_all: int | None = None
 
 
 def _grad_storages(exclude_grads_of) -> dict:
@@ -232,13 +245,15 @@ def _measure_cpu(step_fn: Callable[[], Any], exclude_grads_of=None) -> StepMemor
             if ptr in grads:
                 skip.add(i)
                 excluded += events[i][3]
-    level = peak = 0
+    level = peak = level_all = peak_all = 0
     for i, (_, _, _, nbytes) in enumerate(events):
+        level_all += nbytes
+        peak_all = max(peak_all, level_all)
         if i not in skip:
             level += nbytes
             peak = max(peak, level)
     return StepMemory(peak=peak, retained=level, method="cpu-profiler", events=len(events),
-                      excluded=excluded)
+                      excluded=excluded, peak_all=peak_all)
 
 
 def _measure_cuda(step_fn: Callable[[], Any], device: torch.device) -> StepMemory:
@@ -249,7 +264,8 @@ def _measure_cuda(step_fn: Callable[[], Any], device: torch.device) -> StepMemor
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base
     retained = torch.cuda.memory_allocated(device) - base
-    return StepMemory(peak=max(peak, 0), retained=retained, method="cuda-allocator")
+    return StepMemory(peak=max(peak, 0), retained=retained, method="cuda-allocator",
+                      peak_all=max(peak, 0))
 
 
 def measure_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "cpu", *,
@@ -300,6 +316,103 @@ def peak_step_memory(step_fn: Callable[[], Any], device: str | torch.device = "c
                      exclude_grads_of: nn.Module | Iterable | None = None) -> int:
     """Peak bytes above the starting level during ``step_fn()``; see :func:`measure_step_memory`."""
     return measure_step_memory(step_fn, device, exclude_grads_of=exclude_grads_of).peak
+
+
+# --------------------------------------------------------------------------------------
+# Whole training step of a model
+# --------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingStepMemory:
+    """Peak memory of one whole training step, in bytes above the level before it.
+
+    Attributes:
+        whole_step: the peak with everything the step allocates, parameter gradients
+            included (the headline figure: what decides an out-of-memory error).
+        activations: the peak without the parameter gradients the step creates (its
+            activations and temporaries; the "gradient-free" second column).
+        gradients: bytes of the parameter gradients the step created and kept.
+        method: "cpu-profiler" or "cuda-allocator".
+    """
+
+    whole_step: int
+    activations: int
+    gradients: int
+    method: str
+
+
+def _mean_square(out):
+    return out.float().pow(2).mean()
+
+
+def training_step_memory(model: nn.Module, *inputs, loss: Callable | None = None,
+                         device: str | torch.device | None = None, warmup: int = 1
+                         ) -> TrainingStepMemory:
+    """Peak memory of ``model.zero_grad(set_to_none=True); loss(model(*inputs)).backward()``.
+
+    This is the step a training loop runs with PyTorch's default ``zero_grad``: the
+    gradients are allocated during the backward pass, so they count towards the peak.
+    ``loss`` maps the output to a scalar (default: mean square). ``warmup`` untimed
+    steps run first (kernels compiled, lazy state allocated); gradients are set to None
+    before the measured step and the step's gradients are left in place after it.
+
+    * CPU (the device of the first parameter, or ``device``): one step under
+      ``torch.profiler`` (see :func:`measure_step_memory`); ``whole_step`` replays every
+      allocation, ``activations`` the same events without the gradients the step keeps.
+    * CUDA: ``whole_step`` is the allocator peak of the step from gradients set to None;
+      ``activations`` that of a second step whose gradients already exist (zeroed in
+      place, so they are accumulated into rather than allocated).
+
+    Both figures are tensor memory above the level before the step (parameters, inputs
+    and optimizer state excluded), comparable between models on the same inputs.
+    """
+    loss = _mean_square if loss is None else loss
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else inputs[0].device
+    device = torch.device(device)
+
+    def step():
+        loss(model(*inputs)).backward()
+
+    for _ in range(warmup):
+        model.zero_grad(set_to_none=True)
+        step()
+    model.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        whole = measure_step_memory(step, device)
+        gradients = whole.retained
+        model.zero_grad(set_to_none=False)
+        act = measure_step_memory(step, device).peak
+        return TrainingStepMemory(whole_step=whole.peak, activations=act,
+                                  gradients=gradients, method=whole.method)
+    m = measure_step_memory(step, device, exclude_grads_of=model)
+    return TrainingStepMemory(whole_step=m.peak_all, activations=m.peak, gradients=m.excluded,
+                              method=m.method)
+
+
+def describe(model: nn.Module) -> list:
+    """One dict per momentum stack in ``model``: how it is trained and why.
+
+    Keys: ``path`` (dotted name), ``depth``, ``requested`` (True, False, "recompute" or
+    "auto"), ``mode`` (what the last forward with gradients did: "exact", "recompute" or
+    "backprop"; None for an "auto" stack before its first such forward), and the
+    estimates of the plan behind it (bytes, None before the first forward):
+    ``backprop_bytes``, ``recompute_bytes``, ``exact_bytes`` (each mode's estimated share
+    of the step's peak) and ``gradient_bytes``. See ``mresnet_core.plan``.
+    """
+    from .momentum import MomentumNet  # momentum imports this module's users lazily
+
+    rows = []
+    for path, m in model.named_modules():
+        if isinstance(m, MomentumNet):
+            plan = m.memory_plan()
+            est = plan.estimates if plan is not None else {}
+            rows.append({"path": path, "depth": len(m.functions), "requested": m.memory_efficient,
+                         "mode": m.training_mode, "backprop_bytes": est.get("backprop"),
+                         "recompute_bytes": est.get("recompute"), "exact_bytes": est.get("exact"),
+                         "gradient_bytes": plan.gradient_bytes if plan is not None else None})
+    return rows
 
 
 # --------------------------------------------------------------------------------------

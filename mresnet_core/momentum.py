@@ -5,6 +5,9 @@
 ``memory_efficient=False`` runs this with ordinary autograd (every layer's activations
 stored). ``memory_efficient=True`` stores none: the backward pass rebuilds them by
 running the update backwards in exact fixed-point arithmetic (``reversible.py``).
+``memory_efficient="recompute"`` keeps the stack's input and re-runs it in backward
+(``recompute.py``); ``"auto"`` picks the cheapest of the three for the input's shapes
+(``plan.py``). All give the gradients of ordinary autograd.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import torch
 from torch import nn
 from . import exact
 from ._torch_private import tree_flatten
+from .plan import StackPlan, make_plan, requested_mode
+from .recompute import RecomputeMomentum, plain_steps
 from .reversible import MemoryFreeMomentum, Stack, Tape, check_residual_output, run_inverse, stack_params
 
 
@@ -55,7 +60,11 @@ class MomentumNet(nn.Module):
             may appear several times (shared weights).
         gamma: momentum in [0, 1], rounded to the nearest n / 2**16 (``self.gamma``).
             0 is a ResNet, 1 keeps the initial velocity forever.
-        memory_efficient: rebuild activations in backward instead of storing them.
+        memory_efficient: how backward gets the activations. True: rebuilt by exact
+            inversion (stores none; forced). False: stored (ordinary backprop).
+            "recompute": the stack's input is kept and the stack re-run in backward.
+            "auto": the cheapest of these for the input's shapes, decided at the first
+            forward with gradients for each input shape (``memory_plan()``, ``plan.py``).
         residual: True if each module *is* f; False if it already adds its input
             (a torchvision block), so that f(x) = module(x) - x.
         init_velocity: None for v0 = 0, or a module giving v0 = init_velocity(x0).
@@ -64,7 +73,7 @@ class MomentumNet(nn.Module):
     """
 
     def __init__(self, functions: Sequence[nn.Module], gamma: float = 0.9, *,
-                 memory_efficient: bool = True, residual: bool = True,
+                 memory_efficient: bool | str = True, residual: bool = True,
                  init_velocity: nn.Module | None = None):
         super().__init__()
         if isinstance(functions, nn.Module) and not isinstance(functions, (nn.ModuleList, nn.Sequential)):
@@ -80,12 +89,58 @@ class MomentumNet(nn.Module):
         self.functions = nn.ModuleList(functions)
         self.init_velocity = init_velocity
         self.residual = bool(residual)
-        self.memory_efficient = bool(memory_efficient)
         self._n = exact.gamma_numerator(gamma)
-        if self.memory_efficient:
-            exact.check_invertible(self._n)
+        self.memory_efficient = memory_efficient  # checked by the setter
 
     # ------------------------------------------------------------------ properties
+    @property
+    def memory_efficient(self) -> bool | str:
+        """True (exact inversion), False (ordinary backprop), "recompute" or "auto"."""
+        mode = self._requested
+        return {"exact": True, "backprop": False}.get(mode, mode)
+
+    @memory_efficient.setter
+    def memory_efficient(self, value) -> None:
+        mode = requested_mode(value)
+        if mode == "exact":
+            exact.check_invertible(self._n)
+        self._requested = mode
+        self._plans: dict = {}
+        self._last_plan: StackPlan | None = None
+
+    @property
+    def training_mode(self) -> str | None:
+        """How the last forward pass with gradients trained the stack: "exact",
+        "recompute" or "backprop" (None before any such pass in "auto" mode)."""
+        if self._requested != "auto":
+            return self._requested
+        return None if self._last_plan is None else self._last_plan.mode
+
+    def memory_plan(self, x: torch.Tensor | None = None, *args, **kwargs) -> StackPlan | None:
+        """The mode and the estimates behind it (bytes; see ``mresnet_core.plan``).
+
+        Without arguments: the plan of the last forward pass with gradients (None before
+        one). With an input (and the extra arguments): the plan for that input, measured
+        now without changing anything (one call of the first function, state restored).
+        """
+        if x is None:
+            return self._last_plan
+        self._check_input(x)
+        return make_plan(self._stack(), x, args, kwargs, self._requested, self._n > 0)
+
+    def _mode_for(self, x, args, kwargs) -> str:
+        """The mode of this call: the forced one, or the plan for x's shape ("auto")."""
+        if self._requested != "auto":
+            return self._requested
+        if not torch.is_grad_enabled():
+            return "backprop"  # nothing is saved without a graph
+        key = (tuple(x.shape), x.dtype, x.device)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = make_plan(self._stack(), x, args, kwargs, "auto", self._n > 0)
+            self._plans[key] = plan
+        self._last_plan = plan
+        return plan.mode
     @property
     def gamma(self) -> float:
         """The gamma both paths use: the requested value rounded to n / 2**16."""
@@ -94,13 +149,14 @@ class MomentumNet(nn.Module):
     @gamma.setter
     def gamma(self, value: float) -> None:
         n = exact.gamma_numerator(value)
-        if self.memory_efficient:
+        if self._requested == "exact":
             exact.check_invertible(n)
         self._n = n
+        self._plans = {}
 
     def extra_repr(self) -> str:
         return (f"depth={len(self.functions)}, gamma={self.gamma:.6g}, "
-                f"memory_efficient={self.memory_efficient}, residual={self.residual}")
+                f"memory_efficient={self.memory_efficient!r}, residual={self.residual}")
 
     def _stack(self, args_spec=None) -> Stack:
         residual_of = _residual_of_function if self.residual else _residual_of_block
@@ -112,40 +168,40 @@ class MomentumNet(nn.Module):
         return self.forward_state(x, *args, **kwargs).x
 
     def forward_state(self, x: torch.Tensor, *args, **kwargs) -> MomentumState:
-        """(x_L, v_L) of the stack; with memory_efficient=True also the exact tape."""
+        """(x_L, v_L) of the stack; with exact inversion also the exact tape."""
         self._check_input(x)
-        v0 = self._initial_velocity(x)
-        if not self.memory_efficient:
-            return MomentumState(*self._plain(x, v0, args, kwargs))
+        mode = self._mode_for(x, args, kwargs)
+        if mode == "backprop" or (mode == "recompute" and (not torch.is_grad_enabled()
+                                                            or not len(self.functions))):
+            return MomentumState(*self._plain(x, self._initial_velocity(x, none_for_zero=True),
+                                              args, kwargs))
         leaves, spec = tree_flatten((args, kwargs))
         stack = self._stack(spec)
         params = stack_params(self.functions)
+        if mode == "recompute":
+            v0 = self._initial_velocity(x, none_for_zero=True)
+            return MomentumState(*RecomputeMomentum.apply(stack, len(params), x, v0, *params, *leaves))
+        v0 = self._initial_velocity(x)
         holder: dict = {}
         xL, vL = MemoryFreeMomentum.apply(stack, holder, len(params), x, v0, *params, *leaves)
         return MomentumState(xL, vL, holder["tape"])
 
     def _plain(self, x, v, args, kwargs, visit=None):
         stack = self._stack()
-        gamma = self.gamma
-        for module in self.functions:
-            f = stack.residual_of(module, x, args, kwargs)
-            v = v * gamma + f * (1.0 - gamma)
-            x = x + v
-            if visit is not None:
-                visit(x)
-        return x, v
+        return plain_steps(stack, x, v, lambda i, module, xi: stack.residual_of(module, xi, args, kwargs),
+                           visit)
 
     @torch.no_grad()
     def trajectory(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """Positions x_0, ..., x_L of the inputs through the stack, shaped (L + 1, *x.shape)."""
         self._check_input(x)
         out = [x]
-        self._plain(x, self._initial_velocity(x), args, kwargs, visit=out.append)
+        self._plain(x, self._initial_velocity(x, none_for_zero=True), args, kwargs, visit=out.append)
         return torch.stack(out)
 
-    def _initial_velocity(self, x):
+    def _initial_velocity(self, x, none_for_zero=False):
         if self.init_velocity is None:
-            return torch.zeros_like(x)
+            return None if none_for_zero else torch.zeros_like(x)
         v0 = self.init_velocity(x)
         if not isinstance(v0, torch.Tensor) or v0.shape != x.shape:
             raise ValueError(f"init_velocity must return a tensor shaped like x {tuple(x.shape)}, "
@@ -171,9 +227,11 @@ class MomentumNet(nn.Module):
         """
         if isinstance(x_L, MomentumState):
             if x_L.tape is None:
-                raise ValueError("this MomentumState has no exact tape (computed with "
-                                 "memory_efficient=False); pass (state.x, state.v) for the "
-                                 "floating-point inverse instead")
+                raise ValueError("this MomentumState has no exact tape (computed with ordinary "
+                                 "backprop or recompute: memory_efficient=False, 'recompute', or "
+                                 "'auto' choosing one of them; training_mode says which); use "
+                                 "memory_efficient=True for an exact tape, or pass (state.x, "
+                                 "state.v) for the floating-point inverse")
             with torch.no_grad():
                 tape = run_inverse(self._stack(), x_L.tape, args, kwargs)
             x0 = exact.to_float(tape.x, tape.dtype)

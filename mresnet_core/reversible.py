@@ -10,6 +10,7 @@ per-layer gradient list is held.
 from __future__ import annotations
 
 import contextlib
+import functools
 import contextvars
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -114,10 +115,21 @@ def _call_recording(stack: Stack, module, xf, args, kwargs):
 
 
 class _Replaying:
-    """Context manager: put layer n's RNG and buffers back as they were, then restore."""
+    """Context manager: put layer n's RNG and buffers back as they were, then restore.
 
-    def __init__(self, module, replay: LayerReplay | None, device):
+    ``untracked=True`` writes the buffers through ``.data`` (no version-counter bump), for
+    a graph that is differentiated after the block has exited (``recompute.py``); the
+    default bumps it, and the gradient must then be taken inside the block.
+    """
+
+    def __init__(self, module, replay: LayerReplay | None, device, untracked: bool = False):
         self.module, self.replay, self.device = module, replay, device
+        self.untracked = untracked
+
+    def _write(self, buffers, values):
+        with torch.no_grad():
+            for b, value in zip(buffers, values):
+                (b.data if self.untracked else b).copy_(value)
 
     def __enter__(self):
         r = self.replay
@@ -132,9 +144,7 @@ class _Replaying:
         if r.buffers:
             bufs = list(self.module.buffers())
             self.saved_buffers = [b.detach().clone() for b in bufs]
-            with torch.no_grad():
-                for b, value in zip(bufs, r.buffers):
-                    b.copy_(value)
+            self._write(bufs, r.buffers)
         return self
 
     def __exit__(self, *exc):
@@ -146,9 +156,7 @@ class _Replaying:
         if r.cuda_rng is not None:
             torch.cuda.set_rng_state(self.saved_cuda, self.device)
         if r.buffers:
-            with torch.no_grad():
-                for b, value in zip(self.module.buffers(), self.saved_buffers):
-                    b.copy_(value)
+            self._write(list(self.module.buffers()), self.saved_buffers)
         return False
 
 
@@ -157,7 +165,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) 
     """Exact forward pass without autograd, keeping each layer's replay record."""
     dtype = x0.dtype
     x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
-    buffer = exact.InformationBuffer.empty(x.shape, x.device)
+    buffer = exact.InformationBuffer.empty(x.shape, x.device, stack.n)
     k = exact.ExactKernels(x, stack.n)
     replays = []
     # one preallocated slot per layer: a list of small tensors would pin freed memory
@@ -238,15 +246,51 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                     f = stack.residual_of(module, xf, args, kwargs)
             else:
                 xf = xf.requires_grad_(True)
-                with torch.enable_grad():
+                saved: set = set()
+                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(
+                        functools.partial(_note_storage, saved), _unpack):
                     f = stack.residual_of(module, xf, args, kwargs)
             k.undo_velocity(v, buffer.state, f.detach())
             buffer.after_pop(stack.n)
             if on_layer is not None:
+                _release_unsaved_root(f, xf, saved)
                 on_layer(i, xf, f)
+        # f's graph holds x_n (its leaf): let both go before the next layer's are made
+        f = xf = None
     if not buffer.is_empty():
         raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
     return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype)
+
+
+def _note_storage(saved: set, t: torch.Tensor):
+    """saved_tensors_hooks pack: remember which storages the recomputed graph keeps."""
+    try:
+        saved.add(t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):
+        pass
+    return t
+
+
+def _unpack(t):
+    return t
+
+
+def _release_unsaved_root(f: torch.Tensor, xf: torch.Tensor, saved: set) -> None:
+    """Free the data of f(x_n) once the exact inverse has used it, when nothing needs it.
+
+    Backpropagating from f needs its graph and its shape, not its values, unless a node of
+    its graph saved it (a ReLU saves its output). Only plain tensors made by built-in ops
+    (whose saves all pass through saved_tensors_hooks, recorded in ``saved``) are freed;
+    this drops one full-size tensor from every backward step.
+    """
+    if (f.grad_fn is None or isinstance(f.grad_fn, torch.autograd.function.BackwardCFunction)
+            or f._base is not None or type(f) is not torch.Tensor or f.device.type == "meta"):
+        return
+    storage = f.untyped_storage()
+    ptr = storage.data_ptr()
+    if ptr in saved or ptr == xf.untyped_storage().data_ptr() or storage.nbytes() != f.nbytes:
+        return
+    storage.resize_(0)
 
 
 def momentum_layer_adjoint(a, b, x_n, f_n, gamma: float, wrt=(), *, a_owned=False, b_owned=False):
@@ -270,8 +314,23 @@ def momentum_layer_adjoint(a, b, x_n, f_n, gamma: float, wrt=(), *, a_owned=Fals
         g, g_owned = a, False
     else:
         g, g_owned = (b.add_(a), True) if b_owned else (a + b, True)
-    grads = torch.autograd.grad(f_n, [x_n, *wrt], g * (1.0 - gamma), allow_unused=True)
-    dv = g.mul_(gamma) if g_owned else g * gamma
+    if gamma == 1.0:  # f has no influence: nothing to scale in place
+        grads = torch.autograd.grad(f_n, [x_n, *wrt], torch.zeros_like(g), allow_unused=True)
+        dv = g if g_owned else g.clone()
+    else:
+        # one tensor serves as (1 - gamma) g for autograd and then, rescaled, as gamma g:
+        # a full-size temporary fewer than keeping both (at most 2 ulp from gamma * g)
+        c = g.mul_(1.0 - gamma) if g_owned else g * (1.0 - gamma)
+        grads = torch.autograd.grad(f_n, [x_n, *wrt], c, allow_unused=True)
+        gx = grads[0]
+        ptr = c.untyped_storage().data_ptr()
+        aliased = any(t is not None and t.untyped_storage().data_ptr() == ptr for t in grads[1:])
+        if gx is not None:  # before c changes: gx may be c itself (f(x) = x + ...)
+            gx = a.add_(gx) if a_owned else a + gx
+            grads = (gx, *grads[1:])
+        dv = c * (gamma / (1.0 - gamma)) if aliased else c.mul_(gamma / (1.0 - gamma))
+        dx = a if gx is None else gx
+        return dx, dv, list(grads[1:])
     gx = grads[0]
     dx = a if gx is None else (a.add_(gx) if a_owned else a + gx)
     return dx, dv, list(grads[1:])
@@ -296,6 +355,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
         ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
         ctx.save_for_backward(*[a for a in arg_leaves if isinstance(a, torch.Tensor)])
+        ctx.set_materialize_grads(False)  # an unused v_L gets no tensor of zeros
         return exact.to_float(tape.x, tape.dtype), exact.to_float(tape.v, tape.dtype)
 
     @staticmethod
@@ -343,7 +403,11 @@ class MemoryFreeMomentum(torch.autograd.Function):
         it_a = iter(grad_args)
         out_params = [g if need else None for g, need in zip(grad_params, param_needs)]
         out_args = [next(it_a) if need else None for need in arg_needs]
-        b = st["b"] if st["b"] is not None else torch.zeros_like(st["a"])
+        b = st["b"]
+        if not ctx.needs_input_grad[4]:
+            b = None  # v0 = 0 (or a constant): no gradient to hand back
+        elif b is None:
+            b = torch.zeros_like(st["a"])
         return (None, None, None, st["a"], b, *out_params, *out_args)
 
 

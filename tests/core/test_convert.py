@@ -445,8 +445,13 @@ def test_bad_gamma(small_resnet, gamma, error, message):
 
 def test_gamma_0_needs_the_plain_path(small_resnet):
     with pytest.raises(ValueError, match="cannot be inverted.*memory_efficient=False"):
-        to_momentumnet(small_resnet, 0.0)
+        to_momentumnet(small_resnet, 0.0, memory_efficient=True)
     assert not has_momentum(small_resnet)
+    # the default ("auto") never picks exact inversion for gamma = 0
+    converted = to_momentumnet(small_resnet, 0.0)
+    converted(torch.randn(2, 3, 16, 16)).sum().backward()
+    modes = [m.training_mode for m in converted.modules() if isinstance(m, MomentumNet)]
+    assert modes and "exact" not in modes
 
 
 def test_renamed_follows_the_documented_mapping():

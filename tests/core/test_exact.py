@@ -32,8 +32,9 @@ def test_forward_step_is_within_one_unit_of_the_exact_product(gamma):
         assert abs(v1i - exact_value) < 1
 
 
-@pytest.mark.parametrize("gamma", [0.01, 0.3, 0.9, 0.999])
+@pytest.mark.parametrize("gamma", [1 / 65536, 2 / 65536, 0.01, 0.3, 0.9, 0.999])
 def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamma):
+    # n = 1 uses the wide layout (62-bit state, 32-bit words), n >= 2 the 31/15-bit one
     n = exact.gamma_numerator(gamma)
     depth, n_elem = 600, 64
     g = torch.Generator().manual_seed(0)
@@ -41,12 +42,14 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
     x0 = torch.randint(-(2**45), 2**45, (n_elem,), generator=g)
     v0 = torch.randint(-(2**45), 2**45, (n_elem,), generator=g)
     x, v = x0.clone(), v0.clone()
-    buf = exact.InformationBuffer.empty(x.shape, x.device)
+    buf = exact.InformationBuffer.empty(x.shape, x.device, n)
     for f in fs:
         buf.before_push(n)
         exact._forward_step(x, v, buf.state, f, n)
-    bits = 32 * sum(w.numel() for w in buf.words) + float(torch.log2(buf.state.double()).sum())
-    per_layer = (bits - 30 * n_elem) / (n_elem * depth)  # the empty state holds 30 bits
+    bits = (buf.word_bits * sum(w.numel() for w in buf.words)
+            + float(torch.log2(buf.state.double()).sum()))
+    empty_bits = math.log2(buf.low)  # what the empty state holds
+    per_layer = (bits - empty_bits * n_elem) / (n_elem * depth)
     expected = math.log2(exact.GAMMA_DENOMINATOR / n)
     assert abs(per_layer - expected) < 0.02 + 0.02 * expected
     state_before, words_before = buf.state.clone(), [w.clone() for w in buf.words]
@@ -74,7 +77,7 @@ def test_buffer_never_overflows_where_a_single_word_would():
         buf.before_push(n)
         history.append(v.clone())
         exact._forward_step(x, v, buf.state, f, n)
-        assert bool((buf.state >= exact.STATE_LOW).all() and (buf.state < 2**62).all())
+        assert bool((buf.state >= buf.low).all() and (buf.state.long() < 2**buf.state_bits).all())
     assert buf.nbytes() >= 3000 * 8 / 8  # at least one bit per element per layer
     back = buf.copy()
     for _ in range(3000):
@@ -109,8 +112,9 @@ def test_compiled_kernels_give_the_same_bits_as_eager():
     size = 5000
     x = random_velocity(size, 1, bits=50)
     v = random_velocity(size, 2, bits=50)
-    state = torch.randint(exact.STATE_LOW, 2**46 * n, (size,), generator=g)
-    for dtype in (torch.float32, torch.float64):
+    wide = torch.randint(2**30, 2**46 * n, (size,), generator=g)  # the n = 1 layout
+    narrow = torch.randint(exact.STATE_LOW, n << 15, (size,), generator=g, dtype=torch.int32)
+    for dtype, state in ((torch.float32, wide), (torch.float64, wide), (torch.float32, narrow)):
         f = torch.randn(size, generator=g, dtype=torch.float64).to(dtype) * 10
         for name, args in (("forward_step", (x, v, state, f)), ("undo_position", (x, v, dtype)),
                            ("undo_velocity", (v, state, f))):
@@ -133,5 +137,17 @@ def test_divmod_by_float_reciprocal_is_exact(n):
                    torch.tensor([0, 1, -1, n, -n, n - 1, 1 - n, 2**62 - 1, -(2**62)]),
                    torch.arange(-5, 6) * n + torch.randint(-2, 3, (11,), generator=g)])
     q, r = exact._divmod(a, n)
+    assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
+    assert torch.equal(r, torch.remainder(a, n))
+
+
+@pytest.mark.parametrize("n", [1, 2, 655, 58982, 65535, 65536])
+def test_divmod_single_pass_for_small_values_is_exact(n):
+    g = torch.Generator().manual_seed(n)
+    a = torch.cat([torch.randint(-(2**40) + 1, 2**40, (20000,), generator=g),
+                   torch.randint(0, 2**31, (20000,), generator=g),
+                   torch.arange(0, 50) * n + torch.randint(-1, 2, (50,), generator=g),
+                   torch.tensor([0, 1, n - 1, n, n + 1, 2**31 - 1, 2**40 - 1, -(2**40) + 1])])
+    q, r = exact._divmod(a, n, small=True)
     assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
     assert torch.equal(r, torch.remainder(a, n))

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from mresnet_core import MomentumNet
-from mresnet_core.memory import (measure_step_memory, peak_rss_in_fresh_process,
+from mresnet_core.memory import (measure_step_memory, peak_rss_in_fresh_process, training_step_memory,
                                  peak_step_memory, saved_tensor_bytes, saved_tensors)
 
 # Below exact.COMPILE_MIN_NUMEL elements, so the memory-free path runs eagerly (no compile).
@@ -80,7 +80,7 @@ def test_memory_free_saved_bytes_constant_apart_from_buffer(x, gamma):
         fixed.append(report.nbytes - buffer)
         buffers[depth] = buffer
     assert len(set(fixed)) == 1
-    assert buffers[1] == x.numel() * 8  # only the 64-bit state per element
+    assert buffers[1] == x.numel() * 4  # only the 32-bit state per element
     if gamma == 0.5:  # one bit per element per layer: words spill, about depth / 8 bytes each
         assert buffers[100] > buffers[40] > buffers[8] == buffers[1]
         assert buffers[100] - buffers[1] <= x.numel() * (100 // 8 + 8)
@@ -168,3 +168,43 @@ def test_peak_rss_in_fresh_process():
                                     env={"OMP_NUM_THREADS": "1"})
     assert rss["peak"] >= rss["before"] > 0
     assert 0.9 * size <= rss["step"] <= 1.2 * size
+
+
+# ----------------------------------------------------------------------- whole training step
+
+def test_training_step_memory_counts_the_gradients(x):
+    net = MomentumNet(mlp_blocks(6), 0.9, memory_efficient=False)
+    param_bytes = sum(p.nbytes for p in net.parameters())
+    m = training_step_memory(net, x)
+    assert m.method == "cpu-profiler"
+    assert m.gradients == param_bytes
+    # the headline figure includes the gradients, the second column leaves them out;
+    # ordinary backprop peaks at the end of the forward pass, before any gradient exists
+    assert m.activations <= m.whole_step <= m.activations + param_bytes
+    # ordinary backprop holds every activation at the end of the forward pass
+    assert m.activations >= saved_tensor_bytes(net, x)
+    # what measure_step_memory reports for the same step, without gradients
+    assert m.activations == _peak(net, x, exclude_grads_of=net).peak
+    # the step leaves the gradients allocated
+    assert all(p.grad is not None for p in net.parameters())
+    # the memory-free path peaks at the end of its backward pass, with every gradient
+    free = MomentumNet(mlp_blocks(6), 0.9, memory_efficient=True)
+    f = training_step_memory(free, x)
+    assert f.whole_step >= f.activations + param_bytes // 2
+
+
+def test_training_step_memory_with_a_loss_and_several_inputs():
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(D, 3)
+
+        def forward(self, a, b):
+            return self.lin(a + b)
+
+    torch.manual_seed(0)
+    a, b, y = torch.randn(B, D), torch.randn(B, D), torch.randint(0, 3, (B,))
+    model = Two()
+    m = training_step_memory(model, a, b, loss=lambda out: nn.functional.cross_entropy(out, y))
+    assert m.gradients == sum(p.nbytes for p in model.parameters())
+    assert m.whole_step >= m.gradients + B * D * F32  # a + b is saved by the Linear

@@ -1,0 +1,132 @@
+"""How to train a momentum stack: the cheapest exact way for its shapes (``"auto"``).
+
+Three ways give the same gradients as ordinary autograd:
+
+* ``"backprop"``: ordinary autograd; every layer's activations are kept until backward.
+* ``"recompute"``: the forward pass keeps nothing but each layer's replay record (RNG
+  state, module buffers); backward re-runs the stack from its float input with a graph
+  (``recompute.py``), bit for bit, then backpropagates through it. One extra forward of
+  the stack; the activations exist only while the stack's own backward runs.
+* ``"exact"``: the memory-free path (``reversible.py``); the int64 (x, v), the
+  information buffer and one layer's graph at a time.
+
+``memory_efficient="auto"`` measures, at the stack's first forward with gradients for a
+given input shape, the bytes one layer saves for backward (one extra call of the first
+function, with its RNG and buffers restored), and estimates each mode's contribution to
+the peak of a whole training step (gradients included):
+
+* backprop, recompute: ``depth x layer bytes`` (recompute holds them only during its own
+  backward, and nothing from the forward pass);
+* exact: the exact state (20 bytes per element + the buffer's log2(1/gamma) bits per
+  element per layer + replay records) + one layer's activations + the backward's
+  full-size temporaries + the stack's parameter gradients, which the exact backward
+  allocates while that state is still held (its peak is at the end of its backward).
+
+It picks exact inversion when its estimate is below ``EXACT_MARGIN`` times the
+activations, else recompute when that frees at least two input-sized tensors per
+stack, else backprop. ``MomentumNet.memory_plan()`` and
+``mresnet_core.memory.describe(model)`` show the choice and the estimates.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from . import exact
+from .reversible import LayerReplay, Stack, _Replaying, _rng_snapshot
+
+MODES = ("exact", "recompute", "backprop")
+#: int64 x and v and the 32-bit information-buffer state, per element
+EXACT_STATE_BYTES = 20
+#: full-size tensors of the stack's dtype alive during one exact backward step besides
+#: the layer's own graph and the incoming gradient (dL/dx, the scaled dL/dv, autograd's
+#: input gradient), measured on the toy stack (Linear-Tanh-Linear, d=500)
+EXACT_BACKWARD_TEMPORARIES = 3
+#: exact inversion must save at least 10% over keeping the activations
+EXACT_MARGIN = 0.9
+
+
+def requested_mode(memory_efficient) -> str:
+    """The mode a ``memory_efficient`` value asks for: 'auto' or one of MODES.
+
+    True is 'exact' (forced exact inversion), False is 'backprop'.
+    """
+    if memory_efficient is True:
+        return "exact"
+    if memory_efficient is False:
+        return "backprop"
+    if isinstance(memory_efficient, str) and memory_efficient in ("auto", *MODES):
+        return memory_efficient
+    raise ValueError("memory_efficient must be True (exact inversion), False (ordinary "
+                     "backprop), 'auto' (the cheapest exact way per stack), 'recompute' "
+                     f"or 'exact'/'backprop', got {memory_efficient!r}")
+
+
+@dataclass(frozen=True)
+class StackPlan:
+    """The mode of one momentum stack and the estimates behind it (bytes).
+
+    ``estimates[mode]`` is the estimated contribution of the stack to the peak of a
+    whole training step in that mode ('exact' is None when gamma is 0).
+    """
+
+    mode: str
+    requested: str
+    depth: int
+    shape: tuple
+    layer_bytes: int  # saved for backward by one layer (measured on the first)
+    gradient_bytes: int  # the stack's parameter gradients
+    estimates: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        est = ", ".join(f"{m} {b / 2**20:.2f} MiB" if b is not None else f"{m} -"
+                        for m, b in self.estimates.items())
+        return (f"{self.mode} ({'chosen' if self.requested == 'auto' else 'forced'}; depth "
+                f"{self.depth}, input {list(self.shape)}; estimated peak share: {est})")
+
+
+def layer_saved_bytes(stack: Stack, module, x: torch.Tensor, args, kwargs) -> int:
+    """Bytes one call of ``module`` saves for backward on input ``x`` (parameters excluded).
+
+    The call runs with a graph on a detached copy of ``x``; the module's buffers (BatchNorm
+    statistics) and the RNG state are put back afterwards, so nothing observable changes.
+    """
+    from .memory import saved_tensors  # memory imports reversible: import here
+
+    probe = x.detach().requires_grad_(True)
+    cpu, cuda = _rng_snapshot(x.device)
+    bufs = [b.detach().clone() for b in module.buffers()] or None
+    with _Replaying(module, LayerReplay(cpu_rng=cpu, cuda_rng=cuda, buffers=bufs), x.device):
+        report = saved_tensors(lambda: stack.residual_of(module, probe, args, kwargs),
+                               exclude=module)
+    return report.nbytes
+
+
+def make_plan(stack: Stack, x: torch.Tensor, args, kwargs, requested: str,
+              invertible: bool) -> StackPlan:
+    """Measure one layer and estimate every mode (see the module docstring)."""
+    functions = list(stack.functions)
+    depth = len(functions)
+    numel, item = x.numel(), x.element_size()
+    layer = layer_saved_bytes(stack, functions[0], x, args, kwargs) if depth else 0
+    params = {id(p): p for m in functions for p in m.parameters() if p.requires_grad}
+    grads = sum(p.numel() * p.element_size() for p in params.values())
+    activations = depth * layer
+    estimates = {"exact": None, "recompute": activations, "backprop": activations}
+    if invertible:
+        bits = math.log2(exact.GAMMA_DENOMINATOR / stack.n)
+        replay = sum(b.numel() * b.element_size() for m in functions for b in m.buffers())
+        held = numel * EXACT_STATE_BYTES + int(depth * numel * bits / 8) + replay
+        estimates["exact"] = held + layer + EXACT_BACKWARD_TEMPORARIES * numel * item + grads
+    if requested != "auto":
+        mode = requested
+    elif estimates["exact"] is not None and estimates["exact"] < EXACT_MARGIN * activations:
+        mode = "exact"
+    elif activations >= 2 * numel * item:
+        mode = "recompute"
+    else:
+        mode = "backprop"
+    return StackPlan(mode=mode, requested=requested, depth=depth, shape=tuple(x.shape),
+                     layer_bytes=layer, gradient_bytes=grads, estimates=estimates)

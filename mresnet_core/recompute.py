@@ -1,0 +1,117 @@
+"""The recompute path of a momentum stack: keep only its float input, re-run it in backward.
+
+`plain_steps` is the momentum update in floating point (Eq. 2), the one loop that the
+ordinary path, the recompute path and ``MomentumNet.trajectory`` share, so that the
+recomputation gives the forward pass's values bit for bit. `RecomputeMomentum` runs it
+without a graph, keeping each layer's replay record (RNG state, module buffers); its
+backward re-runs it with a graph under those records and backpropagates through it.
+Gradients are those of ordinary autograd; the stack's activations exist only during its
+own backward.
+"""
+from __future__ import annotations
+
+import torch
+
+from ._torch_private import tree_unflatten
+from .reversible import Stack, _call_recording, _Replaying, slow_attention, stack_params
+
+
+def plain_steps(stack: Stack, x, v, call, visit=None):
+    """x_L, v_L of the stack in floating point; ``call(i, module, x)`` returns f_i(x).
+
+        v_{i+1} = gamma v_i + (1 - gamma) f_i(x_i),    x_{i+1} = x_i + v_{i+1}
+
+    ``v`` None is v_0 = 0 without a tensor of zeros (v_1 = (1 - gamma) f_0(x_0)). The
+    sum is accumulated in place into gamma v (which no backward needs): the same bits
+    as ``v * gamma + f * (1 - gamma)`` with two fewer full-size temporaries.
+    """
+    gamma = stack.gamma
+    for i, module in enumerate(stack.functions):
+        f = call(i, module, x)
+        if v is None:
+            v = f * (1.0 - gamma)
+        else:
+            v = v * gamma
+            v += f * (1.0 - gamma)
+        x = x + v
+        if visit is not None:
+            visit(x)
+    return x, (torch.zeros_like(x) if v is None else v)
+
+
+class RecomputeMomentum(torch.autograd.Function):
+    """autograd.Function: inputs (x0, v0 or None, *params, *arg tensors) -> (x_L, v_L).
+
+    ``v0`` None stands for zeros (not kept). Saved: x0 (usually alive anyway as the
+    previous layer's output or the data), v0 when given, tensor arguments and one replay
+    record per layer.
+    """
+
+    @staticmethod
+    def forward(ctx, stack: Stack, n_params: int, x0, v0, *inputs):
+        arg_leaves = inputs[n_params:]
+        args, kwargs = tree_unflatten(list(arg_leaves), stack.args_spec)
+        replays = []
+
+        def call(i, module, x):
+            f, replay = _call_recording(stack, module, x, args, kwargs)
+            replays.append(replay)
+            return f
+
+        with slow_attention():
+            xL, vL = plain_steps(stack, x0, v0, call)
+        ctx.stack, ctx.replays, ctx.n_params, ctx.v0_given = stack, replays, n_params, v0 is not None
+        ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
+        ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
+        ctx.save_for_backward(x0, *([v0] if v0 is not None else []),
+                              *[a for a in arg_leaves if isinstance(a, torch.Tensor)])
+        return xL, vL
+
+    @staticmethod
+    def backward(ctx, grad_x, grad_v):
+        saved = list(ctx.saved_tensors)
+        x0 = saved.pop(0)
+        v0 = saved.pop(0) if ctx.v0_given else None
+        stack: Stack = ctx.stack
+        it = iter(saved)
+        arg_leaves = [next(it) if t else o for t, o in zip(ctx.leaf_is_tensor, ctx.other_leaves)]
+        needs = ctx.needs_input_grad  # (stack, n_params, x0, v0, *params, *arg leaves)
+        params = stack_params(stack.functions)
+        param_needs = needs[4:4 + ctx.n_params]
+        arg_needs = needs[4 + ctx.n_params:]
+        leaves = [a.detach().requires_grad_(True) if (need and isinstance(a, torch.Tensor)) else a
+                  for a, need in zip(arg_leaves, arg_needs)]
+        args, kwargs = tree_unflatten(list(leaves), stack.args_spec)
+        x = x0.detach().requires_grad_(needs[2])
+        v = None if v0 is None else v0.detach().requires_grad_(needs[3])
+
+        def call(i, module, xi):
+            with _Replaying(module, ctx.replays[i], xi.device, untracked=True):
+                return stack.residual_of(module, xi, args, kwargs)
+
+        with torch.enable_grad(), slow_attention():
+            xL, vL = plain_steps(stack, x, v, call)
+        wrt = ([x] if needs[2] else []) + ([v] if needs[3] and v is not None else [])
+        wrt += [p for p, need in zip(params, param_needs) if need]
+        wrt += [a for a, need in zip(leaves, arg_needs) if need]
+        outs, grads_out = [], []
+        for out, g in ((xL, grad_x), (vL, grad_v)):
+            if g is not None and out.requires_grad:
+                outs.append(out)
+                grads_out.append(g)
+        # x_L and v_L come from the update's own additions, whose backward needs no
+        # values: free their data (two full-size tensors the ordinary path does not hold
+        # at this point); autograd.grad only needs their shapes and graph
+        for out in (xL, vL):
+            out.untyped_storage().resize_(0)
+        if outs and wrt:
+            grads = list(torch.autograd.grad(outs, wrt, grads_out, allow_unused=True))
+        else:
+            grads = [None] * len(wrt)
+        del outs, xL, vL
+        it = iter(grads)
+        gx = next(it) if needs[2] else None
+        gv = next(it) if needs[3] and v0 is not None else None  # v0 None: no gradient
+        out_params = [next(it) if need else None for need in param_needs]
+        out_args = [next(it) if need else None for need in arg_needs]
+        return (None, None, gx, gv, *out_params, *out_args)

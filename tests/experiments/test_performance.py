@@ -1,0 +1,44 @@
+"""Notebook helpers for the benchmark: the DataFrame runner and the ratio plot."""
+import matplotlib
+import pandas as pd
+import pytest
+
+from mresnet_core.experiments import performance
+
+matplotlib.use("Agg")
+
+
+def fake_rows():
+    rows = []
+    for depth in (8, 16, 64):
+        for name, t, m in (("ordinary", 1.0, 1.0), ("checkpoint", 1.3, 0.5), ("exact", 1.4, 0.3),
+                           ("auto", 1.2, 0.4)):
+            rows.append(dict(workload="toy", size=depth, contender=name, status="ok", time_ratio=t,
+                             whole_step_ratio=m, threads=2))
+        rows.append(dict(workload="toy", size=depth, contender="reference", status="failed",
+                         time_ratio=None, whole_step_ratio=None, threads=2, error="ImportError"))
+    return pd.DataFrame(rows)
+
+
+def test_plot_ratios_draws_every_contender_that_ran():
+    fig = performance.plot_ratios(fake_rows())
+    time_ax, mem_ax = fig.axes
+    assert len(time_ax.lines) == 1 + 4  # the 1.0 guide and four contenders
+    assert "failed: reference" in fig._suptitle.get_text() and "2 thread(s)" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="no rows for workload"):
+        performance.plot_ratios(fake_rows(), workload="resnet50")
+
+
+def test_run_benchmark_checks_the_profile():
+    with pytest.raises(ValueError, match="profile must be"):
+        performance.run_benchmark("huge")
+    assert performance.harness_path().name == "harness.py"
+
+
+@pytest.mark.benchmark
+def test_run_benchmark_smoke_returns_a_dataframe(tmp_path):
+    df = performance.run_benchmark("smoke", threads=1, workloads=["toy"], out=tmp_path)
+    assert set(df["contender"]) == set(performance.LABELS)
+    assert (tmp_path / "results.csv").is_file()
+    fig = performance.plot_ratios(df)
+    assert len(fig.axes) == 2
