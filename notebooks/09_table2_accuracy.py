@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # Table 2: Momentum ResNets reach the accuracy of ResNets
 #
@@ -37,6 +35,8 @@
 
 # %%
 # %matplotlib inline
+import os
+
 import pandas as pd
 
 from mresnet_core.experiments import table2
@@ -48,6 +48,7 @@ from mresnet_core.plotting import save_figure
 profile = "quick"
 use_cache = True  # reuse runs trained by this code version with these settings
 threads = 1
+exact_backend = "eager"  # MRESNET_EXACT_BACKEND: eager avoids torch.compile's cold start on many shapes
 datasets = ["digits"]  # paper: ["cifar10", "cifar100"]
 data_dir = None  # folder holding the CIFAR data sets (downloaded there when missing and allowed)
 image_size = 16  # digits: upsampled side; CIFAR: 32
@@ -63,6 +64,7 @@ parity_points = 2.0  # the momentum models' mean accuracy within this many point
 min_accuracy = 90.0  # every model's mean accuracy at least this (the models learned the task)
 
 # %%
+os.environ["MRESNET_EXACT_BACKEND"] = exact_backend
 start = setup_notebook(threads, seeds[0])
 settings = dict(data_dir=data_dir, width=width, epochs=epochs, batch_size=batch_size, lr=lr,
                 lr_milestones=tuple(lr_milestones), threads=threads)

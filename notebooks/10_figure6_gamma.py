@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # Figure 6 (top): robustness to $\gamma$
 #
@@ -36,6 +34,8 @@
 
 # %%
 # %matplotlib inline
+import os
+
 import pandas as pd
 
 from mresnet_core.experiments import gamma_robustness as gr
@@ -47,6 +47,7 @@ from mresnet_core.plotting import save_figure
 profile = "quick"
 use_cache = True
 threads = 1
+exact_backend = "eager"  # MRESNET_EXACT_BACKEND: eager avoids torch.compile's cold start on many shapes
 dataset = "digits"  # paper: "cifar10"
 data_dir = None
 image_size = 16  # digits; None for CIFAR (32)
@@ -65,6 +66,7 @@ drop_points = 5.0  # gamma_train = 0 at gamma_test = 1, no refit: at least this 
 recovered_points = 2.0  # after the refit: within this many points of the network trained there
 
 # %%
+os.environ["MRESNET_EXACT_BACKEND"] = exact_backend
 start = setup_notebook(threads, seed)
 data_settings = dict(dataset=dataset, data_dir=data_dir, image_size=image_size)
 print("data:", describe_data(**data_settings))

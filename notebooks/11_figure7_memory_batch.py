@@ -13,8 +13,6 @@
 #     name: python3
 # ---
 
-# %%
-
 # %% [markdown]
 # # Figure 7: training memory against batch size, and accuracy against memory
 #
@@ -36,6 +34,8 @@
 
 # %%
 # %matplotlib inline
+import os
+
 import pandas as pd
 
 from mresnet_core.experiments import batch_memory as bm
@@ -46,6 +46,7 @@ from mresnet_core.plotting import save_figure
 # %% tags=["parameters"]
 profile = "quick"
 threads = 1
+exact_backend = "eager"  # MRESNET_EXACT_BACKEND: eager avoids torch.compile's cold start on many shapes
 seed = 0
 # top: memory against batch size
 depth = 101
@@ -67,6 +68,7 @@ dataset = "digits"  # paper: "cifar10"
 accuracy_points = 1.5  # accuracies of the k = 0..4 runs within this many points of each other
 
 # %%
+os.environ["MRESNET_EXACT_BACKEND"] = exact_backend
 start = setup_notebook(threads, seed)
 print("data:", describe_data(dataset=dataset, image_size=image_size, augment=False))
 MiB = 2.0 ** 20
