@@ -38,11 +38,15 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import textwrap
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -221,11 +225,48 @@ def _grad_storages(exclude_grads_of) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------------------
+# Native stderr of the profiler (kept out of notebooks and logs)
+# --------------------------------------------------------------------------------------
+
+#: torch.profiler's tracing library logs each start/stop (and, on machines without a GPU,
+#: a failed GPU query) straight to file descriptor 2, e.g.
+#: "USDT:2026-01-01 10:00:00 123:123 SyncActivityProfilerHandler.cpp:39] profiler_start".
+_PROFILER_LOG = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \w+\.cpp:\d+\] ")
+
+
+@contextlib.contextmanager
+def _profiler_logs_dropped():
+    """Route native stderr to a temporary file for the duration; drop the profiler's own
+    log lines and pass anything else on to ``sys.stderr``."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no real fd 2: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            with warnings.catch_warnings():
+                # the profiler cannot size blocks allocated before it started (see memory.py)
+                warnings.filterwarnings("ignore", message=".*[Mm]emory block of unknown size.*")
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            rest = [line for line in tmp.read().decode(errors="replace").splitlines()
+                    if line.strip() and not _PROFILER_LOG.match(line)]
+            if rest:
+                sys.stderr.write("\n".join(rest) + "\n")
+
+
 def _measure_cpu(step_fn: Callable[[], Any], exclude_grads_of=None) -> StepMemory:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                 record_shapes=False, with_stack=False) as prof:
+    with _profiler_logs_dropped(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                           record_shapes=False, with_stack=False) as prof:
         step_fn()
     events = sorted(allocation_events(prof))  # by time; ties keep the recorded order
     skip: set = set()

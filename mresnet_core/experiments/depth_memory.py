@@ -47,29 +47,24 @@ Memory-free backward (``memory_efficient=True``, ``exact.py``), independent of d
 apart from the information buffer:
 
 * x_L and v_L in int64 fixed point: ``2 * 8`` bytes per element;
-* the information buffer: one int64 state per element, plus the 32-bit words it spills.
-  Each exact multiplication by gamma = n / 2**16 pushes log2(2**16 / n) bits per element
-  into the state; the state starts at 2**30 and spills its low 32 bits once it would pass
-  about gamma * 2**62, so after ``depth`` layers each element has spilled
-  ``floor(depth * log2(1 / gamma) / 32)`` words. That count is exact except within about
-  a bit of a word boundary, where rounding inside the state decides, element by element,
-  whether the spill happens at this layer or the next.
+* the information buffer: one 31-bit state per element (an int32), plus the 15-bit words
+  it spills (int16). Each exact multiplication by gamma = n / 2**16 pushes
+  log2(2**16 / n) bits per element into the state; the state starts at 2**16 and spills
+  its low 15 bits once it would pass about gamma * 2**31, so after ``depth`` layers each
+  element has spilled ``floor(depth * log2(1 / gamma) / 15)`` words. That count is exact
+  except within about a bit of a word boundary, where rounding inside the state decides,
+  element by element, whether the spill happens at this layer or the next. (For
+  gamma < 2.3e-5, n = 1, the state is 62 bits in an int64 and the words 32 bits.)
 
 The paper's asymptotic cost, ``depth * log2(1 / gamma)`` bits per element, is
 :func:`information_bits`. With Figure 2's schedule gamma = 1 - 1/(50 depth) it is
 ``depth * log2(1 / gamma) ~ 1 / (50 ln 2) ~ 0.03`` bits per element at every depth, so
-no word ever spills: the buffer is the 64-bit state alone.
+no word ever spills: the buffer is the 32-bit state alone.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import re
-import sys
-import tempfile
 import time
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -85,7 +80,15 @@ from .common import toy_mlp
 # --------------------------------------------------------------------------------------
 
 INT64_BYTES = 8
-WORD_BYTES = exact.WORD_BITS // 8
+
+
+def _buffer_layout(gamma: float) -> tuple:
+    """(state bytes, word bits, word bytes) of the information buffer for this gamma:
+    a 31-bit state in an int32 with 15-bit words in int16 (n >= 2), or a 62-bit state in
+    an int64 with 32-bit words (n = 1, gamma < 2.3e-5); see ``exact.InformationBuffer``."""
+    if exact.gamma_numerator(gamma) >= 2:
+        return 4, exact.WORD_BITS, 2
+    return 8, exact.WIDE_LAYOUT[1], 4
 
 
 def figure2_gamma(depth: int, scale: float = 50.0) -> float:
@@ -123,17 +126,19 @@ def information_bits(depth: int, gamma: float) -> float:
 
 
 def buffer_words_per_element(depth: int, gamma: float) -> int:
-    """32-bit words each element has spilled after ``depth`` layers: floor(bits / 32).
+    """Words each element has spilled after ``depth`` layers: floor(bits / word bits)
+    (15-bit words; 32-bit for gamma < 2.3e-5).
 
     Exact unless ``information_bits(depth, gamma)`` lies within about a bit of a multiple
-    of 32 (see the module docstring).
+    of the word size (see the module docstring).
     """
-    return int(math.floor(information_bits(depth, gamma) / exact.WORD_BITS))
+    return int(math.floor(information_bits(depth, gamma) / _buffer_layout(gamma)[1]))
 
 
 def information_buffer_bytes(depth: int, numel: int, gamma: float) -> int:
-    """Bytes of the information buffer: the int64 state plus the spilled 32-bit words."""
-    return numel * (INT64_BYTES + WORD_BYTES * buffer_words_per_element(depth, gamma))
+    """Bytes of the information buffer: the state (int32) plus the spilled words (int16)."""
+    state_bytes, _, word_bytes = _buffer_layout(gamma)
+    return numel * (state_bytes + word_bytes * buffer_words_per_element(depth, gamma))
 
 
 def memory_free_saved_bytes(depth: int, numel: int, gamma: float) -> int:
@@ -150,8 +155,8 @@ def crossover_depth(batch: int, dim: int, hidden: int, itemsize: int = 4,
     for the toy stack (``gamma_of_depth(depth)`` gives gamma; Figure 2's schedule by default).
 
     Beyond it ordinary backprop grows by ``batch * (dim + hidden) * itemsize`` bytes per
-    layer and the memory-free path by at most one 32-bit word per element every
-    32 / log2(1 / gamma) layers, so for float32 it stays below.
+    layer and the memory-free path by at most one 15-bit word (2 bytes) per element every
+    15 / log2(1 / gamma) layers, so for float32 it stays below.
     """
     numel = batch * dim
     for depth in range(1, max_depth + 1):
@@ -240,43 +245,6 @@ def resnet_saved_bytes(depth: int, problem: ToyProblem = ToyProblem(),
 
 
 # --------------------------------------------------------------------------------------
-# Native stderr of the profiler
-# --------------------------------------------------------------------------------------
-
-#: torch.profiler's tracing library logs each start/stop (and, on machines without a GPU,
-#: a failed GPU query) straight to file descriptor 2, e.g.
-#: "USDT:2026-01-01 10:00:00 123:123 SyncActivityProfilerHandler.cpp:39] profiler_start".
-_PROFILER_LOG = re.compile(r"^[A-Z]+:\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \d+:\d+ \w+\.cpp:\d+\] ")
-
-
-@contextlib.contextmanager
-def _profiler_logs_dropped():
-    """Route native stderr to a temporary file for the duration; drop the profiler's own
-    log lines and pass anything else on to ``sys.stderr``."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real fd 2: nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            with warnings.catch_warnings():
-                # the profiler cannot size blocks allocated before it started (see memory.py)
-                warnings.filterwarnings("ignore", message=".*[Mm]emory block of unknown size.*")
-                yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            rest = [line for line in tmp.read().decode(errors="replace").splitlines()
-                    if line.strip() and not _PROFILER_LOG.match(line)]
-            if rest:
-                sys.stderr.write("\n".join(rest) + "\n")
-
-
-# --------------------------------------------------------------------------------------
 # The sweep
 # --------------------------------------------------------------------------------------
 
@@ -307,8 +275,7 @@ def _measure_point(depth: int, path: str, problem: ToyProblem, device) -> Point:
                                                        problem.hidden, x.element_size())
     training_step(net, x)  # warm-up (compiles the exact kernels on first use)
     net.zero_grad(set_to_none=True)
-    with _profiler_logs_dropped():
-        step = measure_step_memory(lambda: training_step(net, x), device)
+    step = measure_step_memory(lambda: training_step(net, x), device)
     return Point(depth, path, net.gamma, saved, theory, buffer, step.peak, step.method,
                  seconds=time.perf_counter() - start)
 

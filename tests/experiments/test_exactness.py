@@ -24,9 +24,9 @@ def test_exact_inversion_reports_the_buffer_cost_of_log2_inverse_gamma_bits(gamm
 def test_information_bits_of_an_empty_and_a_handmade_buffer():
     buf = exact.InformationBuffer.empty((5,), "cpu")
     assert rv.information_bits(buf) == 0.0
-    buf.state[0] = 2**31  # one more bit in one element
-    buf.words.append(torch.zeros(3, dtype=torch.int32))  # three 32-bit words
-    assert rv.information_bits(buf) == pytest.approx(1 + 96)
+    buf.state[0] = 2 * buf.low  # one more bit in one element
+    buf.words.append(torch.zeros(3, dtype=torch.int16))  # three 15-bit words
+    assert rv.information_bits(buf) == pytest.approx(1 + 3 * exact.WORD_BITS)
 
 
 def test_paper_bits_uses_the_rounded_gamma():
