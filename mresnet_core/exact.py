@@ -182,6 +182,30 @@ def _undo_velocity(v, state, f, n: int):
 
 
 _EAGER = {"forward_step": _forward_step, "undo_position": _undo_position, "undo_velocity": _undo_velocity}
+#: Elements per eager kernel call (CPU, CUDA): eager torch makes several full-size int64 and
+#: float64 temporaries per kernel; running it on slices of this size bounds them (same bits).
+EAGER_CHUNK = {"cpu": 1 << 16, "cuda": 1 << 22}
+_UPDATED_IN_PLACE = {"forward_step": 3, "undo_position": 2, "undo_velocity": 2}
+
+
+def _eager_in_chunks(name: str, *args):
+    """Run eager kernel ``name`` on flat slices of its tensors, EAGER_CHUNK elements at a
+    time: the in-place updates of x, v and the buffer state land in the full tensors, the
+    float results are concatenated, the peak is the largest of the slices' peaks."""
+    updated = args[:_UPDATED_IN_PLACE[name]]  # x, v, buffer state: must be views of themselves
+    first = updated[0]
+    chunk = EAGER_CHUNK.get(first.device.type, 1 << 20)
+    if first.numel() <= chunk or not all(t.is_contiguous() for t in updated):
+        return _EAGER[name](*args)
+    flat = [a.reshape(-1) if isinstance(a, torch.Tensor) else a for a in args]
+    pieces = [_EAGER[name](*[a[start:start + chunk] if isinstance(a, torch.Tensor) else a for a in flat])
+              for start in range(0, first.numel(), chunk)]
+    if name == "forward_step":
+        return (torch.cat([p[0] for p in pieces]).view(first.shape),
+                torch.stack([p[1] for p in pieces]).amax())
+    if name == "undo_position":
+        return torch.cat(pieces).view(first.shape)
+    return None
 #: Below this many elements the fused kernels are not worth their compile time.
 COMPILE_MIN_NUMEL = 1 << 15
 
@@ -242,7 +266,7 @@ class ExactKernels:
                 self.compiled = False
                 warnings.warn(f"compiling the exact kernels failed ({type(err).__name__}: {err}); "
                               "falling back to eager torch (slower, same results)")
-        return _EAGER[name](*args)
+        return _eager_in_chunks(name, *args)
 
     def forward_step(self, x, v, state, f):
         """In place: v <- gamma v + (1 - gamma) f, x <- x + v; returns (float x, peak)."""
