@@ -27,9 +27,9 @@
 # (parameter gradients included; the gradient-free peak dotted) of ResNet-101 and its
 # memory-free Momentum version at 8 base channels on 32x32 digit images, at batch sizes
 # 4 to 32 (CPU profiler), and the largest batch each fits in a stated budget (straight
-# line through the measured points); (bottom) a narrow Momentum ResNet-18 trained on the
-# digits with k = 0, 2 or 4 of its momentum stacks memory-free: memory of its training
-# step against its final accuracy. **Paper profile**: full width, GPU allocator peaks,
+# line through the measured points); (bottom) a narrow Momentum ResNet-50 trained on the
+# digits with its k = 0, 1 or 4 deepest momentum stacks memory-free: memory of its
+# training step against its final accuracy. **Paper profile**: full width, GPU allocator peaks,
 # larger batches, CIFAR-10 (`notebooks/params/paper.yaml`).
 
 # %%
@@ -56,8 +56,8 @@ batches = [4, 8, 16, 32]
 budget_mib = 256.0  # the memory budget both models must fit in
 gamma = 0.9
 # bottom: accuracy against memory, k memory-free stacks
-stages_depth = 18
-stages = [0, 2, 4]
+stages_depth = 50  # its stacks hold 5, 3, 2 and 2 blocks
+stages = [0, 1, 4]  # the k deepest stacks memory-free
 stages_width = 8
 stages_image_size = 16
 stages_batch = 64

@@ -52,7 +52,7 @@ def largest_batch(table, budget_bytes: float, column: str = "whole_step") -> dic
 
 def accuracy_vs_memory_free_stages(ks, *, depth: int, batch_size: int, image_size: int, width: int, gamma: float,
                                    seed: int = 0, **settings) -> list:
-    """Train ``mresnet{depth}`` with its first k momentum stacks memory-free (the others
+    """Train ``mresnet{depth}`` with its k deepest momentum stacks memory-free (the others
     by ordinary backprop), for each k in ``ks``. Rows: k, whole_step and activations
     peak of one training step at ``batch_size``, final test accuracy (%). The gradients
     are the same up to float rounding whatever k, so the accuracy should not depend on it."""
@@ -62,7 +62,7 @@ def accuracy_vs_memory_free_stages(ks, *, depth: int, batch_size: int, image_siz
     for k in ks:
         torch.manual_seed(seed)
         model = build_model(f"mresnet{depth}", num_classes, gamma=gamma, width=width, memory_efficient=False)
-        stacks = momentum_stacks(model)
+        stacks = sorted(momentum_stacks(model), key=lambda stack: -len(stack.functions))
         if k > len(stacks):
             raise ValueError(f"mresnet{depth} has {len(stacks)} momentum stacks, fewer than {k}")
         for stack in stacks[:k]:
