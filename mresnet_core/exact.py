@@ -8,11 +8,11 @@ layer, so instead (Maclaurin, Duvenaud & Adams 2015, Algorithm 1) we:
   ``x + v`` and ``x - v`` are exact;
 * write gamma = n / 2**16 and multiply v by it exactly, pushing the information the
   rounding would destroy into a per-element *information buffer*;
-* stream that buffer in 15-bit words (the rANS construction): each element keeps a
-  31-bit state in ``[2**16, 2**31)`` (an int32); when the state would overflow, its low
-  15 bits are moved to a new word (int16). The buffer never overflows and costs
-  ``log2(1/gamma)`` bits per element per layer (16/15 of it, stored), plus one 32-bit
-  state per element. (For gamma < 2.3e-5, n = 1, it is a 62-bit state and 32-bit words.)
+* stream that buffer in bytes (the rANS construction): each element keeps a 31-bit state
+  in ``[2**23, 2**31)`` (an int32); when the state would overflow, its low 8 bits are
+  moved to a new word (uint8). The buffer never overflows and costs ``log2(1/gamma)``
+  bits per element per layer, plus one 32-bit state per element. (For gamma < 2**-8,
+  n < 256, it is a 62-bit state in an int64 and 32-bit words.)
 
 Precision and range (the documented trade-off): values are multiples of 2**-40
 (about 1e-12) and must stay below 2**22 (about 4.2e6) in magnitude; anything larger is a
@@ -44,13 +44,18 @@ VALUE_LIMIT = float(2 ** (62 - FRACTION_BITS))
 # [STATE_LOW, 2**STATE_BITS) per element, spilling WORD_BITS-bit words, STATE_LOW =
 # 2**(STATE_BITS - WORD_BITS). Exactness needs STATE_BITS - WORD_BITS >= GAMMA_BITS and
 # spilled states >= n (so the next push lands at or above STATE_LOW again) and below the
-# spill limit n * 2**(STATE_BITS - 16) (one spill per layer): 31/15 bits (int32 state,
-# int16 words) meets this for every n >= 2; n = 1 (gamma < 2.3e-5) keeps 62/32 bits.
+# spill limit n * 2**(STATE_BITS - 16) (one spill per layer): 31/8 bits (int32 state,
+# uint8 words) meets this for every n >= 2**8. Its cost per push is log2(1/gamma) up to
+# a relative (1 - gamma) n / state <= 2**-7: spilled states stay >= n 2**7 (a 15-bit
+# word would leave states near n, a coding loss of several percent for gamma near 1).
+# n < 2**8 (gamma < 0.0039) keeps 62/32 bits (WIDE_LAYOUT).
 STATE_BITS = 31
-WORD_BITS = 15
+WORD_BITS = 8
+NARROW_MIN_N = 1 << (STATE_BITS - WORD_BITS - 15)  # 256: one spill of 8 bits per layer suffices
 WORD_MASK = (1 << WORD_BITS) - 1
 STATE_LOW = 1 << (STATE_BITS - WORD_BITS)  # buffer states live in [STATE_LOW, 2**31)
-WIDE_LAYOUT = (62, 32)  # (state bits, word bits) for n = 1
+WIDE_LAYOUT = (62, 32)  # (state bits, word bits) for n < NARROW_MIN_N
+_WORD_DTYPES = {WORD_BITS: torch.uint8, WIDE_LAYOUT[1]: torch.int32}
 SPILL_CHUNK = 1 << 14  # elements spilled/refilled at a time (bounds the scratch memory)
 
 
@@ -318,8 +323,8 @@ class InformationBuffer:
     """Per-element stack of the bits that exact multiplication by gamma must keep.
 
     ``state`` holds the live top of each element's stack (``state_bits`` = 31 bits in an
-    int32, or 62 in an int64 for n = 1); ``words`` the full ``word_bits``-bit words moved
-    out of it (int16 for 15 bits, int32 for 32), oldest first, each a 1-D tensor of the
+    int32, or 62 in an int64 for n < 256); ``words`` the full ``word_bits``-bit words
+    moved out of it (uint8 for 8 bits, int32 for 32), oldest first, each a 1-D tensor of the
     elements that spilled at that layer. Forward steps grow it by about log2(1/gamma)
     bits per element.
     """
@@ -334,7 +339,7 @@ class InformationBuffer:
     @classmethod
     def empty(cls, shape, device, n: int = 2) -> "InformationBuffer":
         """An empty buffer for gamma = n / 2**16 (the layout depends on n, see above)."""
-        state_bits, word_bits = (STATE_BITS, WORD_BITS) if n >= 2 else WIDE_LAYOUT
+        state_bits, word_bits = (STATE_BITS, WORD_BITS) if n >= NARROW_MIN_N else WIDE_LAYOUT
         low = 1 << (state_bits - word_bits)
         dtype = torch.int32 if state_bits < 32 else torch.int64
         return cls(torch.full(shape, low, dtype=dtype, device=device), [], low, low,
@@ -354,7 +359,7 @@ class InformationBuffer:
         """Spill low words so the next forward step cannot overflow the state."""
         limit = n << (self.state_bits - GAMMA_BITS)
         if self._upper >= limit:
-            mask, word_dtype = (1 << self.word_bits) - 1, torch.int16 if self.word_bits < 16 else torch.int32
+            mask, word_dtype = (1 << self.word_bits) - 1, _WORD_DTYPES[self.word_bits]
             pieces = []
             for chunk in self._chunks():
                 spill = chunk >= limit

@@ -139,11 +139,12 @@ save_figure(fig, "exact_reversibility_error")
 # ## What exactness costs: the information buffer
 #
 # Each exact multiplication by $\gamma = n/2^{16}$ pushes the information the rounding
-# would destroy into a per-element buffer (32-bit words plus a live 64-bit state per
-# element). Its content in bits is $32 \times$ (words) $+ \sum \log_2(\text{state}) - 30
-# \times$ (elements) (the empty state is $2^{30}$); divided by elements $\times$ depth it
-# should be $\log_2(1/\gamma)$. For comparison, storing the activations costs 32 bits
-# per element per layer in float32.
+# would destroy into a per-element buffer (8-bit words plus a live 31-bit state per
+# element, in an int32; 32-bit words and a 62-bit state for $\gamma < 2^{-8}$). Its
+# content in bits is (word bits) $\times$ (words) $+ \sum \log_2(\text{state}) -
+# \log_2(\text{empty state}) \times$ (elements) (the empty state is $2^{23}$); divided
+# by elements $\times$ depth it should be $\log_2(1/\gamma)$. For comparison, storing the
+# activations costs 32 bits per element per layer in float32.
 
 # %%
 deepest = sweep[sweep.depth == max(depths)].set_index("gamma")
@@ -155,7 +156,7 @@ bits = pd.DataFrame({
 })
 bits["relative difference"] = (bits["this run: bits/element/layer"] / bits["log2(1/gamma) (paper)"] - 1).abs()
 print(f"information buffer after {max(depths)} layers, {batch * d} elements "
-      "(buffer bytes include the 8-byte live state per element)")
+      "(buffer bytes include the live state per element: 4 bytes, 8 for gamma < 2**-8)")
 bits
 
 # %%

@@ -91,22 +91,39 @@ save_figure(fig, "figure8_finetune")
 
 # %%
 res, mom = histories[f"resnet{depth}"], histories[f"mresnet{depth}"]
+
+
+def time_to(history, level):
+    """Training time (s) until the test accuracy first reaches ``level``; nan if never."""
+    return next((round(r["elapsed"], 1) for r in history if r["test_acc"] >= level), float("nan"))
+
+
 paper_vs_this_run([
     {"claim": "largest batch in the budget: ResNet", "paper": "2 (ResNet-152, hymenoptera)",
      "this run": batch[f"resnet{depth}"]},
     {"claim": "largest batch in the budget: Momentum ResNet", "paper": "4", "this run": batch[f"mresnet{depth}"]},
     {"claim": "final accuracy (%): ResNet", "paper": "about 80 %", "this run": round(res[-1]["test_acc"], 1)},
-    {"claim": "final accuracy (%): Momentum ResNet", "paper": "about 80 %, sooner and smoother",
+    {"claim": "final accuracy (%): Momentum ResNet", "paper": "about 80 %, sooner and more smoothly",
      "this run": round(mom[-1]["test_acc"], 1)},
+    {"claim": f"training time to {target:.0f} % (s, machine-dependent): ResNet", "paper": "later",
+     "this run": time_to(res, target)},
+    {"claim": f"training time to {target:.0f} % (s, machine-dependent): Momentum ResNet", "paper": "sooner",
+     "this run": time_to(mom, target)},
 ])
 
 # %% [markdown]
 # ## Checks
+# Memory is deterministic: the larger batch is checked. Of the accuracy curves, what is
+# checked is that the Momentum ResNet, fine-tuned with its larger batch, reaches the
+# target and ends at least as accurate as the ResNet; wall times depend on the machine and
+# are not checked (on a CPU the memory-free backward costs more time per sample, so
+# "sooner" is not expected here).
 
 # %%
 # NBVAL_CHECK_OUTPUT
 check_claims({
     "under the same budget the Momentum ResNet (memory-free) fine-tunes with a larger batch":
         batch[f"mresnet{depth}"] > batch[f"resnet{depth}"],
-    f"both fine-tuned models reach {target:.0f} % on the new digits": min(res[-1]["test_acc"], mom[-1]["test_acc"]) >= target,
+    f"the Momentum ResNet reaches {target:.0f} % on the new digits": mom[-1]["test_acc"] >= target,
+    "the Momentum ResNet ends at least as accurate as the ResNet": mom[-1]["test_acc"] >= res[-1]["test_acc"],
 })

@@ -47,14 +47,14 @@ Memory-free backward (``memory_efficient=True``, ``exact.py``), independent of d
 apart from the information buffer:
 
 * x_L and v_L in int64 fixed point: ``2 * 8`` bytes per element;
-* the information buffer: one 31-bit state per element (an int32), plus the 15-bit words
-  it spills (int16). Each exact multiplication by gamma = n / 2**16 pushes
-  log2(2**16 / n) bits per element into the state; the state starts at 2**16 and spills
-  its low 15 bits once it would pass about gamma * 2**31, so after ``depth`` layers each
-  element has spilled ``floor(depth * log2(1 / gamma) / 15)`` words. That count is exact
+* the information buffer: one 31-bit state per element (an int32), plus the 8-bit words
+  it spills (uint8). Each exact multiplication by gamma = n / 2**16 pushes
+  log2(2**16 / n) bits per element into the state; the state starts at 2**23 and spills
+  its low 8 bits once it would pass about gamma * 2**31, so after ``depth`` layers each
+  element has spilled ``floor(depth * log2(1 / gamma) / 8)`` words. That count is exact
   except within about a bit of a word boundary, where rounding inside the state decides,
   element by element, whether the spill happens at this layer or the next. (For
-  gamma < 2.3e-5, n = 1, the state is 62 bits in an int64 and the words 32 bits.)
+  gamma < 2**-8 the state is 62 bits in an int64 and the words 32 bits.)
 
 The paper's asymptotic cost, ``depth * log2(1 / gamma)`` bits per element, is
 :func:`information_bits`. With Figure 2's schedule gamma = 1 - 1/(50 depth) it is
@@ -84,10 +84,10 @@ INT64_BYTES = 8
 
 def _buffer_layout(gamma: float) -> tuple:
     """(state bytes, word bits, word bytes) of the information buffer for this gamma:
-    a 31-bit state in an int32 with 15-bit words in int16 (n >= 2), or a 62-bit state in
-    an int64 with 32-bit words (n = 1, gamma < 2.3e-5); see ``exact.InformationBuffer``."""
-    if exact.gamma_numerator(gamma) >= 2:
-        return 4, exact.WORD_BITS, 2
+    a 31-bit state in an int32 with 8-bit words (n >= 256), or a 62-bit state in an int64
+    with 32-bit words (gamma < 2**-8); see ``exact.InformationBuffer``."""
+    if exact.gamma_numerator(gamma) >= exact.NARROW_MIN_N:
+        return 4, exact.WORD_BITS, 1
     return 8, exact.WIDE_LAYOUT[1], 4
 
 
@@ -127,7 +127,7 @@ def information_bits(depth: int, gamma: float) -> float:
 
 def buffer_words_per_element(depth: int, gamma: float) -> int:
     """Words each element has spilled after ``depth`` layers: floor(bits / word bits)
-    (15-bit words; 32-bit for gamma < 2.3e-5).
+    (8-bit words; 32-bit for gamma < 2**-8).
 
     Exact unless ``information_bits(depth, gamma)`` lies within about a bit of a multiple
     of the word size (see the module docstring).
@@ -136,7 +136,7 @@ def buffer_words_per_element(depth: int, gamma: float) -> int:
 
 
 def information_buffer_bytes(depth: int, numel: int, gamma: float) -> int:
-    """Bytes of the information buffer: the state (int32) plus the spilled words (int16)."""
+    """Bytes of the information buffer: the state (int32) plus the spilled words (bytes)."""
     state_bytes, _, word_bytes = _buffer_layout(gamma)
     return numel * (state_bytes + word_bytes * buffer_words_per_element(depth, gamma))
 
@@ -155,8 +155,8 @@ def crossover_depth(batch: int, dim: int, hidden: int, itemsize: int = 4,
     for the toy stack (``gamma_of_depth(depth)`` gives gamma; Figure 2's schedule by default).
 
     Beyond it ordinary backprop grows by ``batch * (dim + hidden) * itemsize`` bytes per
-    layer and the memory-free path by at most one 15-bit word (2 bytes) per element every
-    15 / log2(1 / gamma) layers, so for float32 it stays below.
+    layer and the memory-free path by at most one byte per element every
+    8 / log2(1 / gamma) layers, so for float32 it stays below.
     """
     numel = batch * dim
     for depth in range(1, max_depth + 1):

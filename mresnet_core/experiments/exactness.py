@@ -188,7 +188,7 @@ def plot_buffer_cost(sweep, bits, gammas, elements: int):
         ax2.plot(s.depth, s["buffer bytes"] / elements, "o-", ms=3, color=colors[g], label=f"$\\gamma$ = {g}")
     ax2.plot(depths, [4 * L for L in depths], "k--", lw=1, label="float32 activations\n(4 bytes x depth)")
     ax2.set(xscale="log", yscale="log", xlabel="depth $L$", ylabel="bytes per element",
-            title="buffer size (words + 8-byte state) vs depth")
+            title="buffer size (words + live state) vs depth")
     ax2.legend(fontsize=7)
     fig.tight_layout()
     return fig

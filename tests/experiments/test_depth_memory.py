@@ -60,15 +60,15 @@ def test_memory_free_theory_equals_saved_bytes_figure2_schedule(depth):
     assert report.nbytes == 20 * numel  # int64 x and v, int32 buffer state
 
 
-@pytest.mark.parametrize("depth, words", [(7, 0), (22, 1), (37, 2)])
+@pytest.mark.parametrize("depth, words", [(4, 0), (12, 1), (20, 2)])
 def test_memory_free_theory_counts_spilled_words(depth, words):
-    # gamma = 1/2: one bit per element per layer, a 15-bit word every 15 layers; these
+    # gamma = 1/2: one bit per element per layer, an 8-bit word every 8 layers; these
     # depths sit half a word away from a boundary, where the count is exact
     net, x = dm.build(depth, True, SMALL, gamma=0.5)
     assert dm.information_bits(depth, 0.5) == depth
     assert dm.buffer_words_per_element(depth, 0.5) == words
     report = saved_tensors(net.forward_state, x)
-    assert report.output.tape.buffer.nbytes() == SMALL.numel * (4 + 2 * words)
+    assert report.output.tape.buffer.nbytes() == SMALL.numel * (4 + words)
     assert report.nbytes == dm.memory_free_saved_bytes(depth, SMALL.numel, 0.5)
 
 

@@ -22,11 +22,13 @@ def test_exact_inversion_reports_the_buffer_cost_of_log2_inverse_gamma_bits(gamm
 
 
 def test_information_bits_of_an_empty_and_a_handmade_buffer():
-    buf = exact.InformationBuffer.empty((5,), "cpu")
-    assert rv.information_bits(buf) == 0.0
-    buf.state[0] = 2 * buf.low  # one more bit in one element
-    buf.words.append(torch.zeros(3, dtype=torch.int16))  # three 15-bit words
-    assert rv.information_bits(buf) == pytest.approx(1 + 3 * exact.WORD_BITS)
+    for gamma, word_dtype in ((0.5, torch.uint8), (0.001, torch.int32)):  # byte words, wide layout
+        buf = exact.InformationBuffer.empty((5,), "cpu", exact.gamma_numerator(gamma))
+        assert rv.information_bits(buf) == 0.0
+        buf.state[0] = 2 * buf.low  # one more bit in one element
+        buf.words.append(torch.zeros(3, dtype=word_dtype))  # three words
+        assert rv.information_bits(buf) == pytest.approx(1 + 3 * buf.word_bits)
+        assert buf.word_bits == (8 if gamma == 0.5 else 32)
 
 
 def test_paper_bits_uses_the_rounded_gamma():
