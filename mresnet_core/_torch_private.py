@@ -7,8 +7,8 @@ ImportError that names it, and :func:`check` (run by the test suite) lists all o
 * pytree flattening of the extra arguments of a momentum stack (``torch.utils._pytree``);
 * the mask helpers that ``nn.TransformerEncoder/Decoder.forward`` use, so that the
   converted encoder/decoder canonicalises masks exactly as the original does;
-* ``_ConvNd``, the base class of every convolution, to see a shape-changing block
-  (falls back to the public convolution classes);
+* ``_ConvNd``, the base class of every convolution, to see a shape-changing block, and
+  ``_BatchNorm``, of every batch norm, to freeze them (both fall back to the public classes);
 * the profiler's event tree (allocation addresses) behind the CPU step-memory peak.
 """
 from __future__ import annotations
@@ -47,6 +47,12 @@ try:
 except ImportError:  # the public classes cover every convolution torch ships
     _MISSING["torch.nn.modules.conv._ConvNd"] = "seeing shape-changing blocks (public classes used)"
     ConvNd = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+try:
+    from torch.nn.modules.batchnorm import _BatchNorm as BatchNormBase
+except ImportError:  # the public classes cover every batch norm torch ships
+    _MISSING["torch.nn.modules.batchnorm._BatchNorm"] = "freezing BatchNorm layers (public classes used)"
+    BatchNormBase = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def allocation_events(prof) -> list:

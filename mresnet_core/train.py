@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ._torch_private import BatchNormBase
 from .data import DATASETS, ImageData, load_data, make_loader, start_epoch
 from .models import (INIT_VELOCITIES, MODEL_NAMES, STEMS, build_model, check_gamma,
                      momentum_stacks, parse_name)
@@ -174,7 +175,7 @@ def set_train_mode(model: nn.Module, freeze_bn: bool = False) -> None:
     model.train()
     if freeze_bn:
         for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if isinstance(m, BatchNormBase):
                 m.eval()
 
 
