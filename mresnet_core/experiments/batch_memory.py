@@ -103,8 +103,10 @@ def plot_memory(table, budget_bytes: float, largest: dict, stages=None):
         for _, r in stages.iterrows():
             ax.annotate(f"k = {int(r['memory-free stacks'])}", (r["whole_step"] / mib, r["test accuracy"]),
                         textcoords="offset points", xytext=(5, 5), fontsize=8)
+        acc = stages["test accuracy"]
         ax.set(xlabel="peak memory of a training step (MiB)", ylabel="final test accuracy (%)",
-               title="accuracy against memory used")
+               title="accuracy against memory used",  # at least 5 points tall: differences at scale
+               ylim=(acc.min() - 2.5, min(100.5, acc.max() + 2.5)))
         ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
