@@ -17,7 +17,7 @@ the peak of a whole training step (gradients included):
 
 * backprop, recompute: ``depth x layer bytes`` (recompute holds them only during its own
   backward, and nothing from the forward pass);
-* exact: the exact state (20 bytes per element + the buffer's log2(1/gamma) bits per
+* exact: the exact state (24 bytes per element + the buffer's log2(1/gamma) bits per
   element per layer + replay records) + one layer's activations + the backward's
   full-size temporaries + the stack's parameter gradients, which the exact backward
   allocates while that state is still held (its peak is at the end of its backward).
@@ -38,8 +38,8 @@ from . import exact
 from .reversible import LayerReplay, Stack, _Replaying, _rng_snapshot
 
 MODES = ("exact", "recompute", "backprop")
-#: int64 x and v and the 32-bit information-buffer state, per element
-EXACT_STATE_BYTES = 20
+#: int64 x and v and the information-buffer state (int64; int32 with exact.COMPACT_STATE)
+EXACT_STATE_BYTES = 24
 #: full-size tensors of the stack's dtype alive during one exact backward step besides
 #: the layer's own graph and the incoming gradient (dL/dx, the scaled dL/dv, autograd's
 #: input gradient), measured on the toy stack (Linear-Tanh-Linear, d=500)

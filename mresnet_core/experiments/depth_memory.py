@@ -85,7 +85,13 @@ from .common import toy_mlp
 # --------------------------------------------------------------------------------------
 
 INT64_BYTES = 8
-WORD_BYTES = exact.WORD_BITS // 8
+
+
+def _layout(gamma: float) -> tuple:
+    """(state bytes, word bits, word bytes) of the information buffer for ``gamma``
+    (``exact.buffer_layout``: an int64 state with 32-bit words by default)."""
+    state_bits, word_bits = exact.buffer_layout(exact.gamma_numerator(gamma))
+    return (4 if state_bits < 32 else 8), word_bits, (2 if word_bits < 16 else 4)
 
 
 def figure2_gamma(depth: int, scale: float = 50.0) -> float:
@@ -123,17 +129,20 @@ def information_bits(depth: int, gamma: float) -> float:
 
 
 def buffer_words_per_element(depth: int, gamma: float) -> int:
-    """32-bit words each element has spilled after ``depth`` layers: floor(bits / 32).
+    """Words each element has spilled after ``depth`` layers: floor(bits / word bits)
+    (32-bit words by default).
 
     Exact unless ``information_bits(depth, gamma)`` lies within about a bit of a multiple
-    of 32 (see the module docstring).
+    of the word size (see the module docstring).
     """
-    return int(math.floor(information_bits(depth, gamma) / exact.WORD_BITS))
+    return int(math.floor(information_bits(depth, gamma) / _layout(gamma)[1]))
 
 
 def information_buffer_bytes(depth: int, numel: int, gamma: float) -> int:
-    """Bytes of the information buffer: the int64 state plus the spilled 32-bit words."""
-    return numel * (INT64_BYTES + WORD_BYTES * buffer_words_per_element(depth, gamma))
+    """Bytes of the information buffer: the state (int64 by default) plus the spilled
+    words (32-bit by default)."""
+    state, _, word = _layout(gamma)
+    return numel * (state + word * buffer_words_per_element(depth, gamma))
 
 
 def memory_free_saved_bytes(depth: int, numel: int, gamma: float) -> int:

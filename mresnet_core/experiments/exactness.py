@@ -24,8 +24,8 @@ from .. import exact
 from ..momentum import MomentumNet
 from .common import relative_error
 
-#: bits of the empty buffer's live state per element (it starts at 2**30)
-EMPTY_STATE_BITS = math.log2(exact.STATE_LOW)
+#: bits of the empty (default, wide) buffer's live state per element: it starts at 2**30
+EMPTY_STATE_BITS = float(exact.WIDE_LAYOUT[0] - exact.WIDE_LAYOUT[1])
 
 
 def naive_inversion_error(functions, gamma: float, x0: torch.Tensor,
@@ -82,12 +82,12 @@ def exact_inversion(functions, gamma: float, x0: torch.Tensor) -> ExactInversion
 def information_bits(buffer: exact.InformationBuffer) -> float:
     """Information held by the buffer, in bits, above the empty buffer's.
 
-    32 bits per spilled word, plus log2 of each element's live 64-bit state minus the
-    30 bits of the empty state (2**30).
+    ``buffer.word_bits`` (15, or 32 for gamma < 2.3e-5) per spilled word, plus log2 of
+    each element's live state minus the bits of the empty state (``buffer.low``).
     """
     words = sum(int(w.numel()) for w in buffer.words)
     live = float(torch.log2(buffer.state.to(torch.float64)).sum())
-    return exact.WORD_BITS * words + live - EMPTY_STATE_BITS * buffer.state.numel()
+    return buffer.word_bits * words + live - math.log2(buffer.low) * buffer.state.numel()
 
 
 def paper_bits(gamma: float) -> float:

@@ -32,9 +32,11 @@ def test_forward_step_is_within_one_unit_of_the_exact_product(gamma):
         assert abs(v1i - exact_value) < 1
 
 
+@pytest.mark.parametrize("compact", [False, True])
 @pytest.mark.parametrize("gamma", [1 / 65536, 2 / 65536, 0.01, 0.3, 0.9, 0.999])
-def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamma):
-    # n = 1 uses the wide layout (62-bit state, 32-bit words), n >= 2 the 31/15-bit one
+def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamma, compact, monkeypatch):
+    # the wide layout (62-bit state, 32-bit words) and the compact one (31/15 bits, n >= 2)
+    monkeypatch.setattr(exact, "COMPACT_STATE", compact)
     n = exact.gamma_numerator(gamma)
     depth, n_elem = 600, 64
     g = torch.Generator().manual_seed(0)
@@ -51,7 +53,9 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
     empty_bits = math.log2(buf.low)  # what the empty state holds
     per_layer = (bits - empty_bits * n_elem) / (n_elem * depth)
     expected = math.log2(exact.GAMMA_DENOMINATOR / n)
-    assert abs(per_layer - expected) < 0.02 + 0.02 * expected
+    # the compact layout's small states code less tightly (up to ~20% near gamma = 1)
+    slack = 0.25 if buf.state_bits < 32 else 0.02
+    assert abs(per_layer - expected) < 0.02 + slack * expected
     state_before, words_before = buf.state.clone(), [w.clone() for w in buf.words]
     back = buf.copy()
     for f in reversed(fs):

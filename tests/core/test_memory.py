@@ -80,7 +80,7 @@ def test_memory_free_saved_bytes_constant_apart_from_buffer(x, gamma):
         fixed.append(report.nbytes - buffer)
         buffers[depth] = buffer
     assert len(set(fixed)) == 1
-    assert buffers[1] == x.numel() * 4  # only the 32-bit state per element
+    assert buffers[1] == x.numel() * 8  # only the 64-bit state per element
     if gamma == 0.5:  # one bit per element per layer: words spill, about depth / 8 bytes each
         assert buffers[100] > buffers[40] > buffers[8] == buffers[1]
         assert buffers[100] - buffers[1] <= x.numel() * (100 // 8 + 8)
