@@ -281,6 +281,22 @@ def table(rows: list, contenders) -> str:
     return out
 
 
+def write_results(out: Path, rows: list, name: str, device: str, threads: int, torch_version: str,
+                  t0: float) -> dict:
+    """results.csv and results.json in ``out`` (rewritten after every configuration, so an
+    interrupted run keeps what it measured)."""
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    info = dict(profile=name, device=device, threads=threads, torch=torch_version,
+                machine=f"{platform.platform()} ({os.cpu_count()} cpus)", python=platform.python_version(),
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                seconds=round(time.perf_counter() - t0, 1), rows=rows)
+    (out / "results.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="two tiny configurations (seconds)")
@@ -289,6 +305,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset")
     p.add_argument("--workloads", default=None, help="comma-separated filter, e.g. toy,resnet18")
+    p.add_argument("--sizes", default=None, help="comma-separated filter on sizes (toy depths, "
+                   "image sizes, sequence lengths), e.g. 8,64")
     p.add_argument("--out", default=None, help="folder for results.csv/results.json "
                    "(default benchmarks/results/<profile>-<device>)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per configuration")
@@ -310,22 +328,17 @@ def main(argv=None) -> int:
     if args.workloads:
         keep = set(args.workloads.split(","))
         configs = [c for c in configs if c["workload"] in keep]
+    if args.sizes:
+        sizes = {int(v) for v in args.sizes.split(",")}
+        configs = [c for c in configs if c["size"] in sizes]
     out = Path(args.out) if args.out else HERE / "results" / f"{name}-{args.device}"
     out.mkdir(parents=True, exist_ok=True)
     rows, t0 = [], time.perf_counter()
+    info = write_results(out, rows, name, args.device, threads, torch.__version__, t0)
     for i, cfg in enumerate(configs, 1):
         print(f"[{i}/{len(configs)}] {cfg['workload']} {cfg['size']}", file=sys.stderr, flush=True)
         rows += run_in_fresh_process(cfg, contenders, args.device, threads, args.timeout)
-    add_ratios(rows)
-    with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    info = dict(profile=name, device=args.device, threads=threads, torch=torch.__version__,
-                machine=f"{platform.platform()} ({os.cpu_count()} cpus)", python=platform.python_version(),
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                seconds=round(time.perf_counter() - t0, 1), rows=rows)
-    (out / "results.json").write_text(json.dumps(info, indent=1))
+        info = write_results(out, add_ratios(rows), name, args.device, threads, torch.__version__, t0)
     print(table(rows, contenders))
     print(f"\n{len(configs)} configurations in {info['seconds']:.0f} s; results in {out}/results.csv and .json")
     return 0

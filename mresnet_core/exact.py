@@ -56,6 +56,13 @@ WORD_MASK = (1 << WORD_BITS) - 1
 STATE_LOW = 1 << (STATE_BITS - WORD_BITS)  # buffer states live in [STATE_LOW, 2**31)
 WIDE_LAYOUT = (62, 32)  # (state bits, word bits) for n < NARROW_MIN_N
 _WORD_DTYPES = {WORD_BITS: torch.uint8, WIDE_LAYOUT[1]: torch.int32}
+
+
+def buffer_layout(n: int) -> tuple:
+    """(state bits, word bits) of the information buffer for gamma = n / 2**16."""
+    return (STATE_BITS, WORD_BITS) if n >= NARROW_MIN_N else WIDE_LAYOUT
+
+
 SPILL_CHUNK = 1 << 14  # elements spilled/refilled at a time (bounds the scratch memory)
 
 
@@ -339,7 +346,7 @@ class InformationBuffer:
     @classmethod
     def empty(cls, shape, device, n: int = 2) -> "InformationBuffer":
         """An empty buffer for gamma = n / 2**16 (the layout depends on n, see above)."""
-        state_bits, word_bits = (STATE_BITS, WORD_BITS) if n >= NARROW_MIN_N else WIDE_LAYOUT
+        state_bits, word_bits = buffer_layout(n)
         low = 1 << (state_bits - word_bits)
         dtype = torch.int32 if state_bits < 32 else torch.int64
         return cls(torch.full(shape, low, dtype=dtype, device=device), [], low, low,

@@ -141,6 +141,7 @@ class MomentumNet(nn.Module):
             self._plans[key] = plan
         self._last_plan = plan
         return plan.mode
+
     @property
     def gamma(self) -> float:
         """The gamma both paths use: the requested value rounded to n / 2**16."""

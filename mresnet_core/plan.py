@@ -17,7 +17,7 @@ the peak of a whole training step (gradients included):
 
 * backprop, recompute: ``depth x layer bytes`` (recompute holds them only during its own
   backward, and nothing from the forward pass);
-* exact: the exact state (20 bytes per element + the buffer's log2(1/gamma) bits per
+* exact: the exact state (20 bytes per element, 24 for gamma < 2**-8, + the buffer's log2(1/gamma) bits per
   element per layer + replay records) + one layer's activations + the backward's
   full-size temporaries + the stack's parameter gradients, which the exact backward
   allocates while that state is still held (its peak is at the end of its backward).
@@ -38,8 +38,15 @@ from . import exact
 from .reversible import LayerReplay, Stack, _Replaying, _rng_snapshot
 
 MODES = ("exact", "recompute", "backprop")
-#: int64 x and v and the 32-bit information-buffer state, per element
-EXACT_STATE_BYTES = 20
+
+
+def exact_state_bytes(n: int) -> int:
+    """Bytes per element of the exact state: int64 x and v, and the information buffer's
+    live state (an int32 for n >= 256, an int64 below; ``exact.buffer_layout``)."""
+    state_bits, _ = exact.buffer_layout(n)
+    return 16 + (4 if state_bits < 32 else 8)
+
+
 #: full-size tensors of the stack's dtype alive during one exact backward step besides
 #: the layer's own graph and the incoming gradient (dL/dx, the scaled dL/dv, autograd's
 #: input gradient), measured on the toy stack (Linear-Tanh-Linear, d=500)
@@ -118,7 +125,7 @@ def make_plan(stack: Stack, x: torch.Tensor, args, kwargs, requested: str,
     if invertible:
         bits = math.log2(exact.GAMMA_DENOMINATOR / stack.n)
         replay = sum(b.numel() * b.element_size() for m in functions for b in m.buffers())
-        held = numel * EXACT_STATE_BYTES + int(depth * numel * bits / 8) + replay
+        held = numel * exact_state_bytes(stack.n) + int(depth * numel * bits / 8) + replay
         estimates["exact"] = held + layer + EXACT_BACKWARD_TEMPORARIES * numel * item + grads
     if requested != "auto":
         mode = requested

@@ -82,13 +82,12 @@ from .common import toy_mlp
 INT64_BYTES = 8
 
 
-def _buffer_layout(gamma: float) -> tuple:
-    """(state bytes, word bits, word bytes) of the information buffer for this gamma:
-    a 31-bit state in an int32 with 8-bit words (n >= 256), or a 62-bit state in an int64
-    with 32-bit words (gamma < 2**-8); see ``exact.InformationBuffer``."""
-    if exact.gamma_numerator(gamma) >= exact.NARROW_MIN_N:
-        return 4, exact.WORD_BITS, 1
-    return 8, exact.WIDE_LAYOUT[1], 4
+def _layout(gamma: float) -> tuple:
+    """(state bytes, word bits, word bytes) of the information buffer for ``gamma``
+    (``exact.buffer_layout``): a 31-bit state in an int32 with 8-bit words (n >= 256), or a
+    62-bit state in an int64 with 32-bit words (gamma < 2**-8)."""
+    state_bits, word_bits = exact.buffer_layout(exact.gamma_numerator(gamma))
+    return (4 if state_bits < 32 else 8), word_bits, (word_bits + 7) // 8
 
 
 def figure2_gamma(depth: int, scale: float = 50.0) -> float:
@@ -132,13 +131,13 @@ def buffer_words_per_element(depth: int, gamma: float) -> int:
     Exact unless ``information_bits(depth, gamma)`` lies within about a bit of a multiple
     of the word size (see the module docstring).
     """
-    return int(math.floor(information_bits(depth, gamma) / _buffer_layout(gamma)[1]))
+    return int(math.floor(information_bits(depth, gamma) / _layout(gamma)[1]))
 
 
 def information_buffer_bytes(depth: int, numel: int, gamma: float) -> int:
     """Bytes of the information buffer: the state (int32) plus the spilled words (bytes)."""
-    state_bytes, _, word_bytes = _buffer_layout(gamma)
-    return numel * (state_bytes + word_bytes * buffer_words_per_element(depth, gamma))
+    state, _, word = _layout(gamma)
+    return numel * (state + word * buffer_words_per_element(depth, gamma))
 
 
 def memory_free_saved_bytes(depth: int, numel: int, gamma: float) -> int:

@@ -79,8 +79,8 @@ def exact_inversion(functions, gamma: float, x0: torch.Tensor) -> ExactInversion
 def information_bits(buffer: exact.InformationBuffer) -> float:
     """Information held by the buffer, in bits, above the empty buffer's.
 
-    ``buffer.word_bits`` per spilled word (15; 32 for gamma < 2.3e-5), plus log2 of each
-    element's live state minus log2 of the empty state (``buffer.low``, 2**16).
+    ``buffer.word_bits`` per spilled word (8; 32 for gamma < 2**-8), plus log2 of each
+    element's live state minus log2 of the empty state (``buffer.low``, 2**23).
     """
     words = sum(int(w.numel()) for w in buffer.words)
     live = float(torch.log2(buffer.state.to(torch.float64)).sum())

@@ -32,10 +32,12 @@ def test_forward_step_is_within_one_unit_of_the_exact_product(gamma):
         assert abs(v1i - exact_value) < 1
 
 
-@pytest.mark.parametrize("gamma", [1 / 65536, 2 / 65536, 0.01, 0.3, 0.9, 0.999])
+@pytest.mark.parametrize("gamma", [1 / 65536, 2 / 65536, 255 / 65536, 256 / 65536, 0.01, 0.3, 0.9, 0.999])
 def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamma):
-    # n = 1 uses the wide layout (62-bit state, 32-bit words), n >= 2 the 31/15-bit one
+    # both layouts: the wide one (62-bit state, 32-bit words) for n < 256, the narrow one
+    # (31-bit state, 8-bit words) from n = 256 on
     n = exact.gamma_numerator(gamma)
+    assert exact.buffer_layout(n) == (exact.WIDE_LAYOUT if n < 256 else (31, 8))
     depth, n_elem = 600, 64
     g = torch.Generator().manual_seed(0)
     fs = [torch.randn(n_elem, dtype=torch.float64, generator=g) for _ in range(depth)]
