@@ -32,13 +32,15 @@ def harness_path() -> Path:
 
 
 def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloads=None,
-                  contenders=None, device: str = "cpu", out: str | Path | None = None,
+                  contenders=None, sizes=None, device: str = "cpu", out: str | Path | None = None,
                   timeout: float = 3600):
     """Run the harness (``profile`` 'smoke', 'quick' or 'full') and return its rows.
 
     Returns a pandas DataFrame with the columns of ``results.csv`` (workload, size,
     contender, status, time_s, whole_step_bytes, activation_bytes, gradient_bytes, the
     three ratios to ordinary backprop, modes, error, threads, device, torch, machine).
+    ``workloads``, ``contenders`` and ``sizes`` (toy depths, image sizes, sequence
+    lengths) filter the profile's configurations.
     ``out`` keeps the CSV/JSON (default: a temporary folder). The quick profile takes a
     few minutes on a 2-core CPU.
     """
@@ -56,6 +58,8 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
         cmd += ["--workloads", ",".join(workloads)]
     if contenders:
         cmd += ["--contenders", ",".join(contenders)]
+    if sizes:
+        cmd += ["--sizes", ",".join(str(int(s)) for s in sizes)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(project_root()), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
