@@ -1,20 +1,7 @@
-"""Shared test settings: one thread for unit tests, scratch folders for everything a
-test run writes, and the ``slow`` marker."""
-import os
-import tempfile
-from pathlib import Path
-
+"""Shared unit-test settings (the scratch folders for what a test run writes are set in
+the root conftest.py, which also covers the notebooks)."""
 import pytest
 import torch
-
-
-def pytest_configure(config):
-    """Figures and cached results of notebooks run by the tests (nbval, papermill) go to a
-    scratch folder: running the tests never changes a tracked file, and no cached weight
-    from an earlier run can stand in for training with the current code."""
-    scratch = Path(tempfile.mkdtemp(prefix="mresnet-tests-"))
-    os.environ["MRESNET_FIGURES_DIR"] = str(scratch / "figures")
-    os.environ["MRESNET_RESULTS_DIR"] = str(scratch / "results")
 
 
 @pytest.fixture(autouse=True)
