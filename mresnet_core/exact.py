@@ -410,7 +410,12 @@ class InformationBuffer:
         return flat.split(SPILL_CHUNK)
 
     def is_empty(self) -> bool:
-        return not self.words and bool((self.state == self.low).all())
+        if self.words:
+            return False
+        if not self.state.numel():
+            return True
+        lo, hi = torch.aminmax(self.state)  # no full-size comparison tensor
+        return int(lo) == self.low == int(hi)
 
     def nbytes(self) -> int:
         return (self.state.numel() * self.state.element_size()

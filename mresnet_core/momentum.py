@@ -20,7 +20,7 @@ from . import exact
 from ._torch_private import tree_flatten
 from .plan import StackPlan, make_plan, requested_mode
 from .recompute import RecomputeMomentum, plain_steps
-from .reversible import MemoryFreeMomentum, Stack, Tape, check_residual_output, run_inverse, stack_params
+from .reversible import GradientHandoff, MemoryFreeMomentum, Stack, Tape, check_residual_output, run_inverse, stack_params
 
 
 @dataclass
@@ -182,9 +182,11 @@ class MomentumNet(nn.Module):
         if mode == "recompute":
             v0 = self._initial_velocity(x, none_for_zero=True)
             return MomentumState(*RecomputeMomentum.apply(stack, len(params), x, v0, *params, *leaves))
-        v0 = self._initial_velocity(x)
+        v0 = self._initial_velocity(x, none_for_zero=True)  # None: exact zeros, no float tensor
         holder: dict = {}
         xL, vL = MemoryFreeMomentum.apply(stack, holder, len(params), x, v0, *params, *leaves)
+        if xL.requires_grad:
+            xL = GradientHandoff.apply(xL, holder)
         return MomentumState(xL, vL, holder["tape"])
 
     def _plain(self, x, v, args, kwargs, visit=None):

@@ -19,8 +19,9 @@ the peak of a whole training step (gradients included):
   backward, and nothing from the forward pass);
 * exact: the exact state (20 bytes per element, 24 for gamma < 2**-8, + the buffer's log2(1/gamma) bits per
   element per layer + replay records) + one layer's activations + the backward's
-  full-size temporaries + the stack's parameter gradients, which the exact backward
-  allocates while that state is still held (its peak is at the end of its backward).
+  full-size temporaries + the stack's parameter gradients but the first layer's, which
+  the exact backward allocates while that state is still held (its peak is at the end
+  of its backward; the state is dropped once depth 0 is reached).
 
 It picks exact inversion when its estimate is below ``EXACT_MARGIN`` times the
 activations, else recompute when that frees at least two input-sized tensors per
@@ -48,8 +49,9 @@ def exact_state_bytes(n: int) -> int:
 
 
 #: full-size tensors of the stack's dtype alive during one exact backward step besides
-#: the layer's own graph and the incoming gradient (dL/dx, the scaled dL/dv, autograd's
-#: input gradient), measured on the toy stack (Linear-Tanh-Linear, d=500)
+#: the layer's own graph (dL/dx, the scaled dL/dv, autograd's input gradient; the
+#: incoming gradient is handed over and freed after the last layer), measured on the
+#: toy stack (Linear-Tanh-Linear, d=500)
 EXACT_BACKWARD_TEMPORARIES = 3
 #: exact inversion must save at least 10% over keeping the activations
 EXACT_MARGIN = 0.9
@@ -120,13 +122,16 @@ def make_plan(stack: Stack, x: torch.Tensor, args, kwargs, requested: str,
     layer = layer_saved_bytes(stack, functions[0], x, args, kwargs) if depth else 0
     params = {id(p): p for m in functions for p in m.parameters() if p.requires_grad}
     grads = sum(p.numel() * p.element_size() for p in params.values())
+    first = {id(p) for p in functions[0].parameters()} if depth else set()
+    first_grads = sum(p.numel() * p.element_size() for i, p in params.items() if i in first)
     activations = depth * layer
     estimates = {"exact": None, "recompute": activations, "backprop": activations}
     if invertible:
         bits = math.log2(exact.GAMMA_DENOMINATOR / stack.n)
         replay = sum(b.numel() * b.element_size() for m in functions for b in m.buffers())
         held = numel * exact_state_bytes(stack.n) + int(depth * numel * bits / 8) + replay
-        estimates["exact"] = held + layer + EXACT_BACKWARD_TEMPORARIES * numel * item + grads
+        # the state goes when backward reaches depth 0, before the first layer's gradients
+        estimates["exact"] = held + layer + EXACT_BACKWARD_TEMPORARIES * numel * item + grads - first_grads
     if requested != "auto":
         mode = requested
     elif estimates["exact"] is not None and estimates["exact"] < EXACT_MARGIN * activations:

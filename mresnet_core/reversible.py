@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import contextvars
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -48,16 +49,17 @@ class LayerReplay:
 class Tape:
     """Exact state of a momentum stack at one depth, plus what is needed to run back."""
 
-    x: torch.Tensor  # int64 fixed point
-    v: torch.Tensor  # int64 fixed point
-    buffer: exact.InformationBuffer
+    x: torch.Tensor | None  # int64 fixed point (None: released, see run_inverse)
+    v: torch.Tensor | None  # int64 fixed point
+    buffer: exact.InformationBuffer | None
     replays: list = field(default_factory=list)
     dtype: torch.dtype = torch.float32
     consumed: bool = False  # unwound in place by a backward pass
 
     def tensors(self) -> list:
         """Every tensor the tape holds (for saving and for memory accounting)."""
-        out = [self.x, self.v, *self.buffer.tensors()]
+        out = [t for t in (self.x, self.v) if t is not None]
+        out += self.buffer.tensors() if self.buffer is not None else []
         for r in self.replays:
             out += [t for t in (r.cpu_rng, r.cuda_rng) if t is not None]
             out += list(r.buffers or [])
@@ -164,8 +166,7 @@ class _Replaying:
 def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) -> Tape:
     """Exact forward pass without autograd, keeping each layer's replay record."""
     dtype = x0.dtype
-    x, v = exact.to_fixed(x0, "the input x0"), exact.to_fixed(v0, "the initial velocity v0")
-    buffer = exact.InformationBuffer.empty(x.shape, x.device, stack.n)
+    x, v, buffer = initial_state(stack, x0, v0)
     k = exact.ExactKernels(x, stack.n)
     replays = []
     # one preallocated slot per layer: a list of small tensors would pin freed memory
@@ -186,13 +187,26 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) 
     return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype)
 
 
+def initial_state(stack: Stack, x0: torch.Tensor, v0: torch.Tensor | None):
+    """The exact (x, v, buffer) at depth 0: x0 and v0 (None: zeros) in fixed point."""
+    x = exact.to_fixed(x0, "the input x0")
+    v = torch.zeros_like(x) if v0 is None else exact.to_fixed(v0, "the initial velocity v0")
+    return x, v, exact.InformationBuffer.empty(x.shape, x.device, stack.n)
+
+
 @slow_attention()
-def replay_forward(stack: Stack, tape: Tape, args, kwargs) -> None:
+def replay_forward(stack: Stack, tape: Tape, args, kwargs, inputs=None) -> None:
     """Rebuild an unwound tape in place: from its exact (x0, v0), replay every layer.
 
-    Each layer sees the RNG state and module buffers it saw the first time, and they are
-    put back afterwards, so the replay changes nothing but the tape.
+    A tape whose state was released at the end of its backward pass (``run_inverse``'s
+    ``release``) starts again from ``inputs`` = (x0, v0 or None), the float inputs of
+    the forward pass. Each layer sees the RNG state and module buffers it saw the first
+    time, and they are put back afterwards, so the replay changes nothing but the tape.
     """
+    if tape.x is None:
+        if inputs is None:
+            raise ValueError("this tape's state was released; replaying it needs the stack's inputs")
+        tape.x, tape.v, tape.buffer = initial_state(stack, *inputs)
     x, v, buffer = tape.x, tape.v, tape.buffer
     k = exact.ExactKernels(x, stack.n)
     xf = exact.to_float(x, tape.dtype)
@@ -220,12 +234,18 @@ def check_residual_output(f, x: torch.Tensor, module) -> None:
 
 
 @slow_attention()
-def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=False) -> Tape:
+def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=False,
+                release=None) -> Tape | None:
     """Walk the tape back to depth 0 exactly. ``on_layer(i, xf, f)`` sees each recompute.
 
     With ``on_layer`` the residual function is recomputed with autograd enabled (for the
     backward pass); otherwise without. ``consume`` unwinds the tape's own tensors in
     place (no copy: what the backward pass does); otherwise the tape stays reusable.
+    ``release`` (with ``consume``): asked once depth 0 is reached and checked, before
+    the first layer's ``on_layer``; if it returns True the exact state (int64 x0 and v0,
+    the empty buffer: 20 bytes per element) is dropped there rather than held through
+    the first layer's backward, where the step's gradients are all allocated and its
+    memory peaks, and nothing is returned.
     """
     if tape.consumed:
         raise ValueError("this tape was already unwound by a backward pass; run forward_state again")
@@ -251,14 +271,20 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                         functools.partial(_note_storage, saved), _unpack):
                     f = stack.residual_of(module, xf, args, kwargs)
             k.undo_velocity(v, buffer.state, f.detach())
-            buffer.after_pop(stack.n)
             if on_layer is not None:
-                _release_unsaved_root(f, xf, saved)
+                _release_unsaved_root(f, xf, saved)  # before anything else is allocated
+            buffer.after_pop(stack.n)
+            if i == 0:
+                if not buffer.is_empty():
+                    raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
+                if consume and release is not None and release():
+                    tape.x = tape.v = tape.buffer = x = v = buffer = None
+            if on_layer is not None:
                 on_layer(i, xf, f)
         # f's graph holds x_n (its leaf): let both go before the next layer's are made
         f = xf = None
-    if not buffer.is_empty():
-        raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
+    if buffer is None:
+        return None
     return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype)
 
 
@@ -349,7 +375,11 @@ class MemoryFreeMomentum(torch.autograd.Function):
         # place (no second copy of x, v and the buffer), and a second backward
         # (retain_graph) rebuilds it by replaying the forward from the exact (x0, v0)
         # that unwinding leaves behind. Memory accounting sees it through observe_held_tensors.
-        ctx.stack, ctx.tape, ctx.n_params = stack, tape, n_params
+        ctx.stack, ctx.tape, ctx.n_params, ctx.holder = stack, tape, n_params, holder
+        # weak references to the float inputs: if they are still alive when backward
+        # reaches depth 0, the exact state can go there (a second backward rebuilds it
+        # from them); keeping them alive ourselves would cost memory in the forward pass
+        ctx.inputs = [(weakref.ref(t), t._version) if t is not None else None for t in (x0, v0)]
         for observe in _HELD_OBSERVERS.get():
             observe(tape.tensors())
         ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
@@ -365,7 +395,8 @@ class MemoryFreeMomentum(torch.autograd.Function):
         stack: Stack = ctx.stack
         tape: Tape = ctx.tape
         if tape.consumed:  # second backward through the same graph (retain_graph=True)
-            replay_forward(stack, tape, *tree_unflatten(list(arg_leaves), stack.args_spec))
+            replay_forward(stack, tape, *tree_unflatten(list(arg_leaves), stack.args_spec),
+                           inputs=_kept_inputs(ctx))
         params = stack_params(stack.functions)
         needs = ctx.needs_input_grad[5:]
         param_needs, arg_needs = needs[: ctx.n_params], needs[ctx.n_params:]
@@ -381,8 +412,14 @@ class MemoryFreeMomentum(torch.autograd.Function):
         grad_params: list = [None] * len(params)
         grad_args: list = [None] * len(wrt_args)
         # a = dL/dx_{i+1}, b = dL/dv_{i+1}; once they are our own tensors, updated in place
+        handed = ctx.holder.pop("grad_x", None)  # see GradientHandoff
+        if handed is not None:
+            grad_x = handed[0]
         st = {"a": grad_x, "b": grad_v, "a_owned": grad_x is None, "b_owned": False}
-        if grad_x is None:
+        # from here on the adjoint holds the incoming gradient; once the first layer has
+        # replaced it, nothing else does (this frame's name would keep it alive)
+        handed = grad_x = grad_v = None
+        if st["a"] is None:
             st["a"] = torch.zeros(tape.x.shape, dtype=tape.dtype, device=tape.x.device)
 
         def on_layer(i, xf, f):
@@ -399,7 +436,8 @@ class MemoryFreeMomentum(torch.autograd.Function):
                 if ga is not None:
                     grad_args[j] = ga if grad_args[j] is None else grad_args[j].add_(ga)
 
-        run_inverse(stack, tape, args, kwargs, on_layer=on_layer, consume=True)
+        run_inverse(stack, tape, args, kwargs, on_layer=on_layer, consume=True,
+                    release=functools.partial(_keep_inputs, ctx))
         it_a = iter(grad_args)
         out_params = [g if need else None for g, need in zip(grad_params, param_needs)]
         out_args = [next(it_a) if need else None for need in arg_needs]
@@ -409,6 +447,62 @@ class MemoryFreeMomentum(torch.autograd.Function):
         elif b is None:
             b = torch.zeros_like(st["a"])
         return (None, None, None, st["a"], b, *out_params, *out_args)
+
+
+class GradientHandoff(torch.autograd.Function):
+    """Identity on x_L whose backward hands the incoming gradient to the memory-free
+    stack's backward through ``holder`` and gives autograd a zero-stride stand-in.
+
+    Autograd keeps a node's incoming gradients alive until its backward returns; the
+    stack's backward runs through every layer, and the gradient it received (a full-size
+    tensor) would be held beside the adjoint's own two the whole time. Handed over, it
+    is freed as soon as the first layer's adjoint has replaced it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, holder: dict):
+        ctx.holder = holder
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.holder["grad_x"] = (grad,)
+        return grad.new_zeros(()).expand(grad.shape), None
+
+
+def _keep_inputs(ctx) -> bool:
+    """Hold the forward's float inputs (x0, v0) on ``ctx`` if they are still alive and
+    unmodified, so that the exact state at depth 0 may be dropped (True); else False.
+
+    They are alive elsewhere (the caller's tensor, or a tensor an earlier layer saved for
+    its own backward), so holding them costs nothing now; afterwards, until the graph is
+    freed, 4 bytes per element instead of the 20 of the exact state.
+    """
+    kept = []
+    for entry in ctx.inputs:
+        if entry is None:
+            kept.append(None)
+            continue
+        ref, version = entry
+        t = ref()
+        if t is None or t._version != version:
+            return False
+        kept.append((t.detach(), version))
+    ctx.kept_inputs = kept
+    return True
+
+
+def _kept_inputs(ctx):
+    """(x0, v0) held by `_keep_inputs`, checked unmodified; None if the state was kept."""
+    kept = getattr(ctx, "kept_inputs", None)
+    if kept is None:
+        return None
+    for entry in kept:
+        if entry is not None and entry[0]._version != entry[1]:
+            raise RuntimeError("the input of a memory-free momentum stack was modified in place "
+                               "after the first backward pass; a second backward through the same "
+                               "graph (retain_graph=True) needs it unchanged")
+    return tuple(None if e is None else e[0] for e in kept)
 
 
 def stack_params(functions) -> list:

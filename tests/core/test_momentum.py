@@ -213,3 +213,57 @@ def test_tape_of_a_state_is_consumed_by_backward():
     state.x.sum().backward()
     with pytest.raises(ValueError, match="already unwound by a backward pass"):
         free.inverse(state)
+
+
+def test_exact_state_is_dropped_at_depth_zero_and_rebuilt_from_the_inputs():
+    """Backward drops the int64 state once depth 0 is reached (the input is alive), and a
+    second backward rebuilds it from the input: same gradients, bit for bit."""
+    free = MomentumNet(mlp_stack(6), 0.9)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    state = free.forward_state(x)
+    loss = (state.x ** 2).sum()
+    first = torch.autograd.grad(loss, [x, *free.parameters()], retain_graph=True)
+    assert state.tape.x is None and state.tape.v is None and state.tape.buffer is None
+    second = torch.autograd.grad(loss, [x, *free.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_exact_state_is_kept_when_the_input_is_gone():
+    """An input nobody holds any more cannot rebuild the state: it is kept (and reused)."""
+    free = MomentumNet(mlp_stack(6), 0.9)
+    state = free.forward_state(torch.randn(4, 6, dtype=torch.float64))  # the input dies here
+    loss = (state.x ** 2).sum()
+    first = torch.autograd.grad(loss, list(free.parameters()), retain_graph=True)
+    assert state.tape.x is not None
+    second = torch.autograd.grad(loss, list(free.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_input_modified_after_the_first_backward_is_a_clear_error():
+    free = MomentumNet(mlp_stack(3), 0.9)
+    x = torch.randn(4, 6, dtype=torch.float64)
+    loss = (free(x) ** 2).sum()
+    loss.backward(retain_graph=True)
+    x.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("loss", ["sum", "two_uses", "with_velocity"])
+def test_gradients_with_shared_and_expanded_incoming_gradients(loss):
+    """The incoming gradient is handed to the memory-free backward (GradientHandoff):
+    a zero-stride gradient (sum), an output used twice and a loss on v_L as well must
+    give ordinary autograd's gradients."""
+    plain, free = pair(mlp_stack(7), 0.9)
+    w = torch.randn(6, dtype=torch.float64)
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+
+    def run(net):
+        state = net.forward_state(x)
+        out = {"sum": lambda: state.x.sum(),
+               "two_uses": lambda: (state.x * w).pow(2).sum() + state.x.sum() + state.x.mean(),
+               "with_velocity": lambda: (state.x * w).sum() + state.v.pow(2).sum()}[loss]()
+        return torch.autograd.grad(out, [x, *net.parameters()])
+
+    for a, b in zip(run(free), run(plain), strict=True):
+        assert rel_err(a, b) < 1e-6
