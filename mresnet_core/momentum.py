@@ -20,7 +20,7 @@ from . import exact
 from ._torch_private import tree_flatten
 from .plan import StackPlan, make_plan, requested_mode
 from .recompute import RecomputeMomentum, plain_steps
-from .reversible import GradientHandoff, MemoryFreeMomentum, Stack, Tape, check_residual_output, run_inverse, stack_params
+from .reversible import GradientHandoff, MemoryFreeMomentum, Stack, Tape, check_residual_output, run_inverse
 
 
 @dataclass
@@ -178,7 +178,7 @@ class MomentumNet(nn.Module):
                                               args, kwargs))
         leaves, spec = tree_flatten((args, kwargs))
         stack = self._stack(spec)
-        params = stack_params(self.functions)
+        params = stack.params
         if mode == "recompute":
             v0 = self._initial_velocity(x, none_for_zero=True)
             return MomentumState(*RecomputeMomentum.apply(stack, len(params), x, v0, *params, *leaves))

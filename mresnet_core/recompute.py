@@ -10,10 +10,12 @@ own backward.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ._torch_private import tree_unflatten
-from .reversible import Stack, _call_recording, _Replaying, slow_attention, stack_params
+from .reversible import Stack, _call_recording, _Replaying, slow_attention
 
 
 def plain_steps(stack: Stack, x, v, call, visit=None):
@@ -54,7 +56,7 @@ class RecomputeMomentum(torch.autograd.Function):
         replays = []
 
         def call(i, module, x):
-            f, replay = _call_recording(stack, module, x, args, kwargs)
+            f, replay = _call_recording(stack, i, x, args, kwargs)
             replays.append(replay)
             return f
 
@@ -76,7 +78,8 @@ class RecomputeMomentum(torch.autograd.Function):
         it = iter(saved)
         arg_leaves = [next(it) if t else o for t, o in zip(ctx.leaf_is_tensor, ctx.other_leaves)]
         needs = ctx.needs_input_grad  # (stack, n_params, x0, v0, *params, *arg leaves)
-        params = stack_params(stack.functions)
+        stack = dataclasses.replace(stack)  # parameters as they are now (see reversible.py)
+        params = stack.params
         param_needs = needs[4:4 + ctx.n_params]
         arg_needs = needs[4 + ctx.n_params:]
         leaves = [a.detach().requires_grad_(True) if (need and isinstance(a, torch.Tensor)) else a

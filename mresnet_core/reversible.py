@@ -4,12 +4,13 @@
 `MemoryFreeMomentum` is the autograd.Function that keeps only the final (x, v), the
 information buffer and the per-layer replay records, and rebuilds each layer's input
 during backward to recompute its residual function with a graph, one layer at a time
-(`momentum_layer_adjoint`). Parameter gradients are accumulated as it goes; no
+(`MomentumAdjoint`). Parameter gradients are accumulated as it goes; no
 per-layer gradient list is held.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import contextvars
 import weakref
@@ -60,7 +61,7 @@ class Tape:
         """Every tensor the tape holds (for saving and for memory accounting)."""
         out = [t for t in (self.x, self.v) if t is not None]
         out += self.buffer.tensors() if self.buffer is not None else []
-        for r in self.replays:
+        for r in filter(None, self.replays):  # None: nothing to replay for that layer
             out += [t for t in (r.cpu_rng, r.cuda_rng) if t is not None]
             out += list(r.buffers or [])
         return out
@@ -78,6 +79,29 @@ class Stack:
     @property
     def gamma(self) -> float:
         return self.n / exact.GAMMA_DENOMINATOR
+
+    # Walking a module's parameters or buffers costs microseconds per layer; a stack is
+    # made per forward call, so these are gathered once for its forward and backward.
+    @functools.cached_property
+    def layer_params(self) -> list:
+        """Each function's parameters (lists, in module order)."""
+        return [list(m.parameters()) for m in self.functions]
+
+    @functools.cached_property
+    def layer_buffers(self) -> list:
+        """Each function's buffers (lists, in module order)."""
+        return [list(m.buffers()) for m in self.functions]
+
+    @functools.cached_property
+    def params(self) -> list:
+        """The unique parameters of all functions, in a fixed order."""
+        seen, out = set(), []
+        for ps in self.layer_params:
+            for p in ps:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
 
 
 @contextlib.contextmanager
@@ -102,9 +126,10 @@ def _rng_snapshot(device: torch.device):
     return cpu, cuda
 
 
-def _call_recording(stack: Stack, module, xf, args, kwargs):
-    """Evaluate f(x) for one layer and return what replaying it bit for bit needs."""
-    bufs = [b.detach().clone() for b in module.buffers()] or None
+def _call_recording(stack: Stack, i: int, xf, args, kwargs):
+    """Evaluate f_i(x) and return what replaying it bit for bit needs (None: nothing)."""
+    module = stack.functions[i]
+    bufs = [b.detach().clone() for b in stack.layer_buffers[i]] or None
     cpu, cuda = _rng_snapshot(xf.device)
     f = stack.residual_of(module, xf, args, kwargs)
     cpu_after, cuda_after = _rng_snapshot(xf.device)
@@ -113,6 +138,8 @@ def _call_recording(stack: Stack, module, xf, args, kwargs):
         cuda_rng=None if cuda is None or torch.equal(cuda, cuda_after) else cuda,
         buffers=bufs,
     )
+    if replay.cpu_rng is None and replay.cuda_rng is None and bufs is None:
+        return f, None
     return f, replay
 
 
@@ -173,8 +200,8 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) 
     peak_per_layer = torch.zeros(len(stack.functions), dtype=torch.float64, device=x.device)
     xf = exact.to_float(x, dtype)
     with torch.no_grad():
-        for module in stack.functions:
-            f, replay = _call_recording(stack, module, xf, args, kwargs)
+        for i in range(len(stack.functions)):
+            f, replay = _call_recording(stack, i, xf, args, kwargs)
             buffer.before_push(stack.n)
             xf, peak = k.forward_step(x, v, buffer.state, f)
             peak_per_layer[len(replays)] = peak
@@ -319,47 +346,69 @@ def _release_unsaved_root(f: torch.Tensor, xf: torch.Tensor, saved: set) -> None
     storage.resize_(0)
 
 
-def momentum_layer_adjoint(a, b, x_n, f_n, gamma: float, wrt=(), *, a_owned=False, b_owned=False):
-    """Backpropagate through one momentum layer (the adjoint of Eq. 2).
+class MomentumAdjoint:
+    """Backpropagation through a momentum stack one layer at a time, last layer first
+    (the adjoint of Eq. 2).
 
-    The layer is v_{n+1} = gamma v_n + (1 - gamma) f(x_n), x_{n+1} = x_n + v_{n+1}. Given
-    a = dL/dx_{n+1} and b = dL/dv_{n+1} (None for 0), and f_n = f(x_n) recomputed with a
-    graph from the leaf x_n:
+    Layer n is v_{n+1} = gamma v_n + (1 - gamma) f(x_n), x_{n+1} = x_n + v_{n+1}. With
+    a = dL/dx_{n+1}, b = dL/dv_{n+1} and c = (1 - gamma)(a + b) (x_{n+1} holds v_{n+1}):
 
-        g       = a + b                          (all of dL/dv_{n+1}: x_{n+1} holds v_{n+1})
-        dL/dv_n = gamma g
-        dL/dx_n = a + (1 - gamma) J_f(x_n)^T g
-        dL/dw   = (1 - gamma) (df/dw)^T g        for each w in ``wrt`` (parameters, arguments)
+        dL/dx_n = a + J_f(x_n)^T c
+        dL/dv_n = gamma (a + b) = gamma / (1 - gamma) c
+        dL/dw   = (df/dw)^T c                    for each w in ``wrt`` (parameters, arguments)
 
-    Returns (dL/dx_n, dL/dv_n, [dL/dw or None]). ``a_owned``/``b_owned`` say that a or b
-    belongs to the caller's backward loop and may be updated in place (fewer full-size
-    temporaries); the returned dL/dv_n is always a tensor the caller owns, dL/dx_n too
-    unless it is ``a`` itself (f independent of x).
+    It carries (a, c) rather than (a, b): c is the cotangent autograd needs, and the next
+    layer's follows in one pass, c_n = (1 - gamma) dL/dx_n + gamma c = lerp(c, dL/dx_n,
+    1 - gamma), so a layer costs two full-size passes (``a += J^T c``, the lerp) besides
+    its vector-Jacobian product. dL/dv_0 is formed once, at the end. Gamma = 1 (f has no
+    influence) carries g = a + b instead. The incoming gradients are never written to;
+    (a, c) become tensors of our own at the first layer and are updated in place.
     """
-    if b is None:
-        g, g_owned = a, False
-    else:
-        g, g_owned = (b.add_(a), True) if b_owned else (a + b, True)
-    if gamma == 1.0:  # f has no influence: nothing to scale in place
-        grads = torch.autograd.grad(f_n, [x_n, *wrt], torch.zeros_like(g), allow_unused=True)
-        dv = g if g_owned else g.clone()
-    else:
-        # one tensor serves as (1 - gamma) g for autograd and then, rescaled, as gamma g:
-        # a full-size temporary fewer than keeping both (at most 2 ulp from gamma * g)
-        c = g.mul_(1.0 - gamma) if g_owned else g * (1.0 - gamma)
+
+    def __init__(self, grad_x, grad_v, gamma: float, shape, dtype, device):
+        if grad_x is None:
+            grad_x = torch.zeros(shape, dtype=dtype, device=device)
+        self.a, self.b, self.gamma = grad_x, grad_v, gamma
+        self.c = None  # set at the first layer; then b is no longer needed
+        self.a_owned = False
+
+    def step(self, x_n, f_n, wrt=(), last: bool = False) -> list:
+        """Take layer n's backward given f_n = f(x_n), recomputed with a graph from the
+        leaf x_n; returns [dL/dw or None for w in wrt]. ``last``: layer 0, after which
+        no cotangent is needed."""
+        gamma = self.gamma
+        if self.c is None:
+            g = self.a if self.b is None else self.a + self.b
+            self.b = None
+            self.c = g * (1.0 - gamma) if gamma != 1.0 else (g.clone() if g is self.a else g)
+        if gamma == 1.0:  # f has no influence: its cotangent is 0, g gains a per layer
+            grads = torch.autograd.grad(f_n, [x_n, *wrt], torch.zeros_like(self.c), allow_unused=True)
+            self.c.add_(self.a)
+            return list(grads[1:])
+        c = self.c
         grads = torch.autograd.grad(f_n, [x_n, *wrt], c, allow_unused=True)
         gx = grads[0]
-        ptr = c.untyped_storage().data_ptr()
-        aliased = any(t is not None and t.untyped_storage().data_ptr() == ptr for t in grads[1:])
         if gx is not None:  # before c changes: gx may be c itself (f(x) = x + ...)
-            gx = a.add_(gx) if a_owned else a + gx
-            grads = (gx, *grads[1:])
-        dv = c * (gamma / (1.0 - gamma)) if aliased else c.mul_(gamma / (1.0 - gamma))
-        dx = a if gx is None else gx
-        return dx, dv, list(grads[1:])
-    gx = grads[0]
-    dx = a if gx is None else (a.add_(gx) if a_owned else a + gx)
-    return dx, dv, list(grads[1:])
+            if self.a_owned:
+                self.a.add_(gx)
+            else:
+                self.a, self.a_owned = self.a + gx, True
+        if not last:
+            ptr = c.untyped_storage().data_ptr()
+            aliased = any(t is not None and t.untyped_storage().data_ptr() == ptr for t in grads[1:])
+            # a gradient handed back may be c itself (f(x) = x + w): then c is replaced
+            self.c = torch.lerp(c, self.a, 1.0 - gamma) if aliased else c.lerp_(self.a, 1.0 - gamma)
+        return list(grads[1:])
+
+    def result(self, want_v: bool):
+        """(dL/dx_0, dL/dv_0 or None) after the last layer (or before any)."""
+        if self.c is None:  # no layer
+            return self.a, (self.b if self.b is not None else torch.zeros_like(self.a)) if want_v else None
+        if not want_v:
+            return self.a, None
+        if self.gamma == 1.0:
+            return self.a, self.c
+        return self.a, self.c * (self.gamma / (1.0 - self.gamma))
 
 
 class MemoryFreeMomentum(torch.autograd.Function):
@@ -397,7 +446,10 @@ class MemoryFreeMomentum(torch.autograd.Function):
         if tape.consumed:  # second backward through the same graph (retain_graph=True)
             replay_forward(stack, tape, *tree_unflatten(list(arg_leaves), stack.args_spec),
                            inputs=_kept_inputs(ctx))
-        params = stack_params(stack.functions)
+        # the parameters as they are now (the recomputation uses them; under
+        # torch.func.functional_call the forward's were swapped-in stand-ins)
+        stack = dataclasses.replace(stack)
+        params = stack.params
         needs = ctx.needs_input_grad[5:]
         param_needs, arg_needs = needs[: ctx.n_params], needs[ctx.n_params:]
         # arguments that need gradients are recomputed through detached leaves
@@ -407,28 +459,21 @@ class MemoryFreeMomentum(torch.autograd.Function):
         wrt_args = [a for a, need in zip(leaves, arg_needs) if need]
         position = {id(p): j for j, p in enumerate(params)}
         # each layer asks autograd only for its own parameters
-        layer_params = [[position[id(p)] for p in m.parameters() if param_needs[position[id(p)]]]
-                        for m in stack.functions]
+        layer_params = [[position[id(p)] for p in ps if param_needs[position[id(p)]]]
+                        for ps in stack.layer_params]
         grad_params: list = [None] * len(params)
         grad_args: list = [None] * len(wrt_args)
-        # a = dL/dx_{i+1}, b = dL/dv_{i+1}; once they are our own tensors, updated in place
         handed = ctx.holder.pop("grad_x", None)  # see GradientHandoff
         if handed is not None:
             grad_x = handed[0]
-        st = {"a": grad_x, "b": grad_v, "a_owned": grad_x is None, "b_owned": False}
-        # from here on the adjoint holds the incoming gradient; once the first layer has
-        # replaced it, nothing else does (this frame's name would keep it alive)
+        adjoint = MomentumAdjoint(grad_x, grad_v, stack.gamma, tape.x.shape, tape.dtype, tape.x.device)
+        # from here on only the adjoint holds the incoming gradient, and it lets it go at
+        # the first layer (a name in this frame would keep it alive to the end)
         handed = grad_x = grad_v = None
-        if st["a"] is None:
-            st["a"] = torch.zeros(tape.x.shape, dtype=tape.dtype, device=tape.x.device)
 
         def on_layer(i, xf, f):
             mine = layer_params[i]
-            a, b, grads = momentum_layer_adjoint(
-                st["a"], st["b"], xf, f, stack.gamma, [*(params[j] for j in mine), *wrt_args],
-                a_owned=st["a_owned"], b_owned=st["b_owned"])
-            st["a_owned"] = st["a_owned"] or a is not st["a"]
-            st["a"], st["b"], st["b_owned"] = a, b, True
+            grads = adjoint.step(xf, f, [*(params[j] for j in mine), *wrt_args], last=i == 0)
             for j, gp in zip(mine, grads[:len(mine)]):
                 if gp is not None:
                     grad_params[j] = gp if grad_params[j] is None else grad_params[j].add_(gp)
@@ -441,12 +486,9 @@ class MemoryFreeMomentum(torch.autograd.Function):
         it_a = iter(grad_args)
         out_params = [g if need else None for g, need in zip(grad_params, param_needs)]
         out_args = [next(it_a) if need else None for need in arg_needs]
-        b = st["b"]
-        if not ctx.needs_input_grad[4]:
-            b = None  # v0 = 0 (or a constant): no gradient to hand back
-        elif b is None:
-            b = torch.zeros_like(st["a"])
-        return (None, None, None, st["a"], b, *out_params, *out_args)
+        # v0 = 0 (or a constant) gets no gradient
+        dx, dv = adjoint.result(want_v=ctx.needs_input_grad[4])
+        return (None, None, None, dx, dv, *out_params, *out_args)
 
 
 class GradientHandoff(torch.autograd.Function):
@@ -505,13 +547,4 @@ def _kept_inputs(ctx):
     return tuple(None if e is None else e[0] for e in kept)
 
 
-def stack_params(functions) -> list:
-    """Unique parameters of the stack's functions, in a fixed order."""
-    seen, out = set(), []
-    for m in functions:
-        for p in m.parameters():
-            if id(p) not in seen:
-                seen.add(id(p))
-                out.append(p)
-    return out
 

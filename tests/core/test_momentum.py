@@ -249,12 +249,14 @@ def test_input_modified_after_the_first_backward_is_a_clear_error():
         loss.backward()
 
 
+@pytest.mark.parametrize("gamma,depth", [(0.9, 7), (1.0, 3), (0.9, 0)])
 @pytest.mark.parametrize("loss", ["sum", "two_uses", "with_velocity"])
-def test_gradients_with_shared_and_expanded_incoming_gradients(loss):
+def test_gradients_with_shared_and_expanded_incoming_gradients(loss, gamma, depth):
     """The incoming gradient is handed to the memory-free backward (GradientHandoff):
     a zero-stride gradient (sum), an output used twice and a loss on v_L as well must
-    give ordinary autograd's gradients."""
-    plain, free = pair(mlp_stack(7), 0.9)
+    give ordinary autograd's gradients; also for gamma = 1 (the adjoint's own branch) and
+    an empty stack."""
+    plain, free = pair(mlp_stack(depth), gamma)
     w = torch.randn(6, dtype=torch.float64)
     x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
 
@@ -263,7 +265,7 @@ def test_gradients_with_shared_and_expanded_incoming_gradients(loss):
         out = {"sum": lambda: state.x.sum(),
                "two_uses": lambda: (state.x * w).pow(2).sum() + state.x.sum() + state.x.mean(),
                "with_velocity": lambda: (state.x * w).sum() + state.v.pow(2).sum()}[loss]()
-        return torch.autograd.grad(out, [x, *net.parameters()])
+        return torch.autograd.grad(out, [x, *net.parameters()], allow_unused=True)
 
     for a, b in zip(run(free), run(plain), strict=True):
         assert rel_err(a, b) < 1e-6
