@@ -504,7 +504,7 @@ class GradientHandoff(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, holder: dict):
         ctx.holder = holder
-        return x.view_as(x)
+        return x.detach()  # an alias autograd does not track as a view: in-place use stays allowed
 
     @staticmethod
     def backward(ctx, grad):
