@@ -3,7 +3,8 @@
 Each configuration (a workload at one size) runs in a fresh Python process, so that no
 allocator cache, compiled kernel or thread pool of one configuration colours another;
 inside it the contenders are timed interleaved (each repetition runs every contender
-once, so that load from other processes hits them alike) and their memory is measured
+once, starting one contender further each time, so that load from other processes and
+the state one leaves behind hit them alike) and their memory is measured
 one after the other. One step is ``zero_grad(set_to_none=True)``, forward, loss,
 ``backward()``.
 
@@ -53,7 +54,7 @@ FIELDS = ["workload", "size", "contender", "status", "time_s", "whole_step_bytes
 
 def profile(name: str, device: str) -> list:
     """The configurations of a profile: dicts with workload, size and settings."""
-    toy = dict(workload="toy", d=500, hidden=100, batch=256, repeats=5)
+    toy = dict(workload="toy", d=500, hidden=100, batch=256, repeats=10)
     if name == "smoke":
         return [dict(toy, size=4, d=64, hidden=16, batch=32, repeats=1),
                 dict(workload="transformer", size=8, d_model=16, nhead=2, layers=3, batch=2, repeats=1)]
@@ -190,8 +191,11 @@ def run_config(cfg: dict, contenders, device_name: str, threads: int) -> list:
             rows[c] = dict(meta, contender=c, status="ok", times=[])
         except Exception as err:  # noqa: BLE001 - reported in the table, not hidden
             rows[c] = dict(meta, contender=c, status="failed", error=f"{type(err).__name__}: {err}"[:300])
-    for _ in range(cfg["repeats"]):
-        for c, (model, x, loss) in built.items():
+    order = list(built.items())
+    for r in range(cfg["repeats"]):
+        # each repetition starts at the next contender: what one leaves behind (allocator
+        # state, caches) then falls on every contender alike, not always on the same one
+        for c, (model, x, loss) in order[r % len(order):] + order[:r % len(order)] if order else []:
             gc.collect()
             model.zero_grad(set_to_none=True)
             sync()
