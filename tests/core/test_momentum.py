@@ -272,3 +272,16 @@ def test_gradients_with_shared_and_expanded_incoming_gradients(loss, gamma, dept
 
     for a, b in zip(run(free), run(plain), strict=True):
         assert rel_err(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("gamma", [0.9, 1.0])
+def test_gradients_through_a_learned_initial_velocity(gamma):
+    """v0 = init_velocity(x0): the memory-free backward hands dL/dv_0 back to it."""
+    torch.manual_seed(2)
+    init = torch.nn.Linear(6, 6).double()
+    fns = mlp_stack(5)
+    plain = MomentumNet(fns, gamma, memory_efficient=False, init_velocity=init)
+    free = MomentumNet(fns, gamma, memory_efficient=True, init_velocity=init)
+    x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    for a, b in zip(grads(free, x)[1], grads(plain, x)[1], strict=True):
+        assert rel_err(a, b) < 1e-6

@@ -23,7 +23,7 @@ REGRESSIONS = {
     "momentum off": ("exact.py", "    return int(round(float(gamma) * GAMMA_DENOMINATOR))\n",
                      "    return min(1, int(round(float(gamma) * GAMMA_DENOMINATOR)))  # regression\n"),
     # the memory-free backward propagates (1 - gamma) J^T g twice over through each layer
-    "wrong gradient": ("reversible.py", "        grads = torch.autograd.grad(f_n, [x_n, *wrt], c, allow_unused=True)\n",
+    "wrong gradient": ("adjoint.py", "        grads = torch.autograd.grad(f_n, [x_n, *wrt], c, allow_unused=True)\n",
                        "        grads = torch.autograd.grad(f_n, [x_n, *wrt], 2 * c, allow_unused=True)  # regression\n"),
 }
 
