@@ -192,10 +192,11 @@ def run_config(cfg: dict, contenders, device_name: str, threads: int) -> list:
         except Exception as err:  # noqa: BLE001 - reported in the table, not hidden
             rows[c] = dict(meta, contender=c, status="failed", error=f"{type(err).__name__}: {err}"[:300])
     order = list(built.items())
-    for r in range(cfg["repeats"]):
+    for r in range(cfg["repeats"] if order else 0):
         # each repetition starts at the next contender: what one leaves behind (allocator
         # state, caches) then falls on every contender alike, not always on the same one
-        for c, (model, x, loss) in order[r % len(order):] + order[:r % len(order)] if order else []:
+        shift = r % len(order)
+        for c, (model, x, loss) in order[shift:] + order[:shift]:
             gc.collect()
             model.zero_grad(set_to_none=True)
             sync()

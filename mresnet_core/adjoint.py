@@ -66,10 +66,10 @@ class MomentumAdjoint:
 
     def result(self, want_v: bool):
         """(dL/dx_0, dL/dv_0 or None) after the last layer (or before any)."""
-        if self.c is None:  # no layer
-            return self.a, (self.b if self.b is not None else torch.zeros_like(self.a)) if want_v else None
         if not want_v:
             return self.a, None
+        if self.c is None:  # no layer: dL/dv_0 is the incoming dL/dv_L
+            return self.a, self.b if self.b is not None else torch.zeros_like(self.a)
         if self.gamma == 1.0:
             return self.a, self.c
         return self.a, self.c * (self.gamma / (1.0 - self.gamma))

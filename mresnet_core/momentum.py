@@ -172,17 +172,15 @@ class MomentumNet(nn.Module):
         """(x_L, v_L) of the stack; with exact inversion also the exact tape."""
         self._check_input(x)
         mode = self._mode_for(x, args, kwargs)
+        v0 = self._initial_velocity(x, none_for_zero=True)  # None: zeros, no tensor of them
         if mode == "backprop" or (mode == "recompute" and (not torch.is_grad_enabled()
                                                             or not len(self.functions))):
-            return MomentumState(*self._plain(x, self._initial_velocity(x, none_for_zero=True),
-                                              args, kwargs))
+            return MomentumState(*self._plain(x, v0, args, kwargs))
         leaves, spec = tree_flatten((args, kwargs))
         stack = self._stack(spec)
         params = stack.params
         if mode == "recompute":
-            v0 = self._initial_velocity(x, none_for_zero=True)
             return MomentumState(*RecomputeMomentum.apply(stack, len(params), x, v0, *params, *leaves))
-        v0 = self._initial_velocity(x, none_for_zero=True)  # None: exact zeros, no float tensor
         holder: dict = {}
         xL, vL = MemoryFreeMomentum.apply(stack, holder, len(params), x, v0, *params, *leaves)
         if xL.requires_grad:

@@ -120,15 +120,14 @@ def make_plan(stack: Stack, x: torch.Tensor, args, kwargs, requested: str,
     depth = len(functions)
     numel, item = x.numel(), x.element_size()
     layer = layer_saved_bytes(stack, functions[0], x, args, kwargs) if depth else 0
-    params = {id(p): p for m in functions for p in m.parameters() if p.requires_grad}
-    grads = sum(p.numel() * p.element_size() for p in params.values())
-    first = {id(p) for p in functions[0].parameters()} if depth else set()
-    first_grads = sum(p.numel() * p.element_size() for i, p in params.items() if i in first)
+    grads = sum(p.numel() * p.element_size() for p in stack.params if p.requires_grad)
+    first_grads = sum(p.numel() * p.element_size() for p in (stack.layer_params[0] if depth else ())
+                      if p.requires_grad)
     activations = depth * layer
     estimates = {"exact": None, "recompute": activations, "backprop": activations}
     if invertible:
         bits = math.log2(exact.GAMMA_DENOMINATOR / stack.n)
-        replay = sum(b.numel() * b.element_size() for m in functions for b in m.buffers())
+        replay = sum(b.numel() * b.element_size() for bs in stack.layer_buffers for b in bs)
         held = numel * exact_state_bytes(stack.n) + int(depth * numel * bits / 8) + replay
         # the state goes when backward reaches depth 0, before the first layer's gradients
         estimates["exact"] = held + layer + EXACT_BACKWARD_TEMPORARIES * numel * item + grads - first_grads

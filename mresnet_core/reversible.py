@@ -205,7 +205,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) 
             f, replay = _call_recording(stack, i, xf, args, kwargs)
             buffer.before_push(stack.n)
             xf, peak = k.forward_step(x, v, buffer.state, f)
-            peak_per_layer[len(replays)] = peak
+            peak_per_layer[i] = peak
             replays.append(replay)
     if len(stack.functions):
         worst = float(peak_per_layer.max())
@@ -359,7 +359,8 @@ class MemoryFreeMomentum(torch.autograd.Function):
         # The tape is kept on ctx, not through save_for_backward: backward unwinds it in
         # place (no second copy of x, v and the buffer), and a second backward
         # (retain_graph) rebuilds it by replaying the forward from the exact (x0, v0)
-        # that unwinding leaves behind. Memory accounting sees it through observe_held_tensors.
+        # that unwinding leaves behind, or from the float inputs once it has dropped
+        # them (_keep_inputs). Memory accounting sees it through observe_held_tensors.
         ctx.stack, ctx.tape, ctx.n_params, ctx.holder = stack, tape, n_params, holder
         # weak references to the float inputs: if they are still alive when backward
         # reaches depth 0, the exact state can go there (a second backward rebuilds it
@@ -458,15 +459,14 @@ def _keep_inputs(ctx) -> bool:
     """
     kept = []
     for entry in ctx.inputs:
-        if entry is None:
+        if entry is None:  # v0 = 0: nothing to keep
             kept.append(None)
             continue
-        ref, version = entry
-        t = ref()
-        if t is None or t._version != version:
+        t = entry[0]()
+        if t is None or t._version != entry[1]:
             return False
-        kept.append((t.detach(), version))
-    ctx.kept_inputs = kept
+        kept.append(t.detach())
+    ctx.kept_inputs = tuple(kept)
     return True
 
 
@@ -475,12 +475,12 @@ def _kept_inputs(ctx):
     kept = getattr(ctx, "kept_inputs", None)
     if kept is None:
         return None
-    for entry in kept:
-        if entry is not None and entry[0]._version != entry[1]:
+    for t, entry in zip(kept, ctx.inputs):
+        if t is not None and t._version != entry[1]:  # a detached alias shares the version
             raise RuntimeError("the input of a memory-free momentum stack was modified in place "
                                "after the first backward pass; a second backward through the same "
                                "graph (retain_graph=True) needs it unchanged")
-    return tuple(None if e is None else e[0] for e in kept)
+    return kept
 
 
 
