@@ -116,24 +116,29 @@ def _to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (x.to(torch.float64) * INV_SCALE).to(dtype)
 
 
-def _divmod(a, n: int, small: bool = False):
+def _divmod_near(a, n: int, nonnegative: bool = False):
+    """Exact floor division and remainder of int64 ``a`` by 0 < n <= 2**16, |a| < 2**50.
+
+    Integer division does not vectorise; a float64 product does. (a + 1/2) / n lies at
+    least 1/(2n) away from an integer, and for |a| < 2**50 the float64 product (a + 1/2)
+    * fl(1/n) is within 2**50 / n * 2**-52 = 1/(4n) of it, so its floor is exact: no
+    correction step. ``nonnegative``: a >= 0, where the conversion's truncation is the floor.
+    """
+    t = (a.to(torch.float64) + 0.5) * (1.0 / n)
+    q = (t if nonnegative else torch.floor(t)).to(torch.int64)
+    return q, a - q * n
+
+
+def _divmod(a, n: int):
     """Exact floor division and remainder of int64 ``a`` (|a| < 2**62) by 0 < n <= 2**16.
 
-    Integer division does not vectorise; a float64 reciprocal gives the quotient to
-    within about 2**10, a second pass on the small remainder and a +-1 fix make it exact.
-    ``small``: |a| < 2**40, where the first quotient is already within 1 and the second
-    pass is skipped.
+    a = A 2**16 + B with A = a >> 16 (|A| < 2**46) and 0 <= B < 2**16; A = q1 n + r1,
+    then r1 2**16 + B (< n 2**16 <= 2**32) = q2 n + r2: a = (q1 2**16 + q2) n + r2.
+    Two passes of `_divmod_near`, both in its exact range.
     """
-    inv = 1.0 / n
-    q = torch.floor(a.to(torch.float64) * inv).to(torch.int64)
-    r = a - q * n
-    if not small:
-        q2 = torch.floor(r.to(torch.float64) * inv).to(torch.int64)
-        q, r = q + q2, r - q2 * n
-    low = r < 0
-    q, r = torch.where(low, q - 1, q), torch.where(low, r + n, r)
-    high = r >= n
-    return torch.where(high, q + 1, q), torch.where(high, r - n, r)
+    q1, r1 = _divmod_near(a >> GAMMA_BITS, n)
+    q2, r = _divmod_near((r1 << GAMMA_BITS) | (a & LOW_MASK), n, nonnegative=True)
+    return (q1 << GAMMA_BITS) | q2, r
 
 
 def _increment(f, n: int):
@@ -169,7 +174,8 @@ def _forward_step(x, v, state, f, n: int):
     Returns the float value of the new x (the next layer's input) and the largest
     magnitude seen (for the range check).
     """
-    popped_state, s = _divmod(state, n, small=state.dtype == torch.int32)
+    popped_state, s = (_divmod_near(state, n, nonnegative=True) if state.dtype == torch.int32
+                       else _divmod(state, n))  # int32: a 31-bit state
     z = (v & LOW_MASK) * n + s
     v.copy_((v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + _increment(f, n))
     state.copy_((popped_state << GAMMA_BITS) | (z & LOW_MASK))
@@ -188,7 +194,7 @@ def _undo_position(x, v, dtype: torch.dtype):
 def _undo_velocity(v, state, f, n: int):
     """In place inverse of the velocity update of `_forward_step`, given f(x_n) (see above)."""
     hi, zh = _divmod(v - _increment(f, n), n)
-    lo, s = _divmod((zh << GAMMA_BITS) | (state & LOW_MASK), n, small=True)  # z < n 2**16
+    lo, s = _divmod_near((zh << GAMMA_BITS) | (state & LOW_MASK), n, nonnegative=True)  # 0 <= z < n 2**16
     state.copy_((state >> GAMMA_BITS) * n + s)
     v.copy_((hi << GAMMA_BITS) | lo)
 
