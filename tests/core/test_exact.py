@@ -132,15 +132,21 @@ def test_compiled_kernels_give_the_same_bits_as_eager():
     assert compiled.compiled, "the compiled kernels fell back to eager"
 
 
+def multiples_and_neighbours(n, limit, g):
+    """Random multiples of n within +-limit (both ends included) and each one's two
+    neighbours, all of magnitude below ``limit``: where a rounded quotient would be off."""
+    top = (limit - 2) // n
+    multiples = torch.cat([torch.randint(-top, top, (20000,), generator=g), torch.tensor([top, -top])]) * n
+    return torch.cat([multiples, multiples - 1, multiples + 1])
+
+
 @pytest.mark.parametrize("n", [1, 3, 655, 6554, 58982, 65535, 65536])
 def test_divmod_by_float_reciprocal_is_exact(n):
     g = torch.Generator().manual_seed(n)
     a = torch.cat([random_velocity(20000, n, bits=62),
                    torch.tensor([0, 1, -1, n, -n, n - 1, 1 - n, 2**62 - 1, -(2**62)]),
                    torch.arange(-5, 6) * n + torch.randint(-2, 3, (11,), generator=g)])
-    top = (2**62 - 2) // n  # multiples of n and their neighbours over the whole range
-    multiples = torch.cat([torch.randint(-top, top, (20000,), generator=g), torch.tensor([top, -top])]) * n
-    a = torch.cat([a, multiples, multiples - 1, multiples + 1])
+    a = torch.cat([a, multiples_and_neighbours(n, 2**62, g)])  # over the whole range
     q, r = exact._divmod(a, n)
     assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
     assert torch.equal(r, torch.remainder(a, n))
@@ -151,11 +157,9 @@ def test_divmod_single_pass_is_exact_below_2_to_50(n):
     """One float pass, no correction: exact up to |a| < 2**50, including the multiples of
     n (and their neighbours) next to that limit, where a rounding error would show."""
     g = torch.Generator().manual_seed(n)
-    top = (2**50 - 2) // n
-    multiples = torch.cat([torch.randint(-top, top, (20000,), generator=g), torch.tensor([top, -top])]) * n
     a = torch.cat([torch.randint(-(2**50) + 1, 2**50, (20000,), generator=g),
                    torch.randint(0, 2**31, (20000,), generator=g),
-                   multiples, multiples - 1, multiples + 1,
+                   multiples_and_neighbours(n, 2**50, g),
                    torch.tensor([0, 1, -1, n - 1, n, n + 1, 2**31 - 1, 2**50 - 1, -(2**50) + 1])])
     q, r = exact._divmod_near(a, n)
     assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
