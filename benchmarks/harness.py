@@ -209,7 +209,8 @@ def run_config(cfg: dict, contenders, device_name: str, threads: int) -> list:
             m = training_step_memory(model, x, loss=loss, device=device, warmup=0)
             rows[c].update(whole_step_bytes=m.whole_step, activation_bytes=m.activations,
                            gradient_bytes=m.gradients)
-            modes = sorted({r["mode"] for r in describe(model) if r["mode"]})
+            modes = sorted({r["mode"] + (f" (last {r['kept']} of {r['depth']} graphs kept)" if r["kept"] else "")
+                            for r in describe(model) if r["mode"]})
             rows[c]["modes"] = "+".join(modes)
         except Exception as err:  # noqa: BLE001
             rows[c].update(status="failed", error=f"memory: {type(err).__name__}: {err}"[:300])

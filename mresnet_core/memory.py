@@ -440,7 +440,8 @@ def describe(model: nn.Module) -> list:
     "backprop"; None for an "auto" stack before its first such forward), and the
     estimates of the plan behind it (bytes, None before the first forward):
     ``backprop_bytes``, ``recompute_bytes``, ``exact_bytes`` (each mode's estimated share
-    of the step's peak) and ``gradient_bytes``. See ``mresnet_core.plan``.
+    of the step's peak), ``gradient_bytes`` and ``kept`` (the last layers whose graphs
+    an exact stack keeps from the forward pass). See ``mresnet_core.plan``.
     """
     from .momentum import MomentumNet  # momentum imports this module's users lazily
 
@@ -452,7 +453,8 @@ def describe(model: nn.Module) -> list:
             rows.append({"path": path, "depth": len(m.functions), "requested": m.memory_efficient,
                          "mode": m.training_mode, "backprop_bytes": est.get("backprop"),
                          "recompute_bytes": est.get("recompute"), "exact_bytes": est.get("exact"),
-                         "gradient_bytes": plan.gradient_bytes if plan is not None else None})
+                         "gradient_bytes": plan.gradient_bytes if plan is not None else None,
+                         "kept": plan.kept if plan is not None else None})
     return rows
 
 

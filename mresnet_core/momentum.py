@@ -128,19 +128,20 @@ class MomentumNet(nn.Module):
         self._check_input(x)
         return make_plan(self._stack(), x, args, kwargs, self._requested, self._n > 0)
 
-    def _mode_for(self, x, args, kwargs) -> str:
-        """The mode of this call: the forced one, or the plan for x's shape ("auto")."""
+    def _mode_for(self, x, args, kwargs) -> tuple:
+        """(mode, kept layers) of this call: the forced mode, or the plan for x's shape
+        ("auto"; kept: the last layers whose graphs an exact stack keeps, ``plan.py``)."""
         if self._requested != "auto":
-            return self._requested
+            return self._requested, 0
         if not torch.is_grad_enabled():
-            return "backprop"  # nothing is saved without a graph
+            return "backprop", 0  # nothing is saved without a graph
         key = (tuple(x.shape), x.dtype, x.device)
         plan = self._plans.get(key)
         if plan is None:
             plan = make_plan(self._stack(), x, args, kwargs, "auto", self._n > 0)
             self._plans[key] = plan
         self._last_plan = plan
-        return plan.mode
+        return plan.mode, plan.kept
 
     @property
     def gamma(self) -> float:
@@ -159,9 +160,10 @@ class MomentumNet(nn.Module):
         return (f"depth={len(self.functions)}, gamma={self.gamma:.6g}, "
                 f"memory_efficient={self.memory_efficient!r}, residual={self.residual}")
 
-    def _stack(self, args_spec=None) -> Stack:
+    def _stack(self, args_spec=None, kept: int = 0) -> Stack:
         residual_of = _residual_of_function if self.residual else _residual_of_block
-        return Stack(functions=list(self.functions), residual_of=residual_of, n=self._n, args_spec=args_spec)
+        return Stack(functions=list(self.functions), residual_of=residual_of, n=self._n,
+                     args_spec=args_spec, kept=kept)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -171,13 +173,13 @@ class MomentumNet(nn.Module):
     def forward_state(self, x: torch.Tensor, *args, **kwargs) -> MomentumState:
         """(x_L, v_L) of the stack; with exact inversion also the exact tape."""
         self._check_input(x)
-        mode = self._mode_for(x, args, kwargs)
+        mode, kept = self._mode_for(x, args, kwargs)
         v0 = self._initial_velocity(x, none_for_zero=True)  # None: zeros, no tensor of them
         if mode == "backprop" or (mode == "recompute" and (not torch.is_grad_enabled()
                                                             or not len(self.functions))):
             return MomentumState(*self._plain(x, v0, args, kwargs))
         leaves, spec = tree_flatten((args, kwargs))
-        stack = self._stack(spec)
+        stack = self._stack(spec, kept)
         params = stack.params
         if mode == "recompute":
             return MomentumState(*RecomputeMomentum.apply(stack, len(params), x, v0, *params, *leaves))

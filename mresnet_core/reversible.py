@@ -6,6 +6,11 @@ information buffer and the per-layer replay records, and rebuilds each layer's i
 during backward to recompute its residual function with a graph, one layer at a time
 (`adjoint.MomentumAdjoint`). Parameter gradients are accumulated as it goes; no
 per-layer gradient list is held.
+
+A stack may keep the graphs of its last ``Stack.kept`` layers from the forward pass
+(``"auto"`` sizes this so that they fit in memory the step's parameter gradients take
+later anyway, ``plan.py``): those layers are neither inverted nor recomputed, and the
+exact state at the first of them is kept for the rest. Same bits either way.
 """
 from __future__ import annotations
 
@@ -76,6 +81,7 @@ class Stack:
     residual_of: Callable  # (module, x, args, kwargs) -> f(x)
     n: int  # gamma = n / 2**16
     args_spec: object = None  # pytree spec of (args, kwargs)
+    kept: int = 0  # the last `kept` layers keep their graphs from the forward pass
 
     @property
     def gamma(self) -> float:
@@ -190,29 +196,90 @@ class _Replaying:
         return False
 
 
+@dataclass
+class KeptGraphs:
+    """The last layers' graphs from the forward pass, and the exact state below them.
+
+    ``xs[j]``, ``fs[j]``: the float input (a leaf) and the output of layer ``start + j``,
+    with the graph between them (f's data is freed when no node of the graph saved it);
+    ``params[j]``: that layer's parameters as the forward pass used them; ``bottom``:
+    the exact state at depth ``start``, for inverting the layers below.
+    """
+
+    start: int
+    bottom: Tape
+    xs: list = field(default_factory=list)
+    fs: list = field(default_factory=list)
+    params: list = field(default_factory=list)
+    # what the graphs saved, gathered during the forward pass: storages (to know whether
+    # f's data may be freed) and the tensors (for memory accounting, then let go)
+    saved_storages: set = field(default_factory=set)
+    saved_tensors: list = field(default_factory=list)
+
+    def note_saved(self, t: torch.Tensor) -> torch.Tensor:
+        """saved_tensors_hooks pack for the kept layers' calls."""
+        _note_storage(self.saved_storages, t)
+        self.saved_tensors.append(t)
+        return t
+
+    def forward_done(self) -> list:
+        """End of the forward pass: the tensors the kept graphs hold (for accounting)."""
+        held = self.saved_tensors + [t for pair in zip(self.xs, self.fs) for t in pair]
+        self.saved_storages, self.saved_tensors = set(), []
+        return held
+
+
 @slow_attention()
-def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs) -> Tape:
-    """Exact forward pass without autograd, keeping each layer's replay record."""
+def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
+    """Exact forward pass, keeping each layer's replay record: returns (tape, kept).
+
+    Without a graph, except for the last ``stack.kept`` layers, whose graphs are kept
+    (``kept``, a :class:`KeptGraphs`; None when ``stack.kept`` is 0). The state at the
+    first of them is set aside for the backward pass and the forward goes on with a
+    copy, so the tape at the top stays whole (``MomentumNet.inverse`` can use it).
+    """
     dtype = x0.dtype
+    depth = len(stack.functions)
     x, v, buffer = initial_state(stack, x0, v0)
     k = exact.ExactKernels(x, stack.n)
     replays = []
+    kept = None
+    start = depth - min(stack.kept, depth)
     # one preallocated slot per layer: a list of small tensors would pin freed memory
-    peak_per_layer = torch.zeros(len(stack.functions), dtype=torch.float64, device=x.device)
+    peak_per_layer = torch.zeros(depth, dtype=torch.float64, device=x.device)
     xf = exact.to_float(x, dtype)
     with torch.no_grad():
-        for i in range(len(stack.functions)):
-            f, replay = _call_recording(stack, i, xf, args, kwargs)
+        for i in range(depth):
+            if i < start:
+                f, replay = _call_recording(stack, i, xf, args, kwargs)
+            else:
+                if kept is None:
+                    kept = KeptGraphs(start, Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype))
+                    x, v, buffer = x.clone(), v.clone(), buffer.copy()
+                f, replay = _call_keeping(stack, i, xf, args, kwargs, kept)
             buffer.before_push(stack.n)
-            xf, peak = k.forward_step(x, v, buffer.state, f)
+            xf, peak = k.forward_step(x, v, buffer.state, f.detach())
+            if i >= start:
+                _release_unsaved_root(f, kept.xs[-1], kept.saved_storages)
             peak_per_layer[i] = peak
             replays.append(replay)
-    if len(stack.functions):
+    if depth:
         worst = float(peak_per_layer.max())
         if not worst < exact.VALUE_LIMIT:
             layer = int(torch.nan_to_num(peak_per_layer, nan=float("inf")).argmax())
             exact.check_range(worst, f"the activation after layer {layer + 1} of the momentum stack")
-    return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype)
+    return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype), kept
+
+
+def _call_keeping(stack: Stack, i: int, xf, args, kwargs, kept: KeptGraphs):
+    """`_call_recording` with a graph from a leaf copy of x to f, kept in ``kept``."""
+    xf = xf.detach().requires_grad_(True)
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(kept.note_saved, _unpack):
+        f, replay = _call_recording(stack, i, xf, args, kwargs)
+    kept.xs.append(xf)
+    kept.fs.append(f)
+    kept.params.append(stack.layer_params[i])
+    return f, replay
 
 
 def initial_state(stack: Stack, x0: torch.Tensor, v0: torch.Tensor | None):
@@ -354,7 +421,10 @@ class MemoryFreeMomentum(torch.autograd.Function):
     def forward(ctx, stack: Stack, holder: dict, n_params: int, x0, v0, *inputs):
         arg_leaves = inputs[n_params:]  # the parameters are inputs only for autograd
         args, kwargs = tree_unflatten(list(arg_leaves), stack.args_spec)
-        tape = run_forward(stack, x0, v0, args, kwargs)
+        if stack.kept and any(isinstance(a, torch.Tensor) and a.requires_grad for a in arg_leaves):
+            # kept graphs would have to reach the arguments' own leaves: invert all layers
+            stack = dataclasses.replace(stack, kept=0)
+        tape, kept = run_forward(stack, x0, v0, args, kwargs)
         holder["tape"] = tape
         # The tape is kept on ctx, not through save_for_backward: backward unwinds it in
         # place (no second copy of x, v and the buffer), and a second backward
@@ -362,12 +432,16 @@ class MemoryFreeMomentum(torch.autograd.Function):
         # that unwinding leaves behind, or from the float inputs once it has dropped
         # them (_keep_inputs). Memory accounting sees it through observe_held_tensors.
         ctx.stack, ctx.tape, ctx.n_params, ctx.holder = stack, tape, n_params, holder
+        ctx.kept = kept
         # weak references to the float inputs: if they are still alive when backward
         # reaches depth 0, the exact state can go there (a second backward rebuilds it
         # from them); keeping them alive ourselves would cost memory in the forward pass
         ctx.inputs = [(weakref.ref(t), t._version) if t is not None else None for t in (x0, v0)]
+        held = tape.tensors() if kept is None else [*tape.tensors(), *kept.bottom.tensors(),
+                                                    *kept.forward_done()]
         for observe in _HELD_OBSERVERS.get():
-            observe(tape.tensors())
+            observe(held)
+        held = None
         ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
         ctx.save_for_backward(*[a for a in arg_leaves if isinstance(a, torch.Tensor)])
@@ -379,13 +453,20 @@ class MemoryFreeMomentum(torch.autograd.Function):
         saved_args = iter(ctx.saved_tensors)
         arg_leaves = [next(saved_args) if t else o for t, o in zip(ctx.leaf_is_tensor, ctx.other_leaves)]
         stack: Stack = ctx.stack
-        tape: Tape = ctx.tape
-        if tape.consumed:  # second backward through the same graph (retain_graph=True)
-            replay_forward(stack, tape, *tree_unflatten(list(arg_leaves), stack.args_spec),
-                           inputs=_kept_inputs(ctx))
+        kept, ctx.kept = ctx.kept, None  # a kept graph can be backpropagated once
+        if kept is not None:
+            # the layers from kept.start up are not inverted: the top tape is not needed
+            # here (it stays whole for a caller holding the MomentumState)
+            tape = ctx.tape = kept.bottom
+            ctx.holder.pop("tape", None)
+        else:
+            tape = ctx.tape
+            if tape.consumed:  # second backward through the same graph (retain_graph=True)
+                replay_forward(stack, tape, *tree_unflatten(list(arg_leaves), stack.args_spec),
+                               inputs=_kept_inputs(ctx))
         # the parameters as they are now (the recomputation uses them; under
         # torch.func.functional_call the forward's were swapped-in stand-ins)
-        stack = dataclasses.replace(stack)
+        stack = dataclasses.replace(stack, kept=0)
         params = stack.params
         needs = ctx.needs_input_grad[5:]
         param_needs, arg_needs = needs[: ctx.n_params], needs[ctx.n_params:]
@@ -408,9 +489,12 @@ class MemoryFreeMomentum(torch.autograd.Function):
         # the first layer (a name in this frame would keep it alive to the end)
         handed = grad_x = grad_v = None
 
-        def on_layer(i, xf, f):
+        def on_layer(i, xf, f, used=None):
+            """Layer i's backward; ``used``: its parameters as its kept graph used them."""
             mine = layer_params[i]
-            grads = adjoint.step(xf, f, [*(params[j] for j in mine), *wrt_args], last=i == 0)
+            wrt = ([params[j] for j in mine] if used is None else
+                   [u for u, p in zip(used, stack.layer_params[i]) if param_needs[position[id(p)]]])
+            grads = adjoint.step(xf, f, [*wrt, *wrt_args], last=i == 0)
             for j, gp in zip(mine, grads[:len(mine)]):
                 if gp is not None:
                     grad_params[j] = gp if grad_params[j] is None else grad_params[j].add_(gp)
@@ -418,7 +502,14 @@ class MemoryFreeMomentum(torch.autograd.Function):
                 if ga is not None:
                     grad_args[j] = ga if grad_args[j] is None else grad_args[j].add_(ga)
 
-        run_inverse(stack, tape, args, kwargs, on_layer=on_layer, consume=True,
+        bottom = stack
+        if kept is not None:
+            for i in range(len(stack.functions) - 1, kept.start - 1, -1):
+                j = i - kept.start
+                on_layer(i, kept.xs[j], kept.fs[j], kept.params[j])
+                kept.xs[j] = kept.fs[j] = None  # the graph is spent: let its leaf go too
+            bottom = dataclasses.replace(stack, functions=stack.functions[:kept.start])
+        run_inverse(bottom, tape, args, kwargs, on_layer=on_layer, consume=True,
                     release=functools.partial(_keep_inputs, ctx))
         it_a = iter(grad_args)
         out_params = [g if need else None for g, need in zip(grad_params, param_needs)]
