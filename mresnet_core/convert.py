@@ -183,7 +183,8 @@ def _convert_container(container, gamma, keep_first, memory_efficient):
     first, rest = (blocks[0], blocks[1:]) if keep_first else (None, blocks)
     if not rest:
         return container  # a single kept block: nothing to put in a momentum stack
-    stack = MomentumNet(rest, gamma, memory_efficient=memory_efficient, residual=False)
+    stack = MomentumNet(rest, gamma, memory_efficient=memory_efficient, residual=False,
+                        within_network=True)
     stack.training = container.training
     parts = [first, stack] if keep_first else [stack]
     if isinstance(container, nn.Sequential):

@@ -68,13 +68,16 @@ class MomentumNet(nn.Module):
         residual: True if each module *is* f; False if it already adds its input
             (a torchvision block), so that f(x) = module(x) - x.
         init_velocity: None for v0 = 0, or a module giving v0 = init_velocity(x0).
+        within_network: for "auto": plan the stack as part of a larger network, whose
+            other activations share the step's peak (``to_momentumnet`` sets it), rather
+            than as the whole step (``plan.choose_mode``).
 
     Extra positional and keyword arguments of ``forward`` reach every function unchanged.
     """
 
     def __init__(self, functions: Sequence[nn.Module], gamma: float = 0.9, *,
                  memory_efficient: bool | str = True, residual: bool = True,
-                 init_velocity: nn.Module | None = None):
+                 init_velocity: nn.Module | None = None, within_network: bool = False):
         super().__init__()
         if isinstance(functions, nn.Module) and not isinstance(functions, (nn.ModuleList, nn.Sequential)):
             raise TypeError("functions must be a sequence of nn.Module (e.g. a list or "
@@ -89,6 +92,7 @@ class MomentumNet(nn.Module):
         self.functions = nn.ModuleList(functions)
         self.init_velocity = init_velocity
         self.residual = bool(residual)
+        self.within_network = bool(within_network)
         self._n = exact.gamma_numerator(gamma)
         self.memory_efficient = memory_efficient  # checked by the setter
 
@@ -126,7 +130,8 @@ class MomentumNet(nn.Module):
         if x is None:
             return self._last_plan
         self._check_input(x)
-        return make_plan(self._stack(), x, args, kwargs, self._requested, self._n > 0)
+        return make_plan(self._stack(), x, args, kwargs, self._requested, self._n > 0,
+                         self.within_network)
 
     def _mode_for(self, x, args, kwargs) -> tuple:
         """(mode, kept layers) of this call: the forced mode, or the plan for x's shape
@@ -135,10 +140,10 @@ class MomentumNet(nn.Module):
             return self._requested, 0
         if not torch.is_grad_enabled():
             return "backprop", 0  # nothing is saved without a graph
-        key = (tuple(x.shape), x.dtype, x.device)
+        key = (tuple(x.shape), x.dtype, x.device, self.within_network)
         plan = self._plans.get(key)
         if plan is None:
-            plan = make_plan(self._stack(), x, args, kwargs, "auto", self._n > 0)
+            plan = make_plan(self._stack(), x, args, kwargs, "auto", self._n > 0, self.within_network)
             self._plans[key] = plan
         self._last_plan = plan
         return plan.mode, plan.kept

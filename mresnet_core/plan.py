@@ -17,15 +17,25 @@ the peak of a whole training step (gradients included):
 
 * backprop, recompute: ``depth x layer bytes`` (recompute holds them only during its own
   backward, and nothing from the forward pass);
-* exact: the exact state (20 bytes per element, 24 for gamma < 2**-8, + the buffer's log2(1/gamma) bits per
-  element per layer + replay records) + one layer's activations + the backward's
-  full-size temporaries + the stack's parameter gradients but the first layer's, which
-  the exact backward allocates while that state is still held (its peak is at the end
-  of its backward; the state is dropped once depth 0 is reached).
+* exact: the exact state (20 bytes per element, 24 for gamma < 2**-8, + the buffer's
+  log2(1/gamma) bits per element per layer + replay records) + one layer's activations
+  + the backward's full-size temporaries (+ the eager kernels' scratch, where they are
+  not compiled) + the stack's parameter gradients but the first layer's, which the
+  exact backward allocates while that state is still held (its peak is at the end of
+  its backward; the state is dropped once depth 0 is reached).
 
-It picks exact inversion when its estimate is below ``EXACT_MARGIN`` times the
-activations, else recompute when that frees at least two input-sized tensors per
-stack, else backprop. ``MomentumNet.memory_plan()`` and
+How they compare depends on where the stack sits (``choose_mode``). A stack inside a
+larger network (``within_network``, set by ``to_momentumnet``) shares the step's peak
+with the other layers' activations, which typically peaks at the end of the forward
+pass: what the stack holds through the rest of the forward pass counts, so it picks
+exact inversion when its estimate is below ``EXACT_MARGIN`` times the activations, else
+recompute (nothing held in the forward) when that frees at least two input-sized
+tensors, else backprop. A stack on its own (a ``MomentumNet`` built directly) is the
+whole step: its own peaks count, the end of its forward pass for backprop (the
+activations) and the end of its backward for exact inversion, so it picks exact
+inversion when its estimate is below the activations plus the backward's full-size
+temporaries, else backprop (recomputing would hold the same activations during its
+backward, and more). ``MomentumNet.memory_plan()`` and
 ``mresnet_core.memory.describe(model)`` show the choice and the estimates.
 
 An exact stack chosen by "auto" also keeps the graphs of its last ``kept`` layers from
@@ -66,6 +76,9 @@ def exact_state_bytes(n: int) -> int:
 #: incoming gradient is handed over and freed after the last layer), measured on the
 #: toy stack (Linear-Tanh-Linear, d=500)
 EXACT_BACKWARD_TEMPORARIES = 3
+#: scratch of the eager exact kernels per element of a slice (their int64 and float64
+#: temporaries; measured 62.8-63.9 on the toy stack); the compiled kernels need none
+EAGER_KERNEL_BYTES = 64
 #: exact inversion must save at least 10% over keeping the activations
 EXACT_MARGIN = 0.9
 
@@ -128,8 +141,16 @@ def layer_saved_bytes(stack: Stack, module, x: torch.Tensor, args, kwargs) -> in
     return report.nbytes
 
 
+def eager_kernel_bytes(x: torch.Tensor, n: int) -> int:
+    """Scratch the exact kernels take for tensors like ``x``: none when compiled (CPU,
+    32k elements or more), else their temporaries on slices of up to EAGER_CHUNK."""
+    if exact.ExactKernels(x, n).compiled:
+        return 0
+    return EAGER_KERNEL_BYTES * min(x.numel(), exact.EAGER_CHUNK.get(x.device.type, 1 << 20))
+
+
 def make_plan(stack: Stack, x: torch.Tensor, args, kwargs, requested: str,
-              invertible: bool) -> StackPlan:
+              invertible: bool, within_network: bool = False) -> StackPlan:
     """Measure one layer and estimate every mode (see the module docstring)."""
     functions = list(stack.functions)
     depth = len(functions)
@@ -145,22 +166,30 @@ def make_plan(stack: Stack, x: torch.Tensor, args, kwargs, requested: str,
         replay = sum(b.numel() * b.element_size() for bs in stack.layer_buffers for b in bs)
         held = numel * exact_state_bytes(stack.n) + int(depth * numel * bits / 8) + replay
         # the state goes when backward reaches depth 0, before the first layer's gradients
-        estimates["exact"] = held + layer + EXACT_BACKWARD_TEMPORARIES * numel * item + grads - first_grads
+        estimates["exact"] = (held + layer + EXACT_BACKWARD_TEMPORARIES * numel * item + grads - first_grads
+                              + eager_kernel_bytes(x, stack.n))
     kept = 0
-    if requested != "auto":
-        mode = requested
-    elif estimates["exact"] is not None and estimates["exact"] < EXACT_MARGIN * activations:
-        mode = "exact"
+    mode = requested if requested != "auto" else choose_mode(
+        estimates, numel * item, within_network)
+    if requested == "auto" and mode == "exact":
         # besides the graphs: the copy of the exact state, and a margin of full-size
         # temporaries (measured: without it, 0.4% above the all-inverted peak at depth 256)
         extra = numel * exact_state_bytes(stack.n) + EXACT_BACKWARD_TEMPORARIES * numel * item
         kept = kept_layers(depth, layer, extra, grads, first_grads)
-    elif activations >= 2 * numel * item:
-        mode = "recompute"
-    else:
-        mode = "backprop"
     return StackPlan(mode=mode, requested=requested, depth=depth, shape=tuple(x.shape),
                      layer_bytes=layer, gradient_bytes=grads, estimates=estimates, kept=kept)
+
+
+def choose_mode(estimates: dict, input_bytes: int, within_network: bool) -> str:
+    """The mode "auto" picks from a plan's estimates (module docstring); ``input_bytes``:
+    one tensor of the stack's input size."""
+    exact_bytes, activations = estimates["exact"], estimates["backprop"]
+    if within_network:
+        if exact_bytes is not None and exact_bytes < EXACT_MARGIN * activations:
+            return "exact"
+        return "recompute" if activations >= 2 * input_bytes else "backprop"
+    temporaries = EXACT_BACKWARD_TEMPORARIES * input_bytes
+    return "exact" if exact_bytes is not None and exact_bytes < activations + temporaries else "backprop"
 
 
 def kept_layers(depth: int, layer: int, extra: int, grads: int, layer_grads: int) -> int:

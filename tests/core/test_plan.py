@@ -35,10 +35,30 @@ def test_auto_keeps_a_one_block_stack_plain_and_inverts_a_long_one():
     assert plan.estimates["exact"] < plan.estimates["backprop"]
     assert plan.layer_bytes == (128 * 32 + 128 * 8) * 4  # Linear input + tanh output
     assert "exact (chosen" in str(plan)
-    # a medium stack whose activations are not worth keeping is recomputed
+    # a medium stack: on its own, ordinary backprop (recomputing would hold the same
+    # activations in its backward); inside a network, recomputed (nothing held meanwhile)
     mid = MomentumNet(toy(4), 0.9, memory_efficient="auto")
     mid(x).sum().backward()
+    assert mid.training_mode == "backprop"
+    mid.within_network = True
+    mid(x).sum().backward()
     assert mid.training_mode == "recompute"
+
+
+@pytest.mark.parametrize("d, hidden, batch", [(32, 8, 128), (200, 40, 256)])
+def test_a_lone_stack_under_auto_never_needs_more_than_ordinary_backprop(d, hidden, batch):
+    """Measured whole steps: eager kernels (small tensors) and compiled ones (large)."""
+    x = torch.randn(batch, d)
+    modes = {}
+    for depth in (2, 8, 16, 32):
+        torch.manual_seed(depth)
+        fns = [nn.Sequential(nn.Linear(d, hidden), nn.Tanh(), nn.Linear(hidden, d)) for _ in range(depth)]
+        auto = MomentumNet(fns, 0.9, memory_efficient="auto")
+        ordinary = MomentumNet(fns, 0.9, memory_efficient=False)
+        peak = training_step_memory(auto, x).whole_step
+        assert peak <= training_step_memory(ordinary, x).whole_step
+        modes[depth] = auto.training_mode
+    assert modes[2] == "backprop" and modes[32] == "exact"
 
 
 def test_auto_never_inverts_gamma_0_and_no_grad_runs_plain():
