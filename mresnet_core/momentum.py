@@ -140,7 +140,10 @@ class MomentumNet(nn.Module):
             return self._requested, 0
         if not torch.is_grad_enabled():
             return "backprop", 0  # nothing is saved without a graph
-        key = (tuple(x.shape), x.dtype, x.device, self.within_network)
+        # the trainable parameters are part of the key: freezing layers after a step
+        # changes the gradients the plan counts on (and the graphs it may keep)
+        trainable = sum(p.numel() for p in self.functions.parameters() if p.requires_grad)
+        key = (tuple(x.shape), x.dtype, x.device, self.within_network, trainable)
         plan = self._plans.get(key)
         if plan is None:
             plan = make_plan(self._stack(), x, args, kwargs, "auto", self._n > 0, self.within_network)

@@ -131,6 +131,18 @@ def test_nothing_is_kept_without_parameter_gradients_to_make_room():
     assert net.training_mode == "exact" and net.memory_plan().kept == 0
 
 
+def test_freezing_the_parameters_after_a_step_plans_again():
+    fns = toy(256)
+    net = MomentumNet(fns, 0.9, memory_efficient="auto")
+    x = torch.randn(128, 32, requires_grad=True)
+    net(x).sum().backward()
+    assert net.memory_plan().kept > 0
+    for f in fns:
+        f.requires_grad_(False)
+    net(x).sum().backward()
+    assert net.training_mode == "exact" and net.memory_plan().kept == 0
+
+
 def test_kept_layers_budget():
     # room = grads - 2 * layer grads - extra (here 1100 bytes: 11 layers of 100)
     assert kept_layers(100, layer=100, extra=500, grads=2000, layer_grads=200) == 11
