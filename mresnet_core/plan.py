@@ -47,9 +47,9 @@ exist yet, so ``kept`` is the largest number whose graphs, with that copy, fit i
 gradients the backward allocates afterwards (``kept_layers``): the whole-step peak
 stays that of inverting every layer, and the gradient-free activation peak grows.
 With no parameter gradients to make room, or forced exact inversion
-(``memory_efficient=True``), nothing is kept. This holds for PyTorch's default
-``zero_grad(set_to_none=True)``; with gradients kept allocated between steps, the kept
-graphs add to the peak.
+(``memory_efficient=True``), nothing is kept. The room is there also when ``.grad``
+tensors stay allocated between steps (``zero_grad(set_to_none=False)``, accumulation):
+the stack's backward returns new gradient tensors for all its parameters either way.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from torch import nn
 
 import mresnet_core.plan as plan_module
 from mresnet_core import MomentumNet, exact
-from mresnet_core.memory import describe, saved_tensor_bytes, training_step_memory
+from mresnet_core.memory import describe, measure_step_memory, saved_tensor_bytes, training_step_memory
 from mresnet_core.plan import exact_state_bytes, kept_layers
 from helpers import Scaled, grads, mlp_stack
 
@@ -141,6 +141,21 @@ def test_freezing_the_parameters_after_a_step_plans_again():
         f.requires_grad_(False)
     net(x).sum().backward()
     assert net.training_mode == "exact" and net.memory_plan().kept == 0
+
+
+def test_kept_graphs_fit_also_while_gradients_stay_allocated():
+    """zero_grad(set_to_none=False): the stack's backward still returns new gradient
+    tensors for all its parameters, so the kept graphs still fit in that room."""
+    fns = toy(256)
+    x = torch.randn(128, 32)
+    peaks = {}
+    for mode in (True, "auto"):
+        net = MomentumNet(fns, 0.9, memory_efficient=mode)
+        net(x).sum().backward()
+        net.zero_grad(set_to_none=False)
+        peaks[mode] = measure_step_memory(lambda: net(x).sum().backward()).peak
+    assert net.memory_plan().kept > 0
+    assert peaks["auto"] <= peaks[True] * 1.01
 
 
 def test_kept_layers_budget():
