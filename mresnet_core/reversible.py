@@ -202,15 +202,13 @@ class KeptGraphs:
 
     ``xs[j]``, ``fs[j]``: the float input (a leaf) and the output of layer ``start + j``,
     with the graph between them (f's data is freed when no node of the graph saved it);
-    ``params[j]``: that layer's parameters as the forward pass used them; ``bottom``:
-    the exact state at depth ``start``, for inverting the layers below.
+    ``bottom``: the exact state at depth ``start``, for inverting the layers below.
     """
 
     start: int
     bottom: Tape
     xs: list = field(default_factory=list)
     fs: list = field(default_factory=list)
-    params: list = field(default_factory=list)
     # what the graphs saved, gathered during the forward pass: storages (to know whether
     # f's data may be freed) and the tensors (for memory accounting, then let go)
     saved_storages: set = field(default_factory=set)
@@ -278,7 +276,6 @@ def _call_keeping(stack: Stack, i: int, xf, args, kwargs, kept: KeptGraphs):
         f, replay = _call_recording(stack, i, xf, args, kwargs)
     kept.xs.append(xf)
     kept.fs.append(f)
-    kept.params.append(stack.layer_params[i])
     return f, replay
 
 
@@ -489,12 +486,10 @@ class MemoryFreeMomentum(torch.autograd.Function):
         # the first layer (a name in this frame would keep it alive to the end)
         handed = grad_x = grad_v = None
 
-        def on_layer(i, xf, f, used=None):
-            """Layer i's backward; ``used``: its parameters as its kept graph used them."""
+        def on_layer(i, xf, f, source=params):
+            """Layer i's backward; ``source``: the parameters its graph was built with."""
             mine = layer_params[i]
-            wrt = ([params[j] for j in mine] if used is None else
-                   [u for u, p in zip(used, stack.layer_params[i]) if param_needs[position[id(p)]]])
-            grads = adjoint.step(xf, f, [*wrt, *wrt_args], last=i == 0)
+            grads = adjoint.step(xf, f, [*(source[j] for j in mine), *wrt_args], last=i == 0)
             for j, gp in zip(mine, grads[:len(mine)]):
                 if gp is not None:
                     grad_params[j] = gp if grad_params[j] is None else grad_params[j].add_(gp)
@@ -506,7 +501,8 @@ class MemoryFreeMomentum(torch.autograd.Function):
         if kept is not None:
             for i in range(len(stack.functions) - 1, kept.start - 1, -1):
                 j = i - kept.start
-                on_layer(i, kept.xs[j], kept.fs[j], kept.params[j])
+                # the kept graphs hold the forward's parameters, in the same order
+                on_layer(i, kept.xs[j], kept.fs[j], ctx.stack.params)
                 kept.xs[j] = kept.fs[j] = None  # the graph is spent: let its leaf go too
             bottom = dataclasses.replace(stack, functions=stack.functions[:kept.start])
         run_inverse(bottom, tape, args, kwargs, on_layer=on_layer, consume=True,
