@@ -229,11 +229,14 @@ COMPILE_MIN_NUMEL = 1 << 15
 
 
 def backend_setting() -> str:
-    """'auto' (default), 'eager' or 'compile', from the MRESNET_EXACT_BACKEND variable."""
+    """'auto' (default), 'eager', 'compile' or 'native', from the MRESNET_EXACT_BACKEND variable."""
     value = os.environ.get("MRESNET_EXACT_BACKEND", "auto").strip().lower()
-    if value not in ("auto", "eager", "compile"):
-        raise ValueError(f"MRESNET_EXACT_BACKEND must be auto, eager or compile, got {value!r}")
+    if value not in BACKENDS:
+        raise ValueError(f"MRESNET_EXACT_BACKEND must be one of {', '.join(BACKENDS)}, got {value!r}")
     return value
+
+
+BACKENDS = ("auto", "eager", "compile", "native")
 
 
 class _Compiled:
@@ -255,25 +258,51 @@ def _compiled() -> _Compiled:
     return _Compiled()
 
 
+@functools.lru_cache(maxsize=None)
+def _native_unavailable_warning(why: str) -> None:
+    warnings.warn(f"MRESNET_EXACT_BACKEND=native, but {why}; using the torch kernels (same results)")
+
+
 class ExactKernels:
     """The element-wise steps of the exact momentum update, for gamma = n / 2**16 and
     tensors like ``example``: `forward_step`, `undo_position`, `undo_velocity`.
 
-    ``backend`` (default: the MRESNET_EXACT_BACKEND variable, else 'auto'): 'auto' compiles them (torch.compile, one fused loop each) on
-    the CPU for tensors of at least COMPILE_MIN_NUMEL elements and stays eager below that
-    and on CUDA (memory-bound kernels already); 'compile' compiles everywhere, 'eager'
-    nowhere. If compiling fails, eager torch takes over with one warning. Same bits
-    either way.
+    ``backend`` (default: the MRESNET_EXACT_BACKEND variable, else 'auto'):
+
+    * 'native': the C kernels (``exact_native.py``) on the CPU, for float32/float64
+      residuals and the 31-bit buffer state (gamma >= 2**-8); built once per machine;
+    * 'compile': torch.compile (one fused loop per kernel; compiled per shape);
+    * 'eager': plain torch on slices of EAGER_CHUNK elements;
+    * 'auto': native where it applies, else compiled on the CPU for tensors of at least
+      COMPILE_MIN_NUMEL elements, else eager (and on CUDA: memory-bound kernels already).
+
+    A call the chosen backend cannot take (another dtype, a layout) goes to the next one;
+    if building or compiling fails, eager torch takes over (a warning for 'compile' and
+    'native', which were asked for by name). Same bits in every case.
     """
 
     def __init__(self, example: torch.Tensor, n: int, backend: str | None = None):
         setting = backend_setting() if backend is None else backend
-        if setting not in ("auto", "eager", "compile"):
-            raise ValueError(f"backend must be auto, eager or compile, got {setting!r}")
-        want = setting == "compile" or (
-            setting == "auto" and example.device.type == "cpu" and example.numel() >= COMPILE_MIN_NUMEL)
+        if setting not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {setting!r}")
+        cpu = example.device.type == "cpu"
         self.n = n
+        self.native = None
+        if setting in ("auto", "native") and cpu and buffer_layout(n)[0] < 32:
+            from . import exact_native  # builds the C library on first use
+
+            if exact_native.available():
+                self.native = exact_native.NativeKernels(n)
+            elif setting == "native":
+                _native_unavailable_warning(exact_native.build_error() or "the C kernels are not available")
+        want = setting == "compile" or (setting == "auto" and cpu and example.numel() >= COMPILE_MIN_NUMEL)
         self.compiled = bool(want and _compiled().usable)
+
+    def scratch_free(self, dtype: torch.dtype) -> bool:
+        """Whether calls with residuals of ``dtype`` need no eager temporaries (native or compiled)."""
+        from .exact_native import NativeKernels
+
+        return self.compiled or (self.native is not None and dtype in NativeKernels.DTYPES)
 
     def _run(self, name: str, *args):
         if self.compiled:
@@ -288,15 +317,64 @@ class ExactKernels:
 
     def forward_step(self, x, v, state, f):
         """In place: v <- gamma v + (1 - gamma) f, x <- x + v; returns (float x, peak)."""
+        if self.native is not None and self.native.handles(f.dtype, x, v, state):
+            return self.native.forward_step(x, v, state, f)
         return self._run("forward_step", x, v, state, f, self.n)
 
     def undo_position(self, x, v, dtype):
         """In place: x <- x - v; returns float x."""
+        if self.native is not None and self.native.handles(dtype, x, v):
+            return self.native.undo_position(x, v, dtype)
         return self._run("undo_position", x, v, dtype)
 
     def undo_velocity(self, v, state, f):
         """In place: the inverse of forward_step's velocity update, given f(x_n)."""
+        if self.native is not None and self.native.handles(f.dtype, v, v, state):
+            self.native.undo_velocity(v, state, f)
+            return None
         return self._run("undo_velocity", v, state, f, self.n)
+
+    # One layer with its buffer bookkeeping. The C kernels return the largest (forward)
+    # or smallest (inverse) buffer state as they go, so the buffer's bounds are exact and
+    # spilling or refilling reads the state only when a word moves.
+
+    def _native_for(self, dtype, x, v, buffer: "InformationBuffer") -> bool:
+        return (self.native is not None and buffer.word_bits == WORD_BITS
+                and self.native.handles(dtype, x, v, buffer.state))
+
+    def push(self, x, v, buffer: "InformationBuffer", f):
+        """``buffer.before_push`` then `forward_step`: one layer forward, in place;
+        returns (float x, peak)."""
+        if not self._native_for(f.dtype, x, v, buffer):
+            buffer.before_push(self.n)
+            return self.forward_step(x, v, buffer.state, f)
+        limit = self.n << (buffer.state_bits - GAMMA_BITS)
+        if buffer._upper >= limit:
+            word, buffer._upper = self.native.spill(buffer.state, limit)
+            if word is not None:
+                buffer.words.append(word)
+        xf, peak, buffer._upper = self.native.forward_step(x, v, buffer.state, f)
+        buffer._lower = -1  # unknown, as after before_push
+        return xf, peak
+
+    def pop(self, v, buffer: "InformationBuffer", f, release=None) -> None:
+        """`undo_velocity` then ``buffer.after_pop``: one layer's velocity back, in place.
+        ``release()``, if given, is called in between: f is no longer needed there, and
+        nothing has been allocated yet."""
+        if not self._native_for(f.dtype, v, v, buffer):
+            self.undo_velocity(v, buffer.state, f)
+            f = release() if release is not None else None
+            buffer.after_pop(self.n)
+            return
+        low = buffer.low
+        smallest = self.native.undo_velocity(v, buffer.state, f)
+        f = release() if release is not None else None
+        if smallest < low:
+            total = self.native.refill_count(buffer.state, low)
+            if not buffer.words or buffer.words[-1].numel() != total:
+                raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
+            smallest = self.native.refill(buffer.state, low, buffer.words.pop())
+        buffer._lower, buffer._upper = smallest, 1 << 62  # as after after_pop
 
 
 # --------------------------------------------------------------------------------------

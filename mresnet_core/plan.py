@@ -77,7 +77,7 @@ def exact_state_bytes(n: int) -> int:
 #: toy stack (Linear-Tanh-Linear, d=500)
 EXACT_BACKWARD_TEMPORARIES = 3
 #: scratch of the eager exact kernels per element of a slice (their int64 and float64
-#: temporaries; measured 62.8-63.9 on the toy stack); the compiled kernels need none
+#: temporaries; measured 62.8-63.9 on the toy stack); the C and compiled kernels need none
 EAGER_KERNEL_BYTES = 64
 #: exact inversion must save at least 10% over keeping the activations
 EXACT_MARGIN = 0.9
@@ -142,9 +142,10 @@ def layer_saved_bytes(stack: Stack, module, x: torch.Tensor, args, kwargs) -> in
 
 
 def eager_kernel_bytes(x: torch.Tensor, n: int) -> int:
-    """Scratch the exact kernels take for tensors like ``x``: none when compiled (CPU,
-    32k elements or more), else their temporaries on slices of up to EAGER_CHUNK."""
-    if exact.ExactKernels(x, n).compiled:
+    """Scratch the exact kernels take for tensors like ``x``: none for the C kernels or
+    the compiled ones (``ExactKernels.scratch_free``), else the eager kernels'
+    temporaries on slices of up to EAGER_CHUNK."""
+    if exact.ExactKernels(x, n).scratch_free(x.dtype):
         return 0
     return EAGER_KERNEL_BYTES * min(x.numel(), exact.EAGER_CHUNK.get(x.device.type, 1 << 20))
 
