@@ -9,7 +9,9 @@ ImportError that names it, and :func:`check` (run by the test suite) lists all o
   converted encoder/decoder canonicalises masks exactly as the original does;
 * ``_ConvNd``, the base class of every convolution, to see a shape-changing block, and
   ``_BatchNorm``, of every batch norm, to freeze them (both fall back to the public classes);
-* the profiler's event tree (allocation addresses) behind the CPU step-memory peak.
+* the profiler's event tree (allocation addresses) behind the CPU step-memory peak;
+* the generated autograd node classes (``torch._C._functions``), to see whether the
+  node that made a tensor saved it (``node_saves_its_output``).
 """
 from __future__ import annotations
 
@@ -53,6 +55,29 @@ try:
 except ImportError:  # the public classes cover every batch norm torch ships
     _MISSING["torch.nn.modules.batchnorm._BatchNorm"] = "freezing BatchNorm layers (public classes used)"
     BatchNormBase = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+try:
+    from torch._C import _functions as _generated_nodes
+except ImportError:
+    _generated_nodes = None
+    _MISSING["torch._C._functions"] = "freeing a recomputed residual's output early (kept instead)"
+_SAVED_OUTPUTS: dict = {}
+
+
+def node_saves_its_output(node, output_nr: int) -> bool:
+    """Whether autograd node ``node`` keeps its output ``output_nr`` for backward (as
+    TanhBackward0 keeps tanh's result), from its class: the nodes torch generates expose
+    what they save as ``_saved_*`` attributes, outputs as ``_saved_result`` (or
+    ``_saved_result<k>``). Any other node (custom functions, C++ nodes) counts as keeping it."""
+    key = (type(node), output_nr)
+    known = _SAVED_OUTPUTS.get(key)
+    if known is None:
+        cls = type(node)
+        generated = _generated_nodes is not None and getattr(_generated_nodes, cls.__name__, None) is cls
+        known = not generated or hasattr(cls, "_saved_result") or hasattr(cls, f"_saved_result{output_nr}")
+        _SAVED_OUTPUTS[key] = known
+    return known
 
 
 def allocation_events(prof) -> list:

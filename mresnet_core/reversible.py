@@ -26,7 +26,7 @@ import torch
 
 from . import exact
 from .adjoint import MomentumAdjoint
-from ._torch_private import tree_unflatten
+from ._torch_private import node_saves_its_output, tree_unflatten
 
 _HELD_OBSERVERS: contextvars.ContextVar = contextvars.ContextVar("mresnet_held_observers", default=())
 
@@ -88,16 +88,22 @@ class Stack:
         return self.n / exact.GAMMA_DENOMINATOR
 
     # Walking a module's parameters or buffers costs microseconds per layer; a stack is
-    # made per forward call, so these are gathered once for its forward and backward.
+    # made per forward call, so these are gathered once for its forward and backward,
+    # both in one walk of each function's modules.
     @functools.cached_property
-    def layer_params(self) -> list:
-        """Each function's parameters (lists, in module order)."""
-        return [list(m.parameters()) for m in self.functions]
+    def _members(self) -> tuple:
+        walks = [_parameters_and_buffers(m) for m in self.functions]
+        return [w[0] for w in walks], [w[1] for w in walks]
 
-    @functools.cached_property
+    @property
+    def layer_params(self) -> list:
+        """Each function's parameters (lists, in the order of ``module.parameters()``)."""
+        return self._members[0]
+
+    @property
     def layer_buffers(self) -> list:
-        """Each function's buffers (lists, in module order)."""
-        return [list(m.buffers()) for m in self.functions]
+        """Each function's buffers (lists, in the order of ``module.buffers()``)."""
+        return self._members[1]
 
     @functools.cached_property
     def params(self) -> list:
@@ -109,6 +115,18 @@ class Stack:
                     seen.add(id(p))
                     out.append(p)
         return out
+
+
+def _parameters_and_buffers(module: torch.nn.Module) -> tuple:
+    """(list(module.parameters()), list(module.buffers())) in one walk of its modules."""
+    params, buffers, seen_params, seen_buffers = [], [], set(), set()
+    for m in module.modules():
+        for members, out, seen in ((m._parameters, params, seen_params), (m._buffers, buffers, seen_buffers)):
+            for t in members.values():
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    out.append(t)
+    return params, buffers
 
 
 @contextlib.contextmanager
@@ -209,21 +227,19 @@ class KeptGraphs:
     bottom: Tape
     xs: list = field(default_factory=list)
     fs: list = field(default_factory=list)
-    # what the graphs saved, gathered during the forward pass: storages (to know whether
-    # f's data may be freed) and the tensors (for memory accounting, then let go)
-    saved_storages: set = field(default_factory=set)
+    # what the graphs saved, gathered during the forward pass for memory accounting
+    # (observe_held_tensors), then let go; not gathered when nobody observes
     saved_tensors: list = field(default_factory=list)
 
     def note_saved(self, t: torch.Tensor) -> torch.Tensor:
         """saved_tensors_hooks pack for the kept layers' calls."""
-        _note_storage(self.saved_storages, t)
         self.saved_tensors.append(t)
         return t
 
     def forward_done(self) -> list:
         """End of the forward pass: the tensors the kept graphs hold (for accounting)."""
         held = self.saved_tensors + [t for pair in zip(self.xs, self.fs) for t in pair]
-        self.saved_storages, self.saved_tensors = set(), []
+        self.saved_tensors = []
         return held
 
 
@@ -243,8 +259,11 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
     replays = []
     kept = None
     start = depth - min(stack.kept, depth)
-    # one preallocated slot per layer: a list of small tensors would pin freed memory
+    # the largest magnitude of each layer: Python floats from the C kernels, 0-dim
+    # tensors (no device sync) from the torch kernels, in one preallocated slot per
+    # layer (a list of small tensors would pin freed memory)
     peak_per_layer = torch.zeros(depth, dtype=torch.float64, device=x.device)
+    float_peaks = [0.0] * depth
     xf = exact.to_float(x, dtype)
     with torch.no_grad():
         for i in range(depth):
@@ -255,13 +274,17 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
                     kept = KeptGraphs(start, Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype))
                     x, v, buffer = x.clone(), v.clone(), buffer.copy()
                 f, replay = _call_keeping(stack, i, xf, args, kwargs, kept)
-            buffer.before_push(stack.n)
-            xf, peak = k.forward_step(x, v, buffer.state, f.detach())
+            xf, peak = k.push(x, v, buffer, f.detach())
             if i >= start:
-                _release_unsaved_root(f, kept.xs[-1], kept.saved_storages)
-            peak_per_layer[i] = peak
+                _release_unsaved_root(f, kept.xs[-1])
+            if isinstance(peak, float):
+                float_peaks[i] = peak
+            else:
+                peak_per_layer[i] = peak
             replays.append(replay)
     if depth:
+        peak_per_layer = torch.maximum(peak_per_layer, torch.tensor(float_peaks, dtype=torch.float64,
+                                                                    device=x.device))
         worst = float(peak_per_layer.max())
         if not worst < exact.VALUE_LIMIT:
             layer = int(torch.nan_to_num(peak_per_layer, nan=float("inf")).argmax())
@@ -272,7 +295,9 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
 def _call_keeping(stack: Stack, i: int, xf, args, kwargs, kept: KeptGraphs):
     """`_call_recording` with a graph from a leaf copy of x to f, kept in ``kept``."""
     xf = xf.detach().requires_grad_(True)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(kept.note_saved, _unpack):
+    observed = (torch.autograd.graph.saved_tensors_hooks(kept.note_saved, _unpack) if _HELD_OBSERVERS.get()
+                else contextlib.nullcontext())
+    with torch.enable_grad(), observed:
         f, replay = _call_recording(stack, i, xf, args, kwargs)
     kept.xs.append(xf)
     kept.fs.append(f)
@@ -306,8 +331,7 @@ def replay_forward(stack: Stack, tape: Tape, args, kwargs, inputs=None) -> None:
         for module, replay in zip(stack.functions, tape.replays):
             with _Replaying(module, replay, x.device):
                 f = stack.residual_of(module, xf, args, kwargs)
-            buffer.before_push(stack.n)
-            xf, _ = k.forward_step(x, v, buffer.state, f)
+            xf, _ = k.push(x, v, buffer, f)
     tape.consumed = False
 
 
@@ -358,14 +382,11 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                     f = stack.residual_of(module, xf, args, kwargs)
             else:
                 xf = xf.requires_grad_(True)
-                saved: set = set()
-                with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(
-                        functools.partial(_note_storage, saved), _unpack):
+                with torch.enable_grad():
                     f = stack.residual_of(module, xf, args, kwargs)
-            k.undo_velocity(v, buffer.state, f.detach())
-            if on_layer is not None:
-                _release_unsaved_root(f, xf, saved)  # before anything else is allocated
-            buffer.after_pop(stack.n)
+            # f's data may go once the velocity is undone, before anything else is allocated
+            k.pop(v, buffer, f.detach(), release=None if on_layer is None else
+                  functools.partial(_release_unsaved_root, f, xf))
             if i == 0:
                 if not buffer.is_empty():
                     raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
@@ -380,33 +401,26 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
     return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype)
 
 
-def _note_storage(saved: set, t: torch.Tensor):
-    """saved_tensors_hooks pack: remember which storages the recomputed graph keeps."""
-    try:
-        saved.add(t.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError):
-        pass
-    return t
-
-
 def _unpack(t):
     return t
 
 
-def _release_unsaved_root(f: torch.Tensor, xf: torch.Tensor, saved: set) -> None:
+def _release_unsaved_root(f: torch.Tensor, xf: torch.Tensor) -> None:
     """Free the data of f(x_n) once the exact inverse has used it, when nothing needs it.
 
     Backpropagating from f needs its graph and its shape, not its values, unless a node of
-    its graph saved it (a ReLU saves its output). Only plain tensors made by built-in ops
-    (whose saves all pass through saved_tensors_hooks, recorded in ``saved``) are freed;
-    this drops one full-size tensor from every backward step.
+    its graph saved it. Only f's own node can have: the nodes before it were made before
+    f existed, and a node that saved a tensor f was then written over in place would fail
+    its own version check. So f (a plain tensor, not a view, owning its whole storage) is
+    freed when its node is a generated one that does not save its output (a Linear's
+    does not; a ReLU's does); this drops one full-size tensor from every backward step.
     """
-    if (f.grad_fn is None or isinstance(f.grad_fn, torch.autograd.function.BackwardCFunction)
-            or f._base is not None or type(f) is not torch.Tensor or f.device.type == "meta"):
+    node = f.grad_fn
+    if (node is None or f._base is not None or type(f) is not torch.Tensor or f.device.type == "meta"
+            or node_saves_its_output(node, f.output_nr)):
         return
     storage = f.untyped_storage()
-    ptr = storage.data_ptr()
-    if ptr in saved or ptr == xf.untyped_storage().data_ptr() or storage.nbytes() != f.nbytes:
+    if storage.data_ptr() == xf.untyped_storage().data_ptr() or storage.nbytes() != f.nbytes:
         return
     storage.resize_(0)
 
