@@ -471,8 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  continue a run:  the same command with --resume (and a larger --epochs)\n"
                "  2 GPUs:          torchrun --nproc_per_node 2 -m mresnet_core.train "
                "-m mresnet101 --dataset cifar10\n"
-               "Small models on the CPU: MRESNET_EXACT_BACKEND=eager skips compiling the exact "
-               "kernels of the memory-free path (same results).",
+               "The memory-free path's exact kernels are C code built once per machine on first "
+               "use; MRESNET_EXACT_BACKEND=eager uses plain torch instead (same results).",
         formatter_class=_HelpFormatter)
     p.add_argument("-m", "--model", default=d.model, choices=MODEL_NAMES, metavar="MODEL",
                    help=f"network, one of {', '.join(MODEL_NAMES)} ('m': Momentum ResNet)")

@@ -69,7 +69,7 @@ dim = 500
 hidden = 8
 gamma_scale = 50.0  # gamma = 1 - 1 / (gamma_scale * depth)
 seed = 1
-exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (compiled on CPU), eager or compile
+exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (the C kernels on the CPU), native, compile or eager
 
 # %%
 start = setup_notebook(threads, seed)
@@ -135,7 +135,7 @@ print("memory-free keeps fewer bytes than ordinary backprop from depth",
 #
 # For each depth and path: `saved_tensors(net.forward_state, x)` (bytes autograd keeps
 # after the forward pass, parameters excluded, the memory-free path's int64 state and
-# buffer included), then one warm-up step (the first memory-free step compiles its exact
+# buffer included), then one warm-up step (the first memory-free step builds or compiles its exact
 # kernels) and one measured step (gradients set to None, forward, mean(out²),
 # backward): its peak above the level before it, from the CPU profiler's allocation
 # events or the CUDA allocator.
@@ -196,12 +196,12 @@ check_claims({
 # The paper's `memory_profiler` samples the resident set size (RSS) of the whole process:
 # the interpreter, torch and its libraries, the model, and every page the C allocator
 # holds, freed or not. Here one fresh Python process per point builds the model, runs one
-# warm-up step of a one-layer stack (so that compiling the exact kernels is not part of
+# warm-up step of a one-layer stack (so that building the exact kernels is not part of
 # the step), resets the kernel's high-water mark and runs the step
 # (`memory.peak_rss_in_fresh_process`). Every process warms up *both* paths on a one-layer
-# stack first, so both load the same libraries (the memory-free path's compiled kernels
+# stack first, so both load the same libraries (the memory-free path's exact kernels
 # included) before the measured step: their RSS baselines differ only by what the step
-# itself holds, and compilation is outside the measured interval. Each point runs twice: with glibc's default
+# itself holds, and building them is outside the measured interval. Each point runs twice: with glibc's default
 # `malloc`, and with `MALLOC_MMAP_THRESHOLD_=131072`, under which every block above
 # 128 KiB is returned to the system when freed, so the RSS follows the live tensors.
 # By default glibc raises that threshold to the largest block freed so far, after which

@@ -48,7 +48,7 @@ from mresnet_core.plotting import save_figure
 profile = "quick"
 use_cache = True  # reuse runs trained by this code version with these settings
 threads = 1
-exact_backend = "eager"  # MRESNET_EXACT_BACKEND: eager avoids torch.compile's cold start on many shapes
+exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (the C kernels on the CPU), native, compile or eager
 datasets = ["digits"]  # paper: ["cifar10", "cifar100"]
 data_dir = None  # folder holding the CIFAR data sets (downloaded there when missing and allowed)
 image_size = 16  # digits: upsampled side; CIFAR: 32

@@ -47,7 +47,7 @@ from mresnet_core.plotting import save_figure
 profile = "quick"
 use_cache = True
 threads = 1
-exact_backend = "eager"  # MRESNET_EXACT_BACKEND: eager avoids torch.compile's cold start on many shapes
+exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (the C kernels on the CPU), native, compile or eager
 dataset = "digits"  # paper: "cifar10"
 data_dir = None
 image_size = 16  # digits; None for CIFAR (32)

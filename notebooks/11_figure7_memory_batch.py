@@ -46,7 +46,7 @@ from mresnet_core.plotting import save_figure
 # %% tags=["parameters"]
 profile = "quick"
 threads = 1
-exact_backend = "eager"  # MRESNET_EXACT_BACKEND: eager avoids torch.compile's cold start on many shapes
+exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (the C kernels on the CPU), native, compile or eager
 seed = 0
 # top: memory against batch size
 depth = 101

@@ -43,7 +43,7 @@ from mresnet_core.plotting import save_figure
 profile = "quick"
 use_cache = True  # the pretraining run is cached (keyed on settings and code version)
 threads = 1
-exact_backend = "eager"  # MRESNET_EXACT_BACKEND: eager avoids torch.compile's cold start on many shapes
+exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (the C kernels on the CPU), native, compile or eager
 seed = 0
 depth = 101  # paper: 152
 width = 8
