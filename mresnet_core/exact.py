@@ -334,6 +334,17 @@ class ExactKernels:
             return None
         return self._run("undo_velocity", v, state, f, self.n)
 
+    def bind(self, x, v, buffer: "InformationBuffer", dtype: torch.dtype):
+        """The three steps on one exact state, for a stack's walk over its layers: x, v and
+        ``buffer`` are updated in place, residuals have ``dtype``. Which kernels apply is
+        decided here once, not at every layer (``BoundKernels``, or the C kernels' own
+        ``exact_native.NativeBound``)."""
+        if self._native_for(dtype, x, v, buffer):
+            from .exact_native import NativeBound
+
+            return NativeBound(self.native, x, v, buffer, dtype)
+        return BoundKernels(self, x, v, buffer, dtype)
+
     # One layer with its buffer bookkeeping. The C kernels return the largest (forward)
     # or smallest (inverse) buffer state as they go, so the buffer's bounds are exact and
     # spilling or refilling reads the state only when a word moves.
@@ -375,6 +386,25 @@ class ExactKernels:
                 raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
             smallest = self.native.refill(buffer.state, low, buffer.words.pop())
         buffer._lower, buffer._upper = smallest, 1 << 62  # as after after_pop
+
+
+class BoundKernels:
+    """``ExactKernels.push``, ``undo_position`` and ``pop`` on one exact state (x, v, buffer)."""
+
+    def __init__(self, kernels: ExactKernels, x, v, buffer: "InformationBuffer", dtype: torch.dtype):
+        self.kernels, self.x, self.v, self.buffer, self.dtype = kernels, x, v, buffer, dtype
+
+    def push(self, f):
+        """One layer forward: returns (float x, peak)."""
+        return self.kernels.push(self.x, self.v, self.buffer, f)
+
+    def undo_position(self):
+        """x <- x - v; returns float x."""
+        return self.kernels.undo_position(self.x, self.v, self.dtype)
+
+    def pop(self, f, release=None) -> None:
+        """The velocity back, given f(x_n) (``ExactKernels.pop``)."""
+        self.kernels.pop(self.v, self.buffer, f, release)
 
 
 # --------------------------------------------------------------------------------------

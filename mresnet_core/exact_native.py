@@ -234,3 +234,69 @@ class NativeKernels:
         """Give every state < low its byte back from ``word``, in element order (as
         ``InformationBuffer.after_pop``); returns the smallest state."""
         return self.lib.refill_words(state.data_ptr(), state.numel(), low, word.contiguous().data_ptr())
+
+
+class NativeBound:
+    """The C kernels bound to one exact state (x, v, buffer; updated in place) and one
+    residual dtype, checked once by ``exact.ExactKernels.bind``: each layer is then one
+    C call and the buffer's bookkeeping (``exact.ExactKernels.push``/``pop``, the same
+    steps without the per-call checks)."""
+
+    def __init__(self, kernels: NativeKernels, x, v, buffer, dtype: torch.dtype):
+        from . import exact
+
+        self.kernels, self.x, self.v, self.buffer, self.dtype = kernels, x, v, buffer, dtype
+        self.shape, self.count, self.n = x.shape, x.numel(), kernels.n
+        self.pointers = (x.data_ptr(), v.data_ptr(), buffer.state.data_ptr())
+        name = _TYPES[dtype]
+        lib = kernels.lib
+        self._forward = getattr(lib, f"forward_step_{name}")
+        self._position = getattr(lib, f"undo_position_{name}")
+        self._velocity = getattr(lib, f"undo_velocity_{name}")
+        self.limit = self.n << (buffer.state_bits - exact.GAMMA_BITS)
+        self._max = ctypes.c_int32(0)
+        self._max_address = ctypes.addressof(self._max)
+
+    def _residual(self, f: torch.Tensor) -> torch.Tensor:
+        if f.dtype is not self.dtype or f.shape != self.shape or f.device.type != "cpu":
+            raise ValueError(f"a residual of {f.dtype} {tuple(f.shape)} on {f.device} for an exact "
+                             f"state of {tuple(self.shape)} and {self.dtype}")
+        return f.contiguous()
+
+    def push(self, f):
+        """One layer forward (``exact.ExactKernels.push``): returns (float x, peak)."""
+        f = self._residual(f)
+        buffer = self.buffer
+        if buffer._upper >= self.limit:
+            word, buffer._upper = self.kernels.spill(buffer.state, self.limit)
+            if word is not None:
+                buffer.words.append(word)
+        xf = torch.empty(self.shape, dtype=self.dtype)
+        x, v, state = self.pointers
+        peak = self._forward(x, v, state, f.data_ptr(), xf.data_ptr(), self.count, self.n,
+                             torch.get_num_threads(), self._max_address)
+        buffer._upper, buffer._lower = self._max.value, -1
+        return xf, peak
+
+    def undo_position(self):
+        """x <- x - v; returns float x."""
+        xf = torch.empty(self.shape, dtype=self.dtype)
+        self._position(self.pointers[0], self.pointers[1], xf.data_ptr(), self.count, torch.get_num_threads())
+        return xf
+
+    def pop(self, f, release=None) -> None:
+        """The velocity back, given f(x_n) (``exact.ExactKernels.pop``)."""
+        f = self._residual(f)
+        buffer = self.buffer
+        smallest = self._velocity(self.pointers[1], self.pointers[2], f.data_ptr(), self.count, self.n,
+                                  torch.get_num_threads())
+        f = release() if release is not None else None
+        low = buffer.low
+        if smallest < low:
+            total = self.kernels.refill_count(buffer.state, low)
+            if not buffer.words or buffer.words[-1].numel() != total:
+                from .exact import NOT_REPLAYABLE, ReconstructionError
+
+                raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
+            smallest = self.kernels.refill(buffer.state, low, buffer.words.pop())
+        buffer._lower, buffer._upper = smallest, 1 << 62

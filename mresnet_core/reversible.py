@@ -255,7 +255,8 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
     dtype = x0.dtype
     depth = len(stack.functions)
     x, v, buffer = initial_state(stack, x0, v0)
-    k = exact.ExactKernels(x, stack.n)
+    kernels = exact.ExactKernels(x, stack.n)
+    k = kernels.bind(x, v, buffer, dtype)
     replays = []
     kept = None
     start = depth - min(stack.kept, depth)
@@ -273,8 +274,9 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
                 if kept is None:
                     kept = KeptGraphs(start, Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype))
                     x, v, buffer = x.clone(), v.clone(), buffer.copy()
+                    k = kernels.bind(x, v, buffer, dtype)
                 f, replay = _call_keeping(stack, i, xf, args, kwargs, kept)
-            xf, peak = k.push(x, v, buffer, f.detach())
+            xf, peak = k.push(f.detach())
             if i >= start:
                 _release_unsaved_root(f, kept.xs[-1])
             if isinstance(peak, float):
@@ -325,13 +327,13 @@ def replay_forward(stack: Stack, tape: Tape, args, kwargs, inputs=None) -> None:
             raise ValueError("this tape's state was released; replaying it needs the stack's inputs")
         tape.x, tape.v, tape.buffer = initial_state(stack, *inputs)
     x, v, buffer = tape.x, tape.v, tape.buffer
-    k = exact.ExactKernels(x, stack.n)
+    k = exact.ExactKernels(x, stack.n).bind(x, v, buffer, tape.dtype)
     xf = exact.to_float(x, tape.dtype)
     with torch.no_grad():
         for module, replay in zip(stack.functions, tape.replays):
             with _Replaying(module, replay, x.device):
                 f = stack.residual_of(module, xf, args, kwargs)
-            xf, _ = k.push(x, v, buffer, f)
+            xf, _ = k.push(f)
     tape.consumed = False
 
 
@@ -370,11 +372,11 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
         tape.consumed = True
     else:
         buffer, x, v = tape.buffer.copy(), tape.x.clone(), tape.v.clone()
-    k = exact.ExactKernels(x, stack.n)
+    k = exact.ExactKernels(x, stack.n).bind(x, v, buffer, tape.dtype)
     replays = tape.replays or [None] * len(stack.functions)
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
-        xf = k.undo_position(x, v, tape.dtype)
+        xf = k.undo_position()
         # the gradient is taken inside the replay too: autograd may check saved buffers
         with _Replaying(module, replays[i], x.device):
             if on_layer is None:
@@ -385,13 +387,13 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                 with torch.enable_grad():
                     f = stack.residual_of(module, xf, args, kwargs)
             # f's data may go once the velocity is undone, before anything else is allocated
-            k.pop(v, buffer, f.detach(), release=None if on_layer is None else
+            k.pop(f.detach(), release=None if on_layer is None else
                   functools.partial(_release_unsaved_root, f, xf))
             if i == 0:
                 if not buffer.is_empty():
                     raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
                 if consume and release is not None and release():
-                    tape.x = tape.v = tape.buffer = x = v = buffer = None
+                    tape.x = tape.v = tape.buffer = x = v = buffer = k = None
             if on_layer is not None:
                 on_layer(i, xf, f)
         # f's graph holds x_n (its leaf): let both go before the next layer's are made
