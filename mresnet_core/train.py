@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  2 GPUs:          torchrun --nproc_per_node 2 -m mresnet_core.train "
                "-m mresnet101 --dataset cifar10\n"
                "The memory-free path's exact kernels are C code built once per machine on first "
-               "use; MRESNET_EXACT_BACKEND=eager uses plain torch instead (same results).",
+               "use; MRESNET_EXACT_BACKEND=eager (or compile) uses the torch kernels instead (same bits).",
         formatter_class=_HelpFormatter)
     p.add_argument("-m", "--model", default=d.model, choices=MODEL_NAMES, metavar="MODEL",
                    help=f"network, one of {', '.join(MODEL_NAMES)} ('m': Momentum ResNet)")

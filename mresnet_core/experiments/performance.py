@@ -19,7 +19,7 @@ from ..plotting import project_root
 #: contenders in the order the plots draw them, with their labels
 LABELS = {"ordinary": "ordinary backprop", "checkpoint": "torch.utils.checkpoint (sqrt L)",
           "reference": "reference momentumnet 0.10", "exact": "ours, exact inversion",
-          "auto": "ours, auto (default)"}
+          "auto": "ours, auto (the converter's default)"}
 
 
 def harness_path() -> Path:
