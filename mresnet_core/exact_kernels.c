@@ -205,17 +205,7 @@ i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *restrict 
  * order; refilling takes it back into every state < low. Sequential: they run about
  * once in 8 / log2(1 / gamma) layers. */
 
-i64 count_at_least(const i32 *restrict state, i64 count, i32 limit, int threads)
-{
-    i64 total = 0;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) reduction(+ : total)
-#endif
-    for (i64 i = 0; i < count; i++)
-        total += state[i] >= limit;
-    return total;
-}
-
+/* how many states are below low (spilling moves the count - count_below(limit) others) */
 i64 count_below(const i32 *restrict state, i64 count, i32 low, int threads)
 {
     i64 total = 0;
@@ -259,7 +249,7 @@ i32 refill_words(i32 *restrict state, i64 count, i32 low, const uint8_t *restric
 }
 
 /* the build's identity, checked by the loader */
-int exact_kernels_version(void) { return 2; }
+int exact_kernels_version(void) { return 3; }
 int exact_kernels_openmp(void) {
 #ifdef _OPENMP
     return 1;

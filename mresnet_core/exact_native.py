@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("exact_kernels.c")
-VERSION = 2  # exact_kernels_version() of a library built from SOURCE
+VERSION = 3  # exact_kernels_version() of a library built from SOURCE
 CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fno-trapping-math", "-ffp-contract=off"]
 _TYPES = {torch.float32: "f32", torch.float64: "f64"}
 _errors: list = []
@@ -150,8 +150,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"undo_position_{t}").argtypes = [p, p, p, i64, i32]
         uv = getattr(lib, f"undo_velocity_{t}")
         uv.argtypes, uv.restype = [p, p, p, i64, i64, i32], i32
-    for name, res in (("count_at_least", i64), ("count_below", i64)):
-        getattr(lib, name).argtypes, getattr(lib, name).restype = [p, i64, i32, i32], res
+    lib.count_below.argtypes, lib.count_below.restype = [p, i64, i32, i32], i64
     for name in ("spill_words", "refill_words"):
         getattr(lib, name).argtypes, getattr(lib, name).restype = [p, i64, i32, p], i32
 
@@ -220,7 +219,8 @@ class NativeKernels:
     def spill(self, state: torch.Tensor, limit: int):
         """Move the low byte of every state >= limit into a new word (uint8, element
         order, as ``InformationBuffer.before_push``); returns (word or None, largest state)."""
-        count = self.lib.count_at_least(state.data_ptr(), state.numel(), limit, torch.get_num_threads())
+        count = state.numel() - self.lib.count_below(state.data_ptr(), state.numel(), limit,
+                                                     torch.get_num_threads())
         if not count:
             return None, int(state.max()) if state.numel() else 0
         word = torch.empty(count, dtype=torch.uint8)
