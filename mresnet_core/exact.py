@@ -318,7 +318,7 @@ class ExactKernels:
     def forward_step(self, x, v, state, f):
         """In place: v <- gamma v + (1 - gamma) f, x <- x + v; returns (float x, peak)."""
         if self.native is not None and self.native.handles(f.dtype, x, v, state):
-            return self.native.forward_step(x, v, state, f)
+            return self.native.forward_step(x, v, state, f)[:2]
         return self._run("forward_step", x, v, state, f, self.n)
 
     def undo_position(self, x, v, dtype):
@@ -335,76 +335,42 @@ class ExactKernels:
         return self._run("undo_velocity", v, state, f, self.n)
 
     def bind(self, x, v, buffer: "InformationBuffer", dtype: torch.dtype):
-        """The three steps on one exact state, for a stack's walk over its layers: x, v and
-        ``buffer`` are updated in place, residuals have ``dtype``. Which kernels apply is
-        decided here once, not at every layer (``BoundKernels``, or the C kernels' own
-        ``exact_native.NativeBound``)."""
-        if self._native_for(dtype, x, v, buffer):
+        """The three steps with the buffer's bookkeeping on one exact state, for a stack's
+        walk over its layers: x, v and ``buffer`` are updated in place, residuals have
+        ``dtype``. Which kernels apply is decided here once, not at every layer: the C
+        kernels' ``exact_native.NativeBound`` where they take this state, else
+        ``BoundKernels``."""
+        if (self.native is not None and buffer.word_bits == WORD_BITS
+                and self.native.handles(dtype, x, v, buffer.state)):
             from .exact_native import NativeBound
 
             return NativeBound(self.native, x, v, buffer, dtype)
         return BoundKernels(self, x, v, buffer, dtype)
 
-    # One layer with its buffer bookkeeping. The C kernels return the largest (forward)
-    # or smallest (inverse) buffer state as they go, so the buffer's bounds are exact and
-    # spilling or refilling reads the state only when a word moves.
-
-    def _native_for(self, dtype, x, v, buffer: "InformationBuffer") -> bool:
-        return (self.native is not None and buffer.word_bits == WORD_BITS
-                and self.native.handles(dtype, x, v, buffer.state))
-
-    def push(self, x, v, buffer: "InformationBuffer", f):
-        """``buffer.before_push`` then `forward_step`: one layer forward, in place;
-        returns (float x, peak)."""
-        if not self._native_for(f.dtype, x, v, buffer):
-            buffer.before_push(self.n)
-            return self.forward_step(x, v, buffer.state, f)
-        limit = self.n << (buffer.state_bits - GAMMA_BITS)
-        if buffer._upper >= limit:
-            word, buffer._upper = self.native.spill(buffer.state, limit)
-            if word is not None:
-                buffer.words.append(word)
-        xf, peak, buffer._upper = self.native.forward_step(x, v, buffer.state, f)
-        buffer._lower = -1  # unknown, as after before_push
-        return xf, peak
-
-    def pop(self, v, buffer: "InformationBuffer", f, release=None) -> None:
-        """`undo_velocity` then ``buffer.after_pop``: one layer's velocity back, in place.
-        ``release()``, if given, is called in between: f is no longer needed there, and
-        nothing has been allocated yet."""
-        if not self._native_for(f.dtype, v, v, buffer):
-            self.undo_velocity(v, buffer.state, f)
-            f = release() if release is not None else None
-            buffer.after_pop(self.n)
-            return
-        low = buffer.low
-        smallest = self.native.undo_velocity(v, buffer.state, f)
-        f = release() if release is not None else None
-        if smallest < low:
-            total = self.native.refill_count(buffer.state, low)
-            if not buffer.words or buffer.words[-1].numel() != total:
-                raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
-            smallest = self.native.refill(buffer.state, low, buffer.words.pop())
-        buffer._lower, buffer._upper = smallest, 1 << 62  # as after after_pop
-
 
 class BoundKernels:
-    """``ExactKernels.push``, ``undo_position`` and ``pop`` on one exact state (x, v, buffer)."""
+    """One layer forward or back on one exact state (x, v, buffer), with the torch
+    kernels of ``ExactKernels`` and the buffer's own bookkeeping (``InformationBuffer``)."""
 
     def __init__(self, kernels: ExactKernels, x, v, buffer: "InformationBuffer", dtype: torch.dtype):
         self.kernels, self.x, self.v, self.buffer, self.dtype = kernels, x, v, buffer, dtype
 
     def push(self, f):
-        """One layer forward: returns (float x, peak)."""
-        return self.kernels.push(self.x, self.v, self.buffer, f)
+        """``buffer.before_push`` then `forward_step`: returns (float x, peak)."""
+        self.buffer.before_push(self.kernels.n)
+        return self.kernels.forward_step(self.x, self.v, self.buffer.state, f)
 
     def undo_position(self):
         """x <- x - v; returns float x."""
         return self.kernels.undo_position(self.x, self.v, self.dtype)
 
     def pop(self, f, release=None) -> None:
-        """The velocity back, given f(x_n) (``ExactKernels.pop``)."""
-        self.kernels.pop(self.v, self.buffer, f, release)
+        """`undo_velocity` then ``buffer.after_pop``: the velocity back, given f(x_n).
+        ``release()``, if given, is called in between: f is no longer needed there, and
+        nothing has been allocated yet."""
+        self.kernels.undo_velocity(self.v, self.buffer.state, f)
+        f = release() if release is not None else None
+        self.buffer.after_pop(self.kernels.n)
 
 
 # --------------------------------------------------------------------------------------

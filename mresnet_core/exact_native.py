@@ -239,8 +239,9 @@ class NativeKernels:
 class NativeBound:
     """The C kernels bound to one exact state (x, v, buffer; updated in place) and one
     residual dtype, checked once by ``exact.ExactKernels.bind``: each layer is then one
-    C call and the buffer's bookkeeping (``exact.ExactKernels.push``/``pop``, the same
-    steps without the per-call checks)."""
+    C call. The kernels return the largest (forward) or smallest (inverse) buffer state
+    as they go, so the buffer's bounds are exact and spilling or refilling reads the
+    state only when a word moves (what ``exact.BoundKernels`` leaves to the buffer)."""
 
     def __init__(self, kernels: NativeKernels, x, v, buffer, dtype: torch.dtype):
         from . import exact
@@ -264,7 +265,7 @@ class NativeBound:
         return f.contiguous()
 
     def push(self, f):
-        """One layer forward (``exact.ExactKernels.push``): returns (float x, peak)."""
+        """Spill a word if a state may overflow, then one layer forward: returns (float x, peak)."""
         f = self._residual(f)
         buffer = self.buffer
         if buffer._upper >= self.limit:
@@ -275,7 +276,7 @@ class NativeBound:
         x, v, state = self.pointers
         peak = self._forward(x, v, state, f.data_ptr(), xf.data_ptr(), self.count, self.n,
                              torch.get_num_threads(), self._max_address)
-        buffer._upper, buffer._lower = self._max.value, -1
+        buffer._upper, buffer._lower = self._max.value, -1  # the smallest unknown, as after before_push
         return xf, peak
 
     def undo_position(self):
@@ -285,7 +286,8 @@ class NativeBound:
         return xf
 
     def pop(self, f, release=None) -> None:
-        """The velocity back, given f(x_n) (``exact.ExactKernels.pop``)."""
+        """The velocity back, given f(x_n), then a word refilled if a state fell below
+        the buffer's low bound; ``release`` as in ``exact.BoundKernels.pop``."""
         f = self._residual(f)
         buffer = self.buffer
         smallest = self._velocity(self.pointers[1], self.pointers[2], f.data_ptr(), self.count, self.n,
@@ -299,4 +301,4 @@ class NativeBound:
 
                 raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
             smallest = self.kernels.refill(buffer.state, low, buffer.words.pop())
-        buffer._lower, buffer._upper = smallest, 1 << 62
+        buffer._lower, buffer._upper = smallest, 1 << 62  # as after after_pop

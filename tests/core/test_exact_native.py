@@ -74,14 +74,16 @@ def test_a_deep_stack_of_steps_matches_the_torch_path_word_for_word(native, gamm
         assert (k.native is not None) == (backend == "native")
         x, v = x0.clone(), torch.zeros_like(x0)
         buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+        bound = k.bind(x, v, buf, torch.float32)
+        assert isinstance(bound, exact_native.NativeBound) == (backend == "native")
         trail = []
         for f in fs:
-            xf, peak = k.push(x, v, buf, f)
+            xf, peak = bound.push(f)
             trail.append((xf, float(peak), x.clone(), v.clone(), buf.state.clone(), len(buf.words)))
         words = [w.clone() for w in buf.words]
         for f in reversed(fs):
-            k.undo_position(x, v, torch.float32)
-            k.pop(v, buf, f)
+            bound.undo_position()
+            bound.pop(f)
         assert torch.equal(x, x0) and not v.any() and buf.is_empty(), backend
         runs[backend] = trail, words
     (t_eager, w_eager), (t_native, w_native) = runs["eager"], runs["native"]
@@ -100,15 +102,17 @@ def test_a_refill_out_of_step_is_a_reconstruction_error(native):
     k = exact.ExactKernels(x0, n, backend="native")
     x, v = x0.clone(), torch.zeros_like(x0)
     buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+    bound = k.bind(x, v, buf, torch.float32)
+    assert isinstance(bound, exact_native.NativeBound)
     fs = [torch.randn(1000) for _ in range(40)]
     for f in fs:
-        k.push(x, v, buf, f)
+        bound.push(f)
     assert buf.words
     buf.words[-1] = buf.words[-1][:-1]  # one byte lost
     with pytest.raises(exact.ReconstructionError, match="out of step"):
         for f in reversed(fs):
-            k.undo_position(x, v, torch.float32)
-            k.pop(v, buf, f)
+            bound.undo_position()
+            bound.pop(f)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 5e6])
