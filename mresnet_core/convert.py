@@ -18,28 +18,36 @@ iterates over it still works. E.g. torchvision's ``layer2.3.conv1.weight`` becom
 ``nn.TransformerDecoder``) whose ``layers`` are converted is replaced by a
 :class:`MomentumTransformerEncoder` (``MomentumTransformerDecoder``) with the same
 ``layers`` mapping and the same ``norm``.
+
+These are the names of ``named_parameters()``/``named_buffers()`` (the module structure).
+``state_dict()`` keys are the *original* model's (``layer2.3.conv1.weight``), in its order,
+so checkpoints move both ways between the original and the converted model;
+``load_state_dict`` accepts the original names and the structural ones above (the keys
+that earlier versions saved). Tensors that only the converted model has (a momentum
+stack's ``init_velocity``) keep their structural names. Hooks on each converted container
+do the renaming, so it also holds under any prefix (a wrapper, DDP's ``module.``).
 """
 from __future__ import annotations
 
 import copy
 import re
-from numbers import Real
 
 import torch
 from torch import nn
 
 from . import exact
-from ._torch_private import ConvNd, canonical_mask, detect_is_causal_mask, get_seq_len, none_or_dtype
+from ._torch_private import (ConvNd, canonical_mask, detect_is_causal_mask, get_seq_len, none_or_dtype,
+                             register_state_dict_hooks)
 from .momentum import MomentumNet
-from .plan import requested_mode
-from .reversible import slow_attention
+from .modes import DEFAULT_MEMORY_MODE, MemoryMode, memory_mode
+from .replay import slow_attention
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 _TRANSFORMERS = (nn.TransformerEncoder, nn.TransformerDecoder)
 
 
 def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_first: bool = True,
-                   memory_efficient: bool | str = "auto") -> nn.Module:
+                   memory_efficient: MemoryMode | bool | str = DEFAULT_MEMORY_MODE) -> nn.Module:
     """A copy of ``model`` whose residual containers are momentum stacks (same parameters).
 
     Args:
@@ -65,11 +73,9 @@ def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_fi
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"to_momentumnet expects an nn.Module, got {type(model).__name__}")
-    if isinstance(gamma, bool) or not isinstance(gamma, (Real, torch.Tensor)):
-        raise TypeError(f"gamma must be a number in [0, 1], got {type(gamma).__name__}")
+    n = exact.gamma_numerator(gamma)  # the one check of gamma
     gamma = float(gamma)
-    n = exact.gamma_numerator(gamma)  # raises for gamma outside [0, 1]
-    if requested_mode(memory_efficient) == "exact":
+    if memory_mode(memory_efficient) == "exact":
         exact.check_invertible(n)
     paths = _resolve_stages(model, stages, keep_first)
 
@@ -88,7 +94,8 @@ def to_momentumnet(model: nn.Module, gamma: float = 0.9, *, stages=None, keep_fi
 
 
 def renamed(*containers: str, keep_first: bool = True, module_list: bool = False):
-    """The parameter/buffer name mapping of :func:`to_momentumnet` for ``containers``.
+    """The parameter/buffer name mapping of :func:`to_momentumnet` for ``containers``
+    (``named_parameters``/``named_buffers``; ``state_dict`` keeps the original names).
 
     Returns ``rename(name)``: ``S.j.rest`` -> ``S.1.functions.{j-1}.rest`` (keep_first,
     j >= 1; ``S.0.rest`` is unchanged), or ``S.functions.j.rest`` / ``S.0.functions.j.rest``
@@ -192,6 +199,10 @@ def _convert_container(container, gamma, keep_first, memory_efficient):
     else:
         new = nn.ModuleList(parts)
     new.training = container.training
+    # where the stack sits in ``new`` ("1.", "" or "0.") and its first block's original index
+    names = _OriginalNames("" if new is stack else f"{len(parts) - 1}.", int(keep_first))
+    register_state_dict_hooks(new, _SaveOriginalNames(names), _LoadEitherNames(names))
+    new.register_load_state_dict_post_hook(_MissingAsOriginal(names))
     return new
 
 
@@ -205,6 +216,81 @@ def _shape_change(block) -> str | None:
             block.in_channels != block.out_channels or any(s != 1 for s in block.stride)):
         return f"{block.in_channels} -> {block.out_channels} channels, stride {block.stride}"
     return None
+
+
+# ---------------------------------------------------------------------------- state dicts
+class _OriginalNames:
+    """Key mapping of one converted container, relative to it: the momentum stack's
+    ``{stack}functions.{j}.*`` are the original container's ``{j + offset}.*``."""
+
+    def __init__(self, stack: str, offset: int):
+        self.stack, self.offset = stack, offset
+        self.loading = None  # the container's prefix during its load_state_dict
+
+    def original(self, key: str) -> str:
+        m = re.fullmatch(rf"{re.escape(self.stack)}functions\.(0|[1-9]\d*)(\..*)?", key, re.S)
+        return key if m is None else f"{int(m[1]) + self.offset}{m[2] or ''}"
+
+    def structural(self, key: str) -> str:
+        m = re.fullmatch(r"(0|[1-9]\d*)(\..*)?", key, re.S)
+        if m is None or int(m[1]) < self.offset:
+            return key
+        return f"{self.stack}functions.{int(m[1]) - self.offset}{m[2] or ''}"
+
+    def rename(self, name: str, prefix: str) -> str:
+        """``name`` (a key or a module's metadata path) with its part below ``prefix`` mapped."""
+        return prefix + self.original(name[len(prefix):]) if name.startswith(prefix) else name
+
+
+class _SaveOriginalNames:
+    """state_dict post-hook: the container's keys (and metadata) get the original names."""
+
+    def __init__(self, names: _OriginalNames):
+        self.names = names
+
+    def __call__(self, module, state_dict, prefix, local_metadata) -> None:
+        # the container's keys are the last ones: popped and put back renamed, in order
+        items = [(self.names.rename(k, prefix), state_dict.pop(k))
+                 for k in [k for k in state_dict if k.startswith(prefix)]]
+        state_dict.update(items)
+        meta = getattr(state_dict, "_metadata", None)
+        if meta is not None:  # module versions under the original module paths, which win
+            entries = [(m, meta.pop(m)) for m in [m for m in meta if m.startswith(prefix)]]
+            meta.update((m, v) for m, v in entries if self.names.rename(m, prefix) == m)
+            meta.update((self.names.rename(m, prefix), v) for m, v in entries
+                        if self.names.rename(m, prefix) != m)
+
+
+class _LoadEitherNames:
+    """load_state_dict pre-hook: original keys of the container become structural ones;
+    keys the container has already (structural names) stay."""
+
+    def __init__(self, names: _OriginalNames):
+        self.names = names
+
+    def __call__(self, module, state_dict, prefix, local_metadata, strict, missing_keys,
+                 unexpected_keys, error_msgs) -> None:
+        self.names.loading = prefix
+        own = set()
+        for name, child in module.named_children():
+            own.update(child.state_dict(prefix=f"{prefix}{name}.", keep_vars=True))
+        for key in [k for k in state_dict if k.startswith(prefix) and k not in own]:
+            new = prefix + self.names.structural(key[len(prefix):])
+            if new in own and new not in state_dict:
+                state_dict[new] = state_dict.pop(key)
+
+
+class _MissingAsOriginal:
+    """load_state_dict post-hook: the container's missing keys under their original names."""
+
+    def __init__(self, names: _OriginalNames):
+        self.names = names
+
+    def __call__(self, module, incompatible_keys) -> None:
+        prefix, self.names.loading = self.names.loading, None
+        if prefix is not None:
+            missing = incompatible_keys.missing_keys
+            missing[:] = [self.names.rename(k, prefix) for k in missing]
 
 
 # ---------------------------------------------------------------------------- transformers

@@ -1,6 +1,8 @@
 """to_momentumnet against independent computations: the original model (gamma = 0), the
-momentum update written out by hand, ordinary autograd (the plain path), and the
-documented parameter-name mapping."""
+momentum update written out by hand, ordinary autograd (the plain path), the
+documented parameter-name mapping, and state dicts under the original model's keys."""
+
+import copy
 
 import pytest
 import torch
@@ -431,9 +433,9 @@ def test_shape_change_seen_only_at_run_time(memory_efficient):
 
 
 @pytest.mark.parametrize("gamma, error, message", [
-    (1.5, ValueError, r"gamma must lie in \[0, 1\]"),
-    (-0.1, ValueError, r"gamma must lie in \[0, 1\]"),
-    (float("nan"), ValueError, r"gamma must lie in \[0, 1\]"),
+    (1.5, ValueError, r"gamma must be a number in \[0, 1\]"),
+    (-0.1, ValueError, r"gamma must be a number in \[0, 1\]"),
+    (float("nan"), ValueError, r"gamma must be a number in \[0, 1\]"),
     ("0.9", TypeError, "gamma must be a number in"),
     (None, TypeError, "gamma must be a number in"),
     (True, TypeError, "gamma must be a number in"),
@@ -463,3 +465,280 @@ def test_renamed_follows_the_documented_mapping():
     assert t("layers.4.linear1.bias") == "layers.0.functions.4.linear1.bias"
     s = renamed("body", keep_first=False)
     assert s("body.2.weight") == "body.functions.2.weight"
+
+
+# ------------------------------------------------------------------ state dicts
+# state_dict() uses the original model's keys (the module structure stays in
+# named_parameters); load_state_dict takes those and the structural names.
+def _bn_state(model, seed):
+    """Distinct BatchNorm counters, so that num_batches_tracked is checked too."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.num_batches_tracked.fill_(int(torch.randint(1, 1000, (), generator=g)))
+    return model
+
+
+def tv_model(name):
+    return lambda seed: _bn_state(resnet(name, seed).to(F64).eval(), seed)
+
+
+def tiny_lm(seed):
+    torch.manual_seed(seed)
+    model = TinyLM()
+    model.encoder = encoder(num_layers=3, seed=seed)
+    return model.eval()
+
+
+def full_transformer(seed):
+    torch.manual_seed(seed)
+    return nn.Transformer(16, 2, num_encoder_layers=2, num_decoder_layers=3, dim_feedforward=32,
+                          dropout=0.0, batch_first=True).to(F64).eval()
+
+
+def looping(seed):
+    torch.manual_seed(seed)
+    return Looping().to(F64)
+
+
+def _tgt_mask():
+    return nn.Transformer.generate_square_subsequent_mask(4, dtype=F64)
+
+
+# name: (make(seed), to_momentumnet keywords, names of named_parameters, inputs())
+CONVERSIONS = {
+    "resnet18": (tv_model("resnet18"), {}, resnet_name,
+                 lambda: (torch.randn(2, 3, 32, 32, dtype=F64),)),
+    "resnet50": (tv_model("resnet50"), {}, resnet_name,
+                 lambda: (torch.randn(2, 3, 32, 32, dtype=F64),)),
+    "sequential_keep_first_false": (
+        tv_model("resnet18"), dict(stages=["layer1"], keep_first=False),
+        renamed("layer1", keep_first=False), lambda: (torch.randn(2, 3, 32, 32, dtype=F64),)),
+    "module_list": (looping, dict(stages=["body.blocks"]),
+                    renamed("body.blocks", module_list=True),
+                    lambda: (torch.randn(3, 4, dtype=F64), torch.tensor(0.7, dtype=F64))),
+    "module_list_keep_first_false": (
+        looping, dict(stages=["body.blocks"], keep_first=False),
+        renamed("body.blocks", keep_first=False, module_list=True),
+        lambda: (torch.randn(3, 4, dtype=F64), torch.tensor(0.7, dtype=F64))),
+    "transformer_encoder": (
+        lambda seed: encoder(seed=seed).eval(), dict(stages=["layers"], keep_first=False),
+        renamed("layers", keep_first=False, module_list=True),
+        lambda: (torch.randn(2, 6, 16, dtype=F64), masks()[0])),
+    "transformer_encoder_keep_first": (
+        lambda seed: encoder(seed=seed).eval(), dict(stages=["layers"], keep_first=True),
+        renamed("layers", keep_first=True, module_list=True),
+        lambda: (torch.randn(2, 6, 16, dtype=F64), masks()[0])),
+    "encoder_in_a_model": (tiny_lm, dict(stages=["encoder"], keep_first=False),
+                           renamed("encoder.layers", keep_first=False, module_list=True),
+                           lambda: (torch.randn(2, 6, 3, dtype=F64), masks()[0])),
+    "encoder_and_decoder": (
+        full_transformer, dict(stages=["encoder", "decoder"], keep_first=False),
+        renamed("encoder.layers", "decoder.layers", keep_first=False, module_list=True),
+        lambda: (torch.randn(2, 5, 16, dtype=F64), torch.randn(2, 4, 16, dtype=F64), None,
+                 _tgt_mask())),
+}
+
+
+def convert(name, seed=0):
+    make, kwargs, rename, inputs = CONVERSIONS[name]
+    original = make(seed)
+    return original, to_momentumnet(original, 0.0, memory_efficient=False, **kwargs).eval()
+
+
+def assert_holds(converted, original, rename):
+    """Every parameter and buffer of ``converted`` (found through the module structure,
+    not through state_dict) equals the one of ``original`` it comes from."""
+    got = {**dict(converted.named_parameters()), **dict(converted.named_buffers())}
+    for k, v in [*original.named_parameters(), *original.named_buffers()]:
+        assert torch.equal(got[rename(k)], v), k
+
+
+def outputs(model, name):
+    torch.manual_seed(3)
+    with torch.no_grad():
+        return model(*CONVERSIONS[name][3]())
+
+
+@pytest.mark.parametrize("name", list(CONVERSIONS))
+def test_state_dict_has_the_original_keys_in_order(name):
+    original, converted = convert(name)
+    assert list(converted.state_dict()) == list(original.state_dict())
+    for k, v in converted.state_dict().items():
+        assert torch.equal(v, original.state_dict()[k]), k
+    # named_parameters keep the module structure (the documented mapping)
+    rename = CONVERSIONS[name][2]
+    assert [n for n, _ in converted.named_parameters()] == \
+        [rename(n) for n, _ in original.named_parameters()]
+
+
+@pytest.mark.parametrize("name", list(CONVERSIONS))
+def test_original_checkpoint_loads_into_the_converted_model(name):
+    """Weights of a differently initialised original land where they belong."""
+    _, converted = convert(name, seed=0)
+    other = CONVERSIONS[name][0](1)
+    assert rel_err(outputs(converted, name), outputs(other, name)) > 1e-3  # they differ
+    assert not converted.load_state_dict(other.state_dict(), strict=True).missing_keys
+    assert_holds(converted, other, CONVERSIONS[name][2])
+    assert rel_err(outputs(converted, name), outputs(other, name)) <= 1e-6
+
+
+@pytest.mark.parametrize("name", list(CONVERSIONS))
+def test_converted_checkpoint_loads_into_the_original_model(name):
+    _, converted = convert(name, seed=0)
+    fresh = CONVERSIONS[name][0](2)
+    fresh.load_state_dict(converted.state_dict(), strict=True)
+    assert_holds(converted, fresh, CONVERSIONS[name][2])
+    assert rel_err(outputs(fresh, name), outputs(converted, name)) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["resnet18", "module_list", "module_list_keep_first_false",
+                                  "sequential_keep_first_false", "encoder_and_decoder"])
+def test_checkpoint_with_structural_names_still_loads(name):
+    """What earlier versions saved (the named_parameters names) loads, and is saved again
+    under the original names: an old checkpoint's way into the original model."""
+    _, converted = convert(name, seed=0)
+    other = CONVERSIONS[name][0](1)
+    rename = CONVERSIONS[name][2]
+    legacy = {rename(k): v for k, v in other.state_dict().items()}
+    assert sorted(legacy) != sorted(other.state_dict())  # the names differ
+    converted.load_state_dict(legacy, strict=True)
+    assert_holds(converted, other, rename)
+    fresh = CONVERSIONS[name][0](2)
+    fresh.load_state_dict(converted.state_dict(), strict=True)
+    assert_holds(converted, fresh, rename)
+    # and a converted model's own structural state (named_parameters and buffers)
+    _, again = convert(name, seed=2)
+    again.load_state_dict({**dict(converted.named_parameters()), **dict(converted.named_buffers())})
+    assert_holds(again, other, rename)
+
+
+def test_load_errors_name_the_original_keys():
+    original, converted = convert("resnet18")
+    state = original.state_dict()
+    del state["layer3.1.bn2.running_mean"]
+    state["layer2.7.conv1.weight"] = state["layer2.1.conv1.weight"]  # no such block
+    result = converted.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["layer3.1.bn2.running_mean"]
+    assert result.unexpected_keys == ["layer2.7.conv1.weight"]
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "layer3\.1\.bn2'):
+        converted.load_state_dict(state)
+
+
+def test_tensors_only_the_converted_model_has_keep_their_names():
+    original, converted = convert("resnet18")
+    stack = converted.layer2[1]
+    stack.init_velocity = copy.deepcopy(stack.functions[0])  # a learned v0 = f(x0)
+    keys = list(converted.state_dict())
+    extra = [k for k in keys if k not in original.state_dict()]
+    assert extra and all(k.startswith("layer2.1.init_velocity.") for k in extra)
+    assert [k for k in keys if k not in extra] == list(original.state_dict())
+    # back into an identical converted model, strictly; into the original without them
+    _, again = convert("resnet18", seed=1)
+    again.layer2[1].init_velocity = copy.deepcopy(again.layer2[1].functions[0])
+    again.load_state_dict(converted.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(),
+                                                  converted.state_dict().values(), strict=True))
+    result = original.load_state_dict(converted.state_dict(), strict=False)
+    assert result.unexpected_keys == extra and not result.missing_keys
+    result = again.load_state_dict(original.state_dict(), strict=False)
+    # (BatchNorm fills in a missing num_batches_tracked when the checkpoint has no version)
+    assert result.missing_keys == [k for k in extra if not k.endswith("num_batches_tracked")]
+    assert not result.unexpected_keys
+
+
+class Holder(nn.Module):
+    """DistributedDataParallel-style: the model as the attribute ``module``."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
+@pytest.mark.parametrize("wrap, prefix", [(nn.Sequential, "0."), (Holder, "module.")])
+@pytest.mark.parametrize("name", ["resnet18", "encoder_in_a_model"])
+def test_wrapped_model_uses_the_original_keys_under_its_prefix(name, wrap, prefix):
+    original, converted = convert(name)
+    wrapped = wrap(converted)
+    state = wrapped.state_dict()
+    assert list(state) == [prefix + k for k in original.state_dict()]
+    other = CONVERSIONS[name][0](1)
+    wrapped.load_state_dict({prefix + k: v for k, v in other.state_dict().items()})
+    assert_holds(converted, other, CONVERSIONS[name][2])
+    fresh = CONVERSIONS[name][0](2)
+    fresh.load_state_dict({k.removeprefix(prefix): v for k, v in wrapped.state_dict().items()})
+    assert_holds(converted, fresh, CONVERSIONS[name][2])
+    assert list(converted.state_dict(prefix="x.")) == ["x." + k for k in original.state_dict()]
+    # a converted container on its own: the original container's keys
+    path = "layer2" if name == "resnet18" else "encoder"
+    part, part_original = converted.get_submodule(path), original.get_submodule(path)
+    assert list(part.state_dict()) == list(part_original.state_dict())
+    part.load_state_dict(part_original.state_dict())
+
+
+def test_copies_and_saved_files_keep_the_original_keys(tmp_path):
+    original, converted = convert("resnet18")
+    keys = list(original.state_dict())
+    twin = copy.deepcopy(converted)
+    assert list(twin.state_dict()) == keys
+    other = CONVERSIONS["resnet18"][0](1)
+    twin.load_state_dict(other.state_dict())  # loads into the copy only
+    assert_holds(twin, other, resnet_name)
+    assert_holds(converted, original, resnet_name)
+
+    torch.save(twin.state_dict(), tmp_path / "weights.pt")
+    loaded = torch.load(tmp_path / "weights.pt", weights_only=True)
+    assert list(loaded) == keys
+    converted.load_state_dict(loaded)
+    assert_holds(converted, other, resnet_name)
+    original.load_state_dict(loaded)
+    assert_holds(converted, original, resnet_name)
+
+    torch.save(twin, tmp_path / "model.pt")  # the whole module, hooks pickled with it
+    whole = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert list(whole.state_dict()) == keys
+    whole.load_state_dict(CONVERSIONS["resnet18"][0](2).state_dict())
+    assert_holds(twin, other, resnet_name)
+
+
+def test_training_resumes_from_a_torchvision_checkpoint():
+    """Model and optimizer state of a torchvision run continue in the converted model
+    (optimizer state is keyed by parameter order, which the conversion keeps)."""
+    model = CONVERSIONS["resnet18"][0](0).train()
+    x, y = torch.randn(4, 3, 32, 32, dtype=F64), torch.tensor([1, 2, 3, 4])
+
+    def step(net, opt):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    step(model, opt)
+    _, resumed = convert("resnet18", seed=1)
+    resumed.train().load_state_dict(copy.deepcopy(model.state_dict()))
+    opt2 = torch.optim.SGD(resumed.parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    step(model, opt), step(resumed, opt2)
+    state = resumed.state_dict()
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            assert rel_err(state[k], v) <= 1e-9, k
+        else:  # num_batches_tracked
+            assert torch.equal(state[k], v), k
+
+
+def test_private_hook_registration_of_older_torch(monkeypatch):
+    """torch < 2.5 has only the private state-dict hook methods: same behaviour."""
+    from mresnet_core import _torch_private
+    monkeypatch.setattr(_torch_private, "PUBLIC_STATE_DICT_HOOKS", False)
+    original, converted = convert("resnet18")
+    assert list(converted.state_dict()) == list(original.state_dict())
+    other = CONVERSIONS["resnet18"][0](1)
+    converted.load_state_dict(other.state_dict())
+    assert_holds(converted, other, resnet_name)
+    twin = copy.deepcopy(converted)
+    twin.load_state_dict(original.state_dict())
+    assert_holds(twin, original, resnet_name)
