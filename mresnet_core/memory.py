@@ -54,7 +54,8 @@ import torch
 from torch import nn
 
 from ._torch_private import allocation_events
-from .reversible import observe_held_tensors
+from .accounting import SavedTensors, parameter_tensors, saved_tensor_bytes, saved_tensors
+from .momentum import describe
 
 __all__ = [
     "SavedTensors",
@@ -74,117 +75,6 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # Bytes saved for backward
 # --------------------------------------------------------------------------------------
-
-@dataclass
-class SavedTensors:
-    """What one forward pass saved for backward.
-
-    Attributes:
-        nbytes: bytes of the distinct storages saved, parameters excluded.
-        count: number of distinct storages counted in ``nbytes``.
-        parameter_nbytes: bytes of the distinct parameter storages that were saved too
-            (not part of ``nbytes``).
-        output: what the forward function returned (keeps the graph alive).
-    """
-
-    nbytes: int
-    count: int
-    parameter_nbytes: int
-    output: Any = None
-
-
-def _storage_key(t: torch.Tensor):
-    """Identity of the memory block behind ``t`` (views of one storage share it)."""
-    try:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-    except (RuntimeError, NotImplementedError):  # sparse, nested, storage-less subclasses
-        return ("id", id(t)), t.numel() * t.element_size()
-    if ptr == 0:  # empty, or a device without real memory (meta): key by the object
-        return ("id", id(t)), storage.nbytes()
-    return (t.device.type, t.device.index, ptr), storage.nbytes()
-
-
-def _parameter_tensors(fn, exclude) -> list:
-    if exclude is None:
-        owner = fn if isinstance(fn, nn.Module) else getattr(fn, "__self__", None)
-        return list(owner.parameters()) if isinstance(owner, nn.Module) else []
-    if isinstance(exclude, nn.Module):
-        return list(exclude.parameters())
-    out = []
-    for item in exclude:
-        out += list(item.parameters()) if isinstance(item, nn.Module) else [item]
-    return out
-
-
-def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = None,
-                  **kwargs) -> SavedTensors:
-    """Run ``fn(*args, **kwargs)`` once with autograd on; account for what it saved.
-
-    Every tensor that autograd saves for backward during the call (through
-    ``torch.autograd.graph.saved_tensors_hooks``: the inputs and outputs that built-in
-    ops keep, and whatever custom ``autograd.Function``s pass to ``ctx.save_for_backward``,
-    and the int64 fixed-point state, information buffer and replay records that the
-    memory-free momentum stack keeps for its backward pass) is counted once per storage: views and repeated saves of one tensor
-    (a ``tanh`` output that the next ``Linear`` saves again) cost their storage once,
-    the whole storage (a saved view of a large tensor keeps all of it alive).
-
-    Parameters are not activation memory and are excluded: a tensor is skipped when it
-    is an ``nn.Parameter`` or shares its storage with one of the parameters of
-    ``exclude`` (a module, or an iterable of modules and tensors). By default ``exclude``
-    is ``fn`` itself when it is a module, or the module a bound method ``fn`` belongs to
-    (``net.forward_state``); pass the model explicitly when ``fn`` is a lambda. Buffers
-    (BatchNorm running statistics) are counted when saved, and so are inputs: an input
-    that a layer keeps is memory the step holds.
-
-    Limits: the result counts what was saved during the call, including saves in parts
-    of the graph that ``fn`` dropped before returning (the tensors are held until the
-    count is done, so a freed address cannot be counted twice); tensors saved under an
-    inner ``saved_tensors_hooks`` context (activation checkpointing, CPU offloading)
-    are seen by that context, not by this one; a tensor without a plain storage (sparse,
-    nested) counts as ``numel * element_size``, and one on the meta device by its
-    nominal storage size. The forward runs under ``torch.enable_grad()``.
-    """
-    params = _parameter_tensors(fn, exclude)
-    param_keys = {_storage_key(p)[0] for p in params if p.numel()}
-    seen: dict = {}
-    seen_params: dict = {}
-    held: list = []
-
-    def pack(t: torch.Tensor):
-        held.append(t)
-        key, nbytes = _storage_key(t)
-        if isinstance(t, nn.Parameter) or key in param_keys:
-            seen_params.setdefault(key, nbytes)
-        else:
-            seen.setdefault(key, nbytes)
-        return t
-
-    def unpack(t: torch.Tensor):
-        return t
-
-    def tape_held(tensors):  # what the memory-free stack keeps outside save_for_backward
-        for t in tensors:
-            pack(t)
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack), \
-            observe_held_tensors(tape_held):
-        out = fn(*args, **kwargs)
-    result = SavedTensors(nbytes=sum(seen.values()), count=len(seen),
-                          parameter_nbytes=sum(seen_params.values()), output=out)
-    held.clear()
-    return result
-
-
-def saved_tensor_bytes(fn: Callable, *args, exclude: nn.Module | Iterable | None = None,
-                       **kwargs) -> int:
-    """Bytes saved for backward by one call ``fn(*args, **kwargs)``, parameters excluded.
-
-    Deterministic and device independent; see :func:`saved_tensors` for exactly what is
-    counted. The output (and its graph) is released before returning.
-    """
-    return saved_tensors(fn, *args, exclude=exclude, **kwargs).nbytes
-
 
 # --------------------------------------------------------------------------------------
 # Peak memory of a training step
@@ -216,7 +106,7 @@ class StepMemory:
 
 def _grad_storages(exclude_grads_of) -> dict:
     """{address: bytes} of the ``.grad`` storages of the given parameters (or modules)."""
-    params = _parameter_tensors(None, exclude_grads_of)
+    params = parameter_tensors(None, exclude_grads_of)
     out = {}
     for p in params:
         if p.grad is not None and p.grad.layout == torch.strided:
@@ -430,32 +320,6 @@ def training_step_memory(model: nn.Module, *inputs, loss: Callable | None = None
     m = measure_step_memory(step, device, exclude_grads_of=model)
     return TrainingStepMemory(whole_step=m.peak_all, activations=m.peak, gradients=m.excluded,
                               method=m.method)
-
-
-def describe(model: nn.Module) -> list:
-    """One dict per momentum stack in ``model``: how it is trained and why.
-
-    Keys: ``path`` (dotted name), ``depth``, ``requested`` (True, False, "recompute" or
-    "auto"), ``mode`` (what the last forward with gradients did: "exact", "recompute" or
-    "backprop"; None for an "auto" stack before its first such forward), and the
-    estimates of the plan behind it (bytes, None before the first forward):
-    ``backprop_bytes``, ``recompute_bytes``, ``exact_bytes`` (each mode's estimated share
-    of the step's peak), ``gradient_bytes`` and ``kept`` (the last layers whose graphs
-    an exact stack keeps from the forward pass). See ``mresnet_core.plan``.
-    """
-    from .momentum import MomentumNet  # momentum imports this module's users lazily
-
-    rows = []
-    for path, m in model.named_modules():
-        if isinstance(m, MomentumNet):
-            plan = m.memory_plan()
-            est = plan.estimates if plan is not None else {}
-            rows.append({"path": path, "depth": len(m.functions), "requested": m.memory_efficient,
-                         "mode": m.training_mode, "backprop_bytes": est.get("backprop"),
-                         "recompute_bytes": est.get("recompute"), "exact_bytes": est.get("exact"),
-                         "gradient_bytes": plan.gradient_bytes if plan is not None else None,
-                         "kept": plan.kept if plan is not None else None})
-    return rows
 
 
 # --------------------------------------------------------------------------------------

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import copy
 import warnings
-from numbers import Real
 
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from . import exact
 from .convert import to_momentumnet
+from .modes import DEFAULT_MEMORY_MODE, MemoryMode, memory_mode
 from .momentum import MomentumNet
 
 # depth -> (block type, blocks per stage), as torchvision's resnet18 ... resnet152
@@ -80,9 +81,8 @@ def parse_name(name: str) -> tuple[bool, int]:
 
 
 def check_gamma(gamma) -> float:
-    """gamma as a float in [0, 1], or a ValueError saying so."""
-    if isinstance(gamma, bool) or not isinstance(gamma, Real) or not 0.0 <= float(gamma) <= 1.0:
-        raise ValueError(f"gamma must be a number in [0, 1] (the paper uses 0.9), got {gamma!r}")
+    """gamma as a float, checked as every momentum stack checks it (``exact.gamma_numerator``)."""
+    exact.gamma_numerator(gamma)
     return float(gamma)
 
 
@@ -142,7 +142,8 @@ def set_gamma(model: nn.Module, gamma: float) -> None:
 
 
 def build_model(name: str, num_classes: int = 10, *, gamma: float = 0.9,
-                init_velocity: str = "zero", memory_efficient: bool = True, width: int = 64,
+                init_velocity: str = "zero", memory_efficient: MemoryMode | bool | str = DEFAULT_MEMORY_MODE,
+                width: int = 64,
                 stem: str = "cifar", weights=None) -> nn.Module:
     """A ResNet or Momentum ResNet by name: resnet18/34/50/101/152, mresnet18/.../152.
 
@@ -152,9 +153,9 @@ def build_model(name: str, num_classes: int = 10, *, gamma: float = 0.9,
         gamma: momentum in [0, 1] of every stack (Momentum ResNets only).
         init_velocity: "zero" (v0 = 0) or "block" (v0 = f0(x0), one extra learned block of
             the stage's type per stack); Momentum ResNets only.
-        memory_efficient: train the momentum stacks without storing activations (exact
-            inversion). gamma = 0 cannot be inverted: it falls back to ordinary backprop
-            with a warning.
+        memory_efficient: how the momentum stacks get their activations in backward
+            (``modes.MemoryMode``; default "auto", as ``to_momentumnet``). gamma = 0
+            cannot be inverted: "exact" falls back to ordinary backprop with a warning.
         width: base channels (64 in the paper).
         stem: "cifar" (3x3 stride-1 conv1, no max-pool) or "imagenet" (torchvision's).
         weights: torchvision pretrained weights (ImageNet form only), e.g. "IMAGENET1K_V1".
@@ -168,7 +169,8 @@ def build_model(name: str, num_classes: int = 10, *, gamma: float = 0.9,
     model = build_resnet(depth, num_classes, width=width, stem=stem, weights=weights)
     if not momentum:
         return model
-    if memory_efficient and gamma == 0.0:
+    memory_efficient = memory_mode(memory_efficient)
+    if memory_efficient == "exact" and gamma == 0.0:
         warnings.warn("gamma = 0 (a plain ResNet) cannot be inverted; the momentum stacks "
                       "use ordinary backprop (memory_efficient=False)", stacklevel=2)
         memory_efficient = False

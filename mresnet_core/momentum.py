@@ -2,12 +2,14 @@
 
     v_{n+1} = gamma * v_n + (1 - gamma) * f_n(x_n),    x_{n+1} = x_n + v_{n+1}
 
-``memory_efficient=False`` runs this with ordinary autograd (every layer's activations
-stored). ``memory_efficient=True`` stores none: the backward pass rebuilds them by
-running the update backwards in exact fixed-point arithmetic (``reversible.py``).
-``memory_efficient="recompute"`` keeps the stack's input and re-runs it in backward
-(``recompute.py``); ``"auto"`` picks the cheapest of the three for the input's shapes
-(``plan.py``). All give the gradients of ordinary autograd.
+``memory_efficient`` (a ``modes.MemoryMode``): "backprop" (False) runs this with
+ordinary autograd (every layer's activations stored); "exact" (True) stores none: the
+backward pass rebuilds them by running the update backwards in exact fixed-point
+arithmetic (``reversible.py``); "recompute" keeps the stack's input and re-runs it in
+backward (``recompute.py``); "auto", the default, picks the cheapest of the three for
+the input's shapes (``plan.py``). All give the gradients of ordinary autograd. Except
+under "backprop", ``torch.compile`` does not trace into the stack: it runs eagerly
+between the compiled parts of a model (its backward walks are not traceable).
 """
 from __future__ import annotations
 
@@ -18,9 +20,15 @@ import torch
 from torch import nn
 from . import exact
 from ._torch_private import tree_flatten
-from .plan import StackPlan, make_plan, requested_mode
+from .exact_walk import Tape, run_inverse
+from .modes import DEFAULT_MEMORY_MODE, MemoryMode, memory_mode
+from .plan import StackPlan, make_plan
 from .recompute import RecomputeMomentum, plain_steps
-from .reversible import GradientHandoff, MemoryFreeMomentum, Stack, Tape, check_residual_output, run_inverse
+from .replay import Stack, autocast_enabled, residual_of_block, residual_of_function
+from .reversible import ExactCall, GradientHandoff, MemoryFreeMomentum
+
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -39,19 +47,6 @@ class MomentumState:
         return iter((self.x, self.v))
 
 
-def _residual_of_block(module, x, args, kwargs):
-    """f(x) for a module that adds its own skip connection (torchvision blocks)."""
-    out = module(x, *args, **kwargs)
-    check_residual_output(out, x, module)
-    return out - x
-
-
-def _residual_of_function(module, x, args, kwargs):
-    out = module(x, *args, **kwargs)
-    check_residual_output(out, x, module)
-    return out
-
-
 class MomentumNet(nn.Module):
     """Momentum residual stack; see the module docstring for the update rule.
 
@@ -60,11 +55,12 @@ class MomentumNet(nn.Module):
             may appear several times (shared weights).
         gamma: momentum in [0, 1], rounded to the nearest n / 2**16 (``self.gamma``).
             0 is a ResNet, 1 keeps the initial velocity forever.
-        memory_efficient: how backward gets the activations. True: rebuilt by exact
-            inversion (stores none; forced). False: stored (ordinary backprop).
-            "recompute": the stack's input is kept and the stack re-run in backward.
-            "auto": the cheapest of these for the input's shapes, decided at the first
-            forward with gradients for each input shape (``memory_plan()``, ``plan.py``).
+        memory_efficient: how backward gets the activations (``modes.MemoryMode``).
+            "auto" (default): the cheapest of the others for the input's shapes, decided
+            at the first forward with gradients for each input shape (``memory_plan()``,
+            ``plan.py``). "exact" (or True): rebuilt by exact inversion (stores none).
+            "backprop" (or False): stored (ordinary backprop). "recompute": the stack's
+            input is kept and the stack re-run in backward.
         residual: True if each module *is* f; False if it already adds its input
             (a torchvision block), so that f(x) = module(x) - x.
         init_velocity: None for v0 = 0, or a module giving v0 = init_velocity(x0).
@@ -76,7 +72,7 @@ class MomentumNet(nn.Module):
     """
 
     def __init__(self, functions: Sequence[nn.Module], gamma: float = 0.9, *,
-                 memory_efficient: bool | str = True, residual: bool = True,
+                 memory_efficient: MemoryMode | bool | str = DEFAULT_MEMORY_MODE, residual: bool = True,
                  init_velocity: nn.Module | None = None, within_network: bool = False):
         super().__init__()
         if isinstance(functions, nn.Module) and not isinstance(functions, (nn.ModuleList, nn.Sequential)):
@@ -98,14 +94,13 @@ class MomentumNet(nn.Module):
 
     # ------------------------------------------------------------------ properties
     @property
-    def memory_efficient(self) -> bool | str:
-        """True (exact inversion), False (ordinary backprop), "recompute" or "auto"."""
-        mode = self._requested
-        return {"exact": True, "backprop": False}.get(mode, mode)
+    def memory_efficient(self) -> MemoryMode:
+        """The requested mode: "auto", "exact", "recompute" or "backprop"."""
+        return self._requested
 
     @memory_efficient.setter
     def memory_efficient(self, value) -> None:
-        mode = requested_mode(value)
+        mode = memory_mode(value)
         if mode == "exact":
             exact.check_invertible(self._n)
         self._requested = mode
@@ -169,7 +164,7 @@ class MomentumNet(nn.Module):
                 f"memory_efficient={self.memory_efficient!r}, residual={self.residual}")
 
     def _stack(self, args_spec=None, kept: int = 0) -> Stack:
-        residual_of = _residual_of_function if self.residual else _residual_of_block
+        residual_of = residual_of_function if self.residual else residual_of_block
         return Stack(functions=list(self.functions), residual_of=residual_of, n=self._n,
                      args_spec=args_spec, kept=kept)
 
@@ -179,7 +174,23 @@ class MomentumNet(nn.Module):
         return self.forward_state(x, *args, **kwargs).x
 
     def forward_state(self, x: torch.Tensor, *args, **kwargs) -> MomentumState:
-        """(x_L, v_L) of the stack; with exact inversion also the exact tape."""
+        """(x_L, v_L) of the stack; with exact inversion also the exact tape.
+
+        Under ``torch.autocast`` a half-precision input is carried in float32 through
+        the stack (the residual functions still run in autocast's precision): the
+        momentum sums are accumulated as autocast accumulates its own, in every mode.
+        """
+        if isinstance(x, torch.Tensor) and x.dtype in HALF_DTYPES and autocast_enabled(x.device.type):
+            x = x.float()
+        if self._requested == "backprop":  # ordinary autograd: torch.compile may trace it
+            self._check_input(x)
+            return MomentumState(*self._plain(x, self._initial_velocity(x, none_for_zero=True), args, kwargs))
+        return self._forward_state_untraced(x, *args, **kwargs)
+
+    @torch.compiler.disable
+    def _forward_state_untraced(self, x, *args, **kwargs) -> MomentumState:
+        """forward_state of the other modes, which torch.compile runs as it is: their
+        walks hold Python state (tapes, replay records, C kernels) a graph cannot."""
         self._check_input(x)
         mode, kept = self._mode_for(x, args, kwargs)
         v0 = self._initial_velocity(x, none_for_zero=True)  # None: zeros, no tensor of them
@@ -191,11 +202,11 @@ class MomentumNet(nn.Module):
         params = stack.params
         if mode == "recompute":
             return MomentumState(*RecomputeMomentum.apply(stack, len(params), x, v0, *params, *leaves))
-        holder: dict = {}
-        xL, vL = MemoryFreeMomentum.apply(stack, holder, len(params), x, v0, *params, *leaves)
+        call = ExactCall()
+        xL, vL = MemoryFreeMomentum.apply(stack, call, len(params), x, v0, *params, *leaves)
         if xL.requires_grad:
-            xL = GradientHandoff.apply(xL, holder)
-        return MomentumState(xL, vL, holder["tape"])
+            xL = GradientHandoff.apply(xL, call)
+        return MomentumState(xL, vL, call.tape)
 
     def _plain(self, x, v, args, kwargs, visit=None):
         stack = self._stack()
@@ -261,3 +272,27 @@ class MomentumNet(nn.Module):
                 f = stack.residual_of(module, x, args, kwargs)
                 v = (v - (1.0 - self.gamma) * f) / self.gamma
         return x, v
+
+
+def describe(model: nn.Module) -> list:
+    """One dict per momentum stack in ``model``: how it is trained and why.
+
+    Keys: ``path`` (dotted name), ``depth``, ``requested`` (the ``MemoryMode`` asked
+    for), ``mode`` (what the last forward with gradients did: "exact", "recompute" or
+    "backprop"; None for an "auto" stack before its first such forward), and the
+    estimates of the plan behind it (bytes, None before the first forward):
+    ``backprop_bytes``, ``recompute_bytes``, ``exact_bytes`` (each mode's estimated share
+    of the step's peak), ``gradient_bytes`` and ``kept`` (the last layers whose graphs
+    an exact stack keeps from the forward pass). See ``mresnet_core.plan``.
+    """
+    rows = []
+    for path, m in model.named_modules():
+        if isinstance(m, MomentumNet):
+            plan = m.memory_plan()
+            est = plan.estimates if plan is not None else {}
+            rows.append({"path": path, "depth": len(m.functions), "requested": m.memory_efficient,
+                         "mode": m.training_mode, "backprop_bytes": est.get("backprop"),
+                         "recompute_bytes": est.get("recompute"), "exact_bytes": est.get("exact"),
+                         "gradient_bytes": plan.gradient_bytes if plan is not None else None,
+                         "kept": plan.kept if plan is not None else None})
+    return rows

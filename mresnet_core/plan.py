@@ -59,9 +59,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import exact
-from .reversible import LayerReplay, Stack, _Replaying, _rng_snapshot
-
-MODES = ("exact", "recompute", "backprop")
+from .accounting import saved_tensors
+from .modes import MemoryMode
+from .replay import LayerReplay, Replaying, Stack, rng_snapshot
 
 
 def exact_state_bytes(n: int) -> int:
@@ -81,22 +81,6 @@ EXACT_BACKWARD_TEMPORARIES = 3
 EAGER_KERNEL_BYTES = 64
 #: exact inversion must save at least 10% over keeping the activations
 EXACT_MARGIN = 0.9
-
-
-def requested_mode(memory_efficient) -> str:
-    """The mode a ``memory_efficient`` value asks for: 'auto' or one of MODES.
-
-    True is 'exact' (forced exact inversion), False is 'backprop'.
-    """
-    if memory_efficient is True:
-        return "exact"
-    if memory_efficient is False:
-        return "backprop"
-    if isinstance(memory_efficient, str) and memory_efficient in ("auto", *MODES):
-        return memory_efficient
-    raise ValueError("memory_efficient must be True (exact inversion), False (ordinary "
-                     "backprop), 'auto' (the cheapest exact way per stack), 'recompute' "
-                     f"or 'exact'/'backprop', got {memory_efficient!r}")
 
 
 @dataclass(frozen=True)
@@ -130,12 +114,10 @@ def layer_saved_bytes(stack: Stack, module, x: torch.Tensor, args, kwargs) -> in
     The call runs with a graph on a detached copy of ``x``; the module's buffers (BatchNorm
     statistics) and the RNG state are put back afterwards, so nothing observable changes.
     """
-    from .memory import saved_tensors  # memory imports reversible: import here
-
     probe = x.detach().requires_grad_(True)
-    cpu, cuda = _rng_snapshot(x.device)
+    cpu, cuda = rng_snapshot(x.device)
     bufs = [b.detach().clone() for b in module.buffers()] or None
-    with _Replaying(module, LayerReplay(cpu_rng=cpu, cuda_rng=cuda, buffers=bufs), x.device):
+    with Replaying(module, LayerReplay(cpu_rng=cpu, cuda_rng=cuda, buffers=bufs), x.device):
         report = saved_tensors(lambda: stack.residual_of(module, probe, args, kwargs),
                                exclude=module)
     return report.nbytes
@@ -170,8 +152,7 @@ def make_plan(stack: Stack, x: torch.Tensor, args, kwargs, requested: str,
         estimates["exact"] = (held + layer + EXACT_BACKWARD_TEMPORARIES * numel * item + grads - first_grads
                               + eager_kernel_bytes(x, stack.n))
     kept = 0
-    mode = requested if requested != "auto" else choose_mode(
-        estimates, numel * item, within_network)
+    mode = MemoryMode(requested if requested != "auto" else choose_mode(estimates, numel * item, within_network))
     if requested == "auto" and mode == "exact":
         # besides the graphs: the copy of the exact state, and a margin of full-size
         # temporaries (measured: without it, 0.4% above the all-inverted peak at depth 256)

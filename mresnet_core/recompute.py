@@ -6,7 +6,9 @@ recomputation gives the forward pass's values bit for bit. `RecomputeMomentum` r
 without a graph, keeping each layer's replay record (RNG state, module buffers); its
 backward re-runs it with a graph under those records and backpropagates through it.
 Gradients are those of ordinary autograd; the stack's activations exist only during its
-own backward.
+own backward. A recomputation that does not give the forward's x_L and v_L bit for bit
+(a non-deterministic residual function, parameters changed in between) is an error,
+never silently different gradients.
 """
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ import dataclasses
 
 import torch
 
-from ._torch_private import tree_unflatten
-from .reversible import Stack, _call_recording, _Replaying, slow_attention
+from . import exact
+from ._torch_private import free_storage, tree_unflatten
+from .exact_walk import fingerprint
+from .replay import DOUBLE_BACKWARD, AutocastState, Replaying, Stack, call_recording, slow_attention
 
 
 def plain_steps(stack: Stack, x, v, call, visit=None):
@@ -56,13 +60,15 @@ class RecomputeMomentum(torch.autograd.Function):
         replays = []
 
         def call(i, module, x):
-            f, replay = _call_recording(stack, i, x, args, kwargs)
+            f, replay = call_recording(stack, i, x, args, kwargs)
             replays.append(replay)
             return f
 
         with slow_attention():
             xL, vL = plain_steps(stack, x0, v0, call)
         ctx.stack, ctx.replays, ctx.n_params, ctx.v0_given = stack, replays, n_params, v0 is not None
+        ctx.versions, ctx.autocast = stack.versions(), AutocastState.capture()
+        ctx.outputs = _bits(xL, vL)
         ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
         ctx.save_for_backward(x0, *([v0] if v0 is not None else []),
@@ -71,6 +77,14 @@ class RecomputeMomentum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_x, grad_v):
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(DOUBLE_BACKWARD)
+        ctx.stack.check_unchanged(ctx.versions)
+        with ctx.autocast.restored():
+            return RecomputeMomentum._backward(ctx, grad_x, grad_v)
+
+    @staticmethod
+    def _backward(ctx, grad_x, grad_v):
         saved = list(ctx.saved_tensors)
         x0 = saved.pop(0)
         v0 = saved.pop(0) if ctx.v0_given else None
@@ -89,11 +103,13 @@ class RecomputeMomentum(torch.autograd.Function):
         v = None if v0 is None else v0.detach().requires_grad_(needs[3])
 
         def call(i, module, xi):
-            with _Replaying(module, ctx.replays[i], xi.device, untracked=True):
+            with Replaying(module, ctx.replays[i], xi.device, untracked=True):
                 return stack.residual_of(module, xi, args, kwargs)
 
         with torch.enable_grad(), slow_attention():
             xL, vL = plain_steps(stack, x, v, call)
+        if _bits(xL, vL) != ctx.outputs:
+            raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
         wrt = ([x] if needs[2] else []) + ([v] if needs[3] and v is not None else [])
         wrt += [p for p, need in zip(params, param_needs) if need]
         wrt += [a for a, need in zip(leaves, arg_needs) if need]
@@ -106,7 +122,7 @@ class RecomputeMomentum(torch.autograd.Function):
         # values: free their data (two full-size tensors the ordinary path does not hold
         # at this point); autograd.grad only needs their shapes and graph
         for out in (xL, vL):
-            out.untyped_storage().resize_(0)
+            free_storage(out)
         if outs and wrt:
             grads = list(torch.autograd.grad(outs, wrt, grads_out, allow_unused=True))
         else:
@@ -118,3 +134,12 @@ class RecomputeMomentum(torch.autograd.Function):
         out_params = [next(it) if need else None for need in param_needs]
         out_args = [next(it) if need else None for need in arg_needs]
         return (None, None, gx, gv, *out_params, *out_args)
+
+
+def _bits(*tensors: torch.Tensor) -> list:
+    """Fingerprint of float tensors' bits (``exact_walk.fingerprint`` of their integer view):
+    a recomputation must reproduce the forward's outputs exactly."""
+    return fingerprint(*[t.detach().contiguous().view(_INT_OF[t.element_size()]) for t in tensors])
+
+
+_INT_OF = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}

@@ -1,460 +1,68 @@
-"""The memory-free momentum stack: forward without a graph, backward by exact inversion.
+"""The memory-free momentum stack as autograd sees it: forward without a graph,
+backward by exact inversion.
 
-`run_forward` and `run_inverse` walk the stack in fixed point (see `exact.py`);
-`MemoryFreeMomentum` is the autograd.Function that keeps only the final (x, v), the
-information buffer and the per-layer replay records, and rebuilds each layer's input
-during backward to recompute its residual function with a graph, one layer at a time
-(`adjoint.MomentumAdjoint`). Parameter gradients are accumulated as it goes; no
-per-layer gradient list is held.
-
-A stack may keep the graphs of its last ``Stack.kept`` layers from the forward pass
-(``"auto"`` sizes this so that they fit in memory the step's parameter gradients take
-later anyway, ``plan.py``): those layers are neither inverted nor recomputed, and the
-exact state at the first of them is kept for the rest. Same bits either way.
+`MemoryFreeMomentum` runs the exact forward walk (``exact_walk.run_forward``) and keeps
+only the final (x, v), the information buffer and the per-layer replay records; its
+backward rebuilds each layer's input (``exact_walk.run_inverse``) to recompute its
+residual function with a graph, one layer at a time, and backpropagates through it
+(``adjoint.MomentumAdjoint``). Parameter gradients are accumulated as it goes; no
+per-layer gradient list is held. `GradientHandoff` hands the incoming gradient over so
+that autograd does not hold it through the whole backward. The two nodes and the caller
+share one :class:`ExactCall`.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import contextvars
 import weakref
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from . import exact
 from .adjoint import MomentumAdjoint
-from ._torch_private import node_saves_its_output, tree_unflatten
-
-_HELD_OBSERVERS: contextvars.ContextVar = contextvars.ContextVar("mresnet_held_observers", default=())
-
-
-@contextlib.contextmanager
-def observe_held_tensors(callback: Callable[[list], None]):
-    """Within the block, ``callback(tensors)`` sees the tensors each memory-free forward
-    keeps for its backward pass outside ``save_for_backward`` (the exact tape), so that
-    memory accounting (``mresnet_core.memory.saved_tensors``) can count them."""
-    token = _HELD_OBSERVERS.set(_HELD_OBSERVERS.get() + (callback,))
-    try:
-        yield
-    finally:
-        _HELD_OBSERVERS.reset(token)
+from ._torch_private import tree_unflatten, version_of
+from .accounting import report_held
+from .exact_walk import Tape, replay_forward, run_forward, run_inverse
+from .replay import DOUBLE_BACKWARD, AutocastState, Stack
 
 
 @dataclass
-class LayerReplay:
-    """What layer n needs to recompute f bit for bit: RNG states and module buffers."""
+class ExactCall:
+    """What one call of the memory-free stack shares between its caller and its two
+    autograd nodes: the exact ``tape`` its forward produced (for ``MomentumState``;
+    dropped once backward has used it), and the ``incoming_grad`` dL/dx_L that
+    `GradientHandoff` hands to `MemoryFreeMomentum`'s backward."""
 
-    cpu_rng: torch.Tensor | None = None
-    cuda_rng: torch.Tensor | None = None
-    buffers: list | None = None  # values of the function's buffers before its call
-
-
-@dataclass
-class Tape:
-    """Exact state of a momentum stack at one depth, plus what is needed to run back."""
-
-    x: torch.Tensor | None  # int64 fixed point (None: released, see run_inverse)
-    v: torch.Tensor | None  # int64 fixed point
-    buffer: exact.InformationBuffer | None
-    replays: list = field(default_factory=list)
-    dtype: torch.dtype = torch.float32
-    consumed: bool = False  # unwound in place by a backward pass
-
-    def tensors(self) -> list:
-        """Every tensor the tape holds (for saving and for memory accounting)."""
-        out = [t for t in (self.x, self.v) if t is not None]
-        out += self.buffer.tensors() if self.buffer is not None else []
-        for r in filter(None, self.replays):  # None: nothing to replay for that layer
-            out += [t for t in (r.cpu_rng, r.cuda_rng) if t is not None]
-            out += list(r.buffers or [])
-        return out
-
-
-@dataclass
-class Stack:
-    """The static description of a momentum stack: functions, gamma, argument layout."""
-
-    functions: Sequence[torch.nn.Module]
-    residual_of: Callable  # (module, x, args, kwargs) -> f(x)
-    n: int  # gamma = n / 2**16
-    args_spec: object = None  # pytree spec of (args, kwargs)
-    kept: int = 0  # the last `kept` layers keep their graphs from the forward pass
-
-    @property
-    def gamma(self) -> float:
-        return self.n / exact.GAMMA_DENOMINATOR
-
-    # Walking a module's parameters or buffers costs microseconds per layer; a stack is
-    # made per forward call, so these are gathered once for its forward and backward,
-    # both in one walk of each function's modules.
-    @functools.cached_property
-    def _members(self) -> tuple:
-        walks = [_parameters_and_buffers(m) for m in self.functions]
-        return [w[0] for w in walks], [w[1] for w in walks]
-
-    @property
-    def layer_params(self) -> list:
-        """Each function's parameters (lists, in the order of ``module.parameters()``)."""
-        return self._members[0]
-
-    @property
-    def layer_buffers(self) -> list:
-        """Each function's buffers (lists, in the order of ``module.buffers()``)."""
-        return self._members[1]
-
-    @functools.cached_property
-    def params(self) -> list:
-        """The unique parameters of all functions, in a fixed order."""
-        seen, out = set(), []
-        for ps in self.layer_params:
-            for p in ps:
-                if id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
-        return out
-
-
-def _parameters_and_buffers(module: torch.nn.Module) -> tuple:
-    """(list(module.parameters()), list(module.buffers())) in one walk of its modules."""
-    params, buffers, seen_params, seen_buffers = [], [], set(), set()
-    for m in module.modules():
-        for members, out, seen in ((m._parameters, params, seen_params), (m._buffers, buffers, seen_buffers)):
-            for t in members.values():
-                if t is not None and id(t) not in seen:
-                    seen.add(id(t))
-                    out.append(t)
-    return params, buffers
-
-
-@contextlib.contextmanager
-def slow_attention():
-    """Turn off PyTorch's fused attention fast path for the duration.
-
-    The fast path runs only without autograd, so the memory-free forward (no graph) would
-    take it while the backward's recomputation (with a graph) would not: they would differ
-    by rounding, and the exact inversion needs f recomputed bit for bit.
-    """
-    was = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(was)
-
-
-def _rng_snapshot(device: torch.device):
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return cpu, cuda
-
-
-def _call_recording(stack: Stack, i: int, xf, args, kwargs):
-    """Evaluate f_i(x) and return what replaying it bit for bit needs (None: nothing)."""
-    module = stack.functions[i]
-    bufs = [b.detach().clone() for b in stack.layer_buffers[i]] or None
-    cpu, cuda = _rng_snapshot(xf.device)
-    f = stack.residual_of(module, xf, args, kwargs)
-    cpu_after, cuda_after = _rng_snapshot(xf.device)
-    replay = LayerReplay(
-        cpu_rng=None if torch.equal(cpu, cpu_after) else cpu,
-        cuda_rng=None if cuda is None or torch.equal(cuda, cuda_after) else cuda,
-        buffers=bufs,
-    )
-    if replay.cpu_rng is None and replay.cuda_rng is None and bufs is None:
-        return f, None
-    return f, replay
-
-
-class _Replaying:
-    """Context manager: put layer n's RNG and buffers back as they were, then restore.
-
-    ``untracked=True`` writes the buffers through ``.data`` (no version-counter bump), for
-    a graph that is differentiated after the block has exited (``recompute.py``); the
-    default bumps it, and the gradient must then be taken inside the block.
-    """
-
-    def __init__(self, module, replay: LayerReplay | None, device, untracked: bool = False):
-        self.module, self.replay, self.device = module, replay, device
-        self.untracked = untracked
-
-    def _write(self, buffers, values):
-        with torch.no_grad():
-            for b, value in zip(buffers, values):
-                (b.data if self.untracked else b).copy_(value)
-
-    def __enter__(self):
-        r = self.replay
-        if r is None:
-            return self
-        self.saved_cpu = torch.get_rng_state() if r.cpu_rng is not None else None
-        self.saved_cuda = torch.cuda.get_rng_state(self.device) if r.cuda_rng is not None else None
-        if r.cpu_rng is not None:
-            torch.set_rng_state(r.cpu_rng)
-        if r.cuda_rng is not None:
-            torch.cuda.set_rng_state(r.cuda_rng, self.device)
-        if r.buffers:
-            bufs = list(self.module.buffers())
-            self.saved_buffers = [b.detach().clone() for b in bufs]
-            self._write(bufs, r.buffers)
-        return self
-
-    def __exit__(self, *exc):
-        r = self.replay
-        if r is None:
-            return False
-        if r.cpu_rng is not None:
-            torch.set_rng_state(self.saved_cpu)
-        if r.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.saved_cuda, self.device)
-        if r.buffers:
-            self._write(list(self.module.buffers()), self.saved_buffers)
-        return False
-
-
-@dataclass
-class KeptGraphs:
-    """The last layers' graphs from the forward pass, and the exact state below them.
-
-    ``xs[j]``, ``fs[j]``: the float input (a leaf) and the output of layer ``start + j``,
-    with the graph between them (f's data is freed when no node of the graph saved it);
-    ``bottom``: the exact state at depth ``start``, for inverting the layers below.
-    """
-
-    start: int
-    bottom: Tape
-    xs: list = field(default_factory=list)
-    fs: list = field(default_factory=list)
-    # what the graphs saved, gathered during the forward pass for memory accounting
-    # (observe_held_tensors), then let go; not gathered when nobody observes
-    saved_tensors: list = field(default_factory=list)
-
-    def note_saved(self, t: torch.Tensor) -> torch.Tensor:
-        """saved_tensors_hooks pack for the kept layers' calls."""
-        self.saved_tensors.append(t)
-        return t
-
-    def forward_done(self) -> list:
-        """End of the forward pass: the tensors the kept graphs hold (for accounting)."""
-        held = self.saved_tensors + [t for pair in zip(self.xs, self.fs) for t in pair]
-        self.saved_tensors = []
-        return held
-
-
-@slow_attention()
-def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
-    """Exact forward pass, keeping each layer's replay record: returns (tape, kept).
-
-    Without a graph, except for the last ``stack.kept`` layers, whose graphs are kept
-    (``kept``, a :class:`KeptGraphs`; None when ``stack.kept`` is 0). The state at the
-    first of them is set aside for the backward pass and the forward goes on with a
-    copy, so the tape at the top stays whole (``MomentumNet.inverse`` can use it).
-    """
-    dtype = x0.dtype
-    depth = len(stack.functions)
-    x, v, buffer = initial_state(stack, x0, v0)
-    kernels = exact.ExactKernels(x, stack.n)
-    k = kernels.bind(x, v, buffer, dtype)
-    replays = []
-    kept = None
-    start = depth - min(stack.kept, depth)
-    # the largest magnitude of each layer: Python floats from the C kernels, 0-dim
-    # tensors (no device sync) from the torch kernels, in one preallocated slot per
-    # layer (a list of small tensors would pin freed memory)
-    peak_per_layer = torch.zeros(depth, dtype=torch.float64, device=x.device)
-    float_peaks = [0.0] * depth
-    xf = exact.to_float(x, dtype)
-    with torch.no_grad():
-        for i in range(depth):
-            if i < start:
-                f, replay = _call_recording(stack, i, xf, args, kwargs)
-            else:
-                if kept is None:
-                    kept = KeptGraphs(start, Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype))
-                    x, v, buffer = x.clone(), v.clone(), buffer.copy()
-                    k = kernels.bind(x, v, buffer, dtype)
-                f, replay = _call_keeping(stack, i, xf, args, kwargs, kept)
-            xf, peak = k.push(f.detach())
-            if i >= start:
-                _release_unsaved_root(f, kept.xs[-1])
-            if isinstance(peak, float):
-                float_peaks[i] = peak
-            else:
-                peak_per_layer[i] = peak
-            replays.append(replay)
-    if depth:
-        peak_per_layer = torch.maximum(peak_per_layer, torch.tensor(float_peaks, dtype=torch.float64,
-                                                                    device=x.device))
-        worst = float(peak_per_layer.max())
-        if not worst < exact.VALUE_LIMIT:
-            layer = int(torch.nan_to_num(peak_per_layer, nan=float("inf")).argmax())
-            exact.check_range(worst, f"the activation after layer {layer + 1} of the momentum stack")
-    return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype), kept
-
-
-def _call_keeping(stack: Stack, i: int, xf, args, kwargs, kept: KeptGraphs):
-    """`_call_recording` with a graph from a leaf copy of x to f, kept in ``kept``."""
-    xf = xf.detach().requires_grad_(True)
-    observed = (torch.autograd.graph.saved_tensors_hooks(kept.note_saved, _unpack) if _HELD_OBSERVERS.get()
-                else contextlib.nullcontext())
-    with torch.enable_grad(), observed:
-        f, replay = _call_recording(stack, i, xf, args, kwargs)
-    kept.xs.append(xf)
-    kept.fs.append(f)
-    return f, replay
-
-
-def initial_state(stack: Stack, x0: torch.Tensor, v0: torch.Tensor | None):
-    """The exact (x, v, buffer) at depth 0: x0 and v0 (None: zeros) in fixed point."""
-    x = exact.to_fixed(x0, "the input x0")
-    v = torch.zeros_like(x) if v0 is None else exact.to_fixed(v0, "the initial velocity v0")
-    return x, v, exact.InformationBuffer.empty(x.shape, x.device, stack.n)
-
-
-@slow_attention()
-def replay_forward(stack: Stack, tape: Tape, args, kwargs, inputs=None) -> None:
-    """Rebuild an unwound tape in place: from its exact (x0, v0), replay every layer.
-
-    A tape whose state was released at the end of its backward pass (``run_inverse``'s
-    ``release``) starts again from ``inputs`` = (x0, v0 or None), the float inputs of
-    the forward pass. Each layer sees the RNG state and module buffers it saw the first
-    time, and they are put back afterwards, so the replay changes nothing but the tape.
-    """
-    if tape.x is None:
-        if inputs is None:
-            raise ValueError("this tape's state was released; replaying it needs the stack's inputs")
-        tape.x, tape.v, tape.buffer = initial_state(stack, *inputs)
-    x, v, buffer = tape.x, tape.v, tape.buffer
-    k = exact.ExactKernels(x, stack.n).bind(x, v, buffer, tape.dtype)
-    xf = exact.to_float(x, tape.dtype)
-    with torch.no_grad():
-        for module, replay in zip(stack.functions, tape.replays):
-            with _Replaying(module, replay, x.device):
-                f = stack.residual_of(module, xf, args, kwargs)
-            xf, _ = k.push(f)
-    tape.consumed = False
-
-
-def check_residual_output(f, x: torch.Tensor, module) -> None:
-    """A residual function must return a tensor of its input's shape and dtype."""
-    if not isinstance(f, torch.Tensor) or f.shape != x.shape:
-        got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
-        raise ValueError(
-            f"residual function {type(module).__name__} must return a tensor shaped like its "
-            f"input {tuple(x.shape)}, got {got}; a block that changes shape cannot be part of a "
-            "momentum stack (keep it outside, e.g. keep_first=True in to_momentumnet)."
-        )
-    if f.dtype != x.dtype:
-        raise TypeError(f"residual function {type(module).__name__} returned {f.dtype} for a "
-                        f"{x.dtype} input; the momentum stack needs one dtype throughout")
-
-
-@slow_attention()
-def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=False,
-                release=None) -> Tape | None:
-    """Walk the tape back to depth 0 exactly. ``on_layer(i, xf, f)`` sees each recompute.
-
-    With ``on_layer`` the residual function is recomputed with autograd enabled (for the
-    backward pass); otherwise without. ``consume`` unwinds the tape's own tensors in
-    place (no copy: what the backward pass does); otherwise the tape stays reusable.
-    ``release`` (with ``consume``): asked once depth 0 is reached and checked, before
-    the first layer's ``on_layer``; if it returns True the exact state (int64 x0 and v0,
-    the empty buffer: 20 bytes per element) is dropped there rather than held through
-    the first layer's backward, where the step's gradients are all allocated and its
-    memory peaks, and nothing is returned.
-    """
-    if tape.consumed:
-        raise ValueError("this tape was already unwound by a backward pass; run forward_state again")
-    if consume:
-        buffer, x, v = tape.buffer, tape.x, tape.v
-        tape.consumed = True
-    else:
-        buffer, x, v = tape.buffer.copy(), tape.x.clone(), tape.v.clone()
-    k = exact.ExactKernels(x, stack.n).bind(x, v, buffer, tape.dtype)
-    replays = tape.replays or [None] * len(stack.functions)
-    for i in range(len(stack.functions) - 1, -1, -1):
-        module = stack.functions[i]
-        xf = k.undo_position()
-        # the gradient is taken inside the replay too: autograd may check saved buffers
-        with _Replaying(module, replays[i], x.device):
-            if on_layer is None:
-                with torch.no_grad():
-                    f = stack.residual_of(module, xf, args, kwargs)
-            else:
-                xf = xf.requires_grad_(True)
-                with torch.enable_grad():
-                    f = stack.residual_of(module, xf, args, kwargs)
-            # f's data may go once the velocity is undone, before anything else is allocated
-            k.pop(f.detach(), release=None if on_layer is None else
-                  functools.partial(_release_unsaved_root, f, xf))
-            if i == 0:
-                if not buffer.is_empty():
-                    raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
-                if consume and release is not None and release():
-                    tape.x = tape.v = tape.buffer = x = v = buffer = k = None
-            if on_layer is not None:
-                on_layer(i, xf, f)
-        # f's graph holds x_n (its leaf): let both go before the next layer's are made
-        f = xf = None
-    if buffer is None:
-        return None
-    return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype)
-
-
-def _unpack(t):
-    return t
-
-
-def _release_unsaved_root(f: torch.Tensor, xf: torch.Tensor) -> None:
-    """Free the data of f(x_n) once the exact inverse has used it, when nothing needs it.
-
-    Backpropagating from f needs its graph and its shape, not its values, unless a node of
-    its graph saved it. Only f's own node can have: the nodes before it were made before
-    f existed, and a node that saved a tensor f was then written over in place would fail
-    its own version check. So f (a plain tensor, not a view, owning its whole storage) is
-    freed when its node is a generated one that does not save its output (a Linear's
-    does not; a ReLU's does); this drops one full-size tensor from every backward step.
-    """
-    node = f.grad_fn
-    if (node is None or f._base is not None or type(f) is not torch.Tensor or f.device.type == "meta"
-            or node_saves_its_output(node, f.output_nr)):
-        return
-    storage = f.untyped_storage()
-    if storage.data_ptr() == xf.untyped_storage().data_ptr() or storage.nbytes() != f.nbytes:
-        return
-    storage.resize_(0)
+    tape: Tape | None = None
+    incoming_grad: torch.Tensor | None = None
 
 
 class MemoryFreeMomentum(torch.autograd.Function):
     """autograd.Function: inputs (x0, v0, *params, *arg tensors) -> (x_L, v_L)."""
 
     @staticmethod
-    def forward(ctx, stack: Stack, holder: dict, n_params: int, x0, v0, *inputs):
+    def forward(ctx, stack: Stack, call: ExactCall, n_params: int, x0, v0, *inputs):
         arg_leaves = inputs[n_params:]  # the parameters are inputs only for autograd
         args, kwargs = tree_unflatten(list(arg_leaves), stack.args_spec)
         if stack.kept and any(isinstance(a, torch.Tensor) and a.requires_grad for a in arg_leaves):
             # kept graphs would have to reach the arguments' own leaves: invert all layers
             stack = dataclasses.replace(stack, kept=0)
         tape, kept = run_forward(stack, x0, v0, args, kwargs)
-        holder["tape"] = tape
+        call.tape = tape
         # The tape is kept on ctx, not through save_for_backward: backward unwinds it in
         # place (no second copy of x, v and the buffer), and a second backward
         # (retain_graph) rebuilds it by replaying the forward from the exact (x0, v0)
         # that unwinding leaves behind, or from the float inputs once it has dropped
-        # them (_keep_inputs). Memory accounting sees it through observe_held_tensors.
-        ctx.stack, ctx.tape, ctx.n_params, ctx.holder = stack, tape, n_params, holder
-        ctx.kept = kept
+        # them (_keep_inputs). Memory accounting sees it through report_held.
+        ctx.stack, ctx.tape, ctx.n_params, ctx.call = stack, tape, n_params, call
+        ctx.kept, ctx.versions, ctx.autocast = kept, stack.versions(), AutocastState.capture()
         # weak references to the float inputs: if they are still alive when backward
         # reaches depth 0, the exact state can go there (a second backward rebuilds it
         # from them); keeping them alive ourselves would cost memory in the forward pass
-        ctx.inputs = [(weakref.ref(t), t._version) if t is not None else None for t in (x0, v0)]
-        held = tape.tensors() if kept is None else [*tape.tensors(), *kept.bottom.tensors(),
-                                                    *kept.forward_done()]
-        for observe in _HELD_OBSERVERS.get():
-            observe(held)
-        held = None
+        ctx.inputs = [(weakref.ref(t), version_of(t)) if t is not None else None for t in (x0, v0)]
+        report_held(tape.tensors() if kept is None else [*tape.tensors(), *kept.bottom.tensors(),
+                                                         *kept.forward_done()])
         ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
         ctx.save_for_backward(*[a for a in arg_leaves if isinstance(a, torch.Tensor)])
@@ -463,6 +71,14 @@ class MemoryFreeMomentum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_x, grad_v):
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(DOUBLE_BACKWARD)
+        ctx.stack.check_unchanged(ctx.versions)
+        with ctx.autocast.restored():
+            return MemoryFreeMomentum._backward(ctx, grad_x, grad_v)
+
+    @staticmethod
+    def _backward(ctx, grad_x, grad_v):
         saved_args = iter(ctx.saved_tensors)
         arg_leaves = [next(saved_args) if t else o for t, o in zip(ctx.leaf_is_tensor, ctx.other_leaves)]
         stack: Stack = ctx.stack
@@ -471,7 +87,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
             # the layers from kept.start up are not inverted: the top tape is not needed
             # here (it stays whole for a caller holding the MomentumState)
             tape = ctx.tape = kept.bottom
-            ctx.holder.pop("tape", None)
+            ctx.call.tape = None
         else:
             tape = ctx.tape
             if tape.consumed:  # second backward through the same graph (retain_graph=True)
@@ -494,9 +110,9 @@ class MemoryFreeMomentum(torch.autograd.Function):
                         for ps in stack.layer_params]
         grad_params: list = [None] * len(params)
         grad_args: list = [None] * len(wrt_args)
-        handed = ctx.holder.pop("grad_x", None)  # see GradientHandoff
+        handed, ctx.call.incoming_grad = ctx.call.incoming_grad, None  # see GradientHandoff
         if handed is not None:
-            grad_x = handed[0]
+            grad_x = handed
         adjoint = MomentumAdjoint(grad_x, grad_v, stack.gamma, tape.x.shape, tape.dtype, tape.x.device)
         # from here on only the adjoint holds the incoming gradient, and it lets it go at
         # the first layer (a name in this frame would keep it alive to the end)
@@ -533,7 +149,8 @@ class MemoryFreeMomentum(torch.autograd.Function):
 
 class GradientHandoff(torch.autograd.Function):
     """Identity on x_L whose backward hands the incoming gradient to the memory-free
-    stack's backward through ``holder`` and gives autograd a zero-stride stand-in.
+    stack's backward through its :class:`ExactCall` and gives autograd a zero-stride
+    stand-in.
 
     Autograd keeps a node's incoming gradients alive until its backward returns; the
     stack's backward runs through every layer, and the gradient it received (a full-size
@@ -542,13 +159,15 @@ class GradientHandoff(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, holder: dict):
-        ctx.holder = holder
+    def forward(ctx, x, call: ExactCall):
+        ctx.call = call
         return x.detach()  # an alias autograd does not track as a view: in-place use stays allowed
 
     @staticmethod
     def backward(ctx, grad):
-        ctx.holder["grad_x"] = (grad,)
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(DOUBLE_BACKWARD)
+        ctx.call.incoming_grad = grad
         return grad.new_zeros(()).expand(grad.shape), None
 
 
@@ -566,7 +185,7 @@ def _keep_inputs(ctx) -> bool:
             kept.append(None)
             continue
         t = entry[0]()
-        if t is None or t._version != entry[1]:
+        if t is None or version_of(t) != entry[1]:
             return False
         kept.append(t.detach())
     ctx.kept_inputs = tuple(kept)
@@ -579,7 +198,7 @@ def _kept_inputs(ctx):
     if kept is None:
         return None
     for t, entry in zip(kept, ctx.inputs):
-        if t is not None and t._version != entry[1]:  # a detached alias shares the version
+        if t is not None and version_of(t) != entry[1]:  # a detached alias shares the version
             raise RuntimeError("the input of a memory-free momentum stack was modified in place "
                                "after the first backward pass; a second backward through the same "
                                "graph (retain_graph=True) needs it unchanged")

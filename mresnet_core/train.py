@@ -45,6 +45,7 @@ from ._torch_private import BatchNormBase
 from .data import DATASETS, ImageData, load_data, make_loader, start_epoch
 from .models import (INIT_VELOCITIES, MODEL_NAMES, STEMS, build_model, check_gamma,
                      momentum_stacks, parse_name)
+from .modes import DEFAULT_MEMORY_MODE, MODE_NAMES, memory_mode
 
 CHECKPOINT = "checkpoint.pt"
 # config fields that may differ between a run and its resumption
@@ -64,7 +65,7 @@ class TrainConfig:
     model: str = "mresnet18"
     gamma: float = 0.9
     init_velocity: str = "zero"
-    memory_free: bool = True
+    memory: str = str(DEFAULT_MEMORY_MODE)
     width: int = 64
     stem: str = "cifar"
     weights: str | None = None
@@ -95,6 +96,10 @@ class TrainConfig:
         try:
             parse_name(self.model)
             check_gamma(self.gamma)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(str(e)) from None
+        try:
+            self.memory = str(memory_mode(self.memory))
         except ValueError as e:
             raise ConfigError(str(e)) from None
         if self.init_velocity not in INIT_VELOCITIES:
@@ -123,7 +128,7 @@ class TrainConfig:
 #: accuracy on the digits): width 8, 16x16 digits, batch 64, lr 0.05 divided by 10 after
 #: epoch 4 of 6, one thread.
 QUICK = dict(width=8, dataset="digits", image_size=16, batch_size=64, lr=0.05, epochs=6,
-             lr_milestones=(4,), threads=1)
+             lr_milestones=(4,), threads=1, memory="exact")
 
 
 def quick_config(model: str = "mresnet18", **overrides) -> TrainConfig:
@@ -274,7 +279,9 @@ def _load_checkpoint(config: TrainConfig) -> dict:
     if not path.is_file():
         raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume first)")
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    saved, now = ckpt["config"], _config_dict(config)
+    saved, now = dict(ckpt["config"]), _config_dict(config)
+    if "memory_free" in saved and "memory" not in saved:  # written before --memory existed
+        saved["memory"] = "exact" if saved.pop("memory_free") else "backprop"
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in now
             if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
     if diff:
@@ -323,7 +330,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
     changing gamma) on ``config.dataset`` (or the given ``data``) for ``config.epochs``.
 
     A given model is trained as it is (moved to the device in place): the model-building
-    settings of ``config`` (model, gamma, init_velocity, memory_free, width, stem,
+    settings of ``config`` (model, gamma, init_velocity, memory, width, stem,
     weights) then only name the run; set gamma with :func:`mresnet_core.models.set_gamma`.
 
     ``progress``: a tqdm bar per epoch; ``verbose``: print the data set, model, device
@@ -362,7 +369,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
     given = model is not None
     if not given:
         model = build_model(config.model, data.num_classes, gamma=config.gamma,
-                            init_velocity=config.init_velocity, memory_efficient=config.memory_free,
+                            init_velocity=config.init_velocity, memory_efficient=config.memory,
                             width=config.width, stem=config.stem, weights=config.weights)
     model = model.to(device)
     optimizer, scheduler = make_optimizer(model, config)
@@ -383,7 +390,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
             + (f"gamma {', '.join(f'{g:g}' for g in gammas)}" if gammas else "no momentum stack"))
     else:
         say(f"model: {config.model} (width {config.width}, {config.stem} stem, {n_params}), "
-            f"gamma {config.gamma}, v0 {config.init_velocity}, memory-free {config.memory_free}")
+            f"gamma {config.gamma}, v0 {config.init_velocity}, memory {config.memory}")
     say(f"device: {device}, {torch.get_num_threads()} threads, {world} process(es), "
         f"batch {config.batch_size} global ({config.batch_size // world} per process)"
         + (f"; resuming after epoch {start}" if ckpt is not None else ""))
@@ -481,9 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--init-velocity", type=_init_velocity, default=d.init_velocity,
                    help="initial velocity: 0/zero (v0 = 0) or 1/block (v0 = f(x0), one "
                         "extra learned block per stack)")
-    p.add_argument("--memory-free", action=argparse.BooleanOptionalAction, default=d.memory_free,
-                   help="momentum stacks store no activations (exact inversion in backward); "
+    p.add_argument("--memory", choices=MODE_NAMES, default=d.memory,
+                   help="how the momentum stacks get their activations in backward: auto (the "
+                        "cheapest exact way per stack), exact (rebuilt by exact inversion), "
+                        "recompute (re-run from the stack's input) or backprop (stored); "
                         "gamma 0 always uses ordinary backprop")
+    p.add_argument("--memory-free", dest="memory", action="store_const", const="exact",
+                   help="the same as --memory exact (earlier versions' flag)")
+    p.add_argument("--no-memory-free", dest="memory", action="store_const", const="backprop",
+                   help="the same as --memory backprop")
     p.add_argument("--width", type=int, default=d.width, help="base channels; the paper: 64")
     p.add_argument("--stem", choices=STEMS, default=d.stem,
                    help="cifar: 3x3 stride-1 conv1, no max-pool; imagenet: torchvision's")

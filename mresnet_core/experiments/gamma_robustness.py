@@ -14,7 +14,7 @@ def train_at_each_gamma(gammas, *, profile: str | None, depth: int, **settings) 
     """{gamma: TrainResult} of ``mresnet{depth}`` trained at each gamma (gamma_train =
     gamma_test: the paper's flat curve). gamma = 0 trains by ordinary backprop."""
     return {g: fit(profile, f"figure6-mresnet{depth}-g{g:g}", model=f"mresnet{depth}", gamma=g,
-                   memory_free=g > 0, **settings) for g in gammas}
+                   memory="exact" if g > 0 else "backprop", **settings) for g in gammas}
 
 
 def accuracy_at_gammas(model, gammas, *, dataset: str, data_dir=None, image_size=None,

@@ -17,7 +17,7 @@ def on_grid(shape, dtype, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("gamma", [0.01, 0.9])
 def test_inverse_reconstructs_input_bit_for_bit_after_1000_layers(gamma, dtype):
-    net = MomentumNet(mlp_stack(1000, d=6, hidden=4, dtype=dtype), gamma)
+    net = MomentumNet(mlp_stack(1000, d=6, hidden=4, dtype=dtype), gamma, memory_efficient="exact")
     x0 = on_grid((5, 6), dtype)
     with torch.no_grad():
         state = net.forward_state(x0)
@@ -35,7 +35,7 @@ def test_inverse_reconstructs_input_bit_for_bit_after_1000_layers(gamma, dtype):
 def test_inverse_with_learned_initial_velocity_and_arguments():
     torch.manual_seed(0)
     init = nn.Linear(6, 6).double()
-    net = MomentumNet([nn.Bilinear(6, 6, 6).double() for _ in range(50)], 0.5, init_velocity=init)
+    net = MomentumNet([nn.Bilinear(6, 6, 6).double() for _ in range(50)], 0.5, init_velocity=init, memory_efficient="exact")
     x0, other = on_grid((3, 6), torch.float64), torch.randn(3, 6, dtype=torch.float64) * 0.1
     with torch.no_grad():
         x_back, v_back = net.inverse(net.forward_state(x0, other), other)
@@ -86,17 +86,17 @@ class Flaky(nn.Module):
 @pytest.mark.parametrize("gamma", [0.0, 1e-7])
 def test_resnet_gamma_cannot_be_memory_free(gamma):
     with pytest.raises(ValueError, match="memory_efficient=False"):
-        MomentumNet(mlp_stack(2), gamma)
+        MomentumNet(mlp_stack(2), gamma, memory_efficient="exact")
     MomentumNet(mlp_stack(2), gamma, memory_efficient=False)  # fine as a plain ResNet
 
 
 def test_functions_must_be_modules():
     with pytest.raises(TypeError, match=r"functions\[1\] is a function"):
-        MomentumNet([nn.Tanh(), lambda x: x], 0.9)
+        MomentumNet([nn.Tanh(), lambda x: x], 0.9, memory_efficient="exact")
     with pytest.raises(TypeError, match="sequence of nn.Module"):
-        MomentumNet(nn.Tanh(), 0.9)
+        MomentumNet(nn.Tanh(), 0.9, memory_efficient="exact")
     with pytest.raises(TypeError, match="init_velocity must be"):
-        MomentumNet([nn.Tanh()], 0.9, init_velocity=lambda x: x)
+        MomentumNet([nn.Tanh()], 0.9, init_velocity=lambda x: x, memory_efficient="exact")
 
 
 @pytest.mark.parametrize("memory_efficient", [True, False])
@@ -107,7 +107,7 @@ def test_shape_changing_function(memory_efficient):
 
 
 def test_bad_inputs():
-    net = MomentumNet(mlp_stack(2, dtype=torch.float32), 0.9)
+    net = MomentumNet(mlp_stack(2, dtype=torch.float32), 0.9, memory_efficient="exact")
     with pytest.raises(TypeError, match="floating-point input"):
         net(torch.ones(2, 6, dtype=torch.int64))
     with pytest.raises(TypeError, match="expects a tensor"):
@@ -115,20 +115,20 @@ def test_bad_inputs():
     with pytest.raises(FixedPointRangeError, match="input x0 reached magnitude"):
         net(torch.full((2, 6), 1e8))
     with pytest.raises(ValueError, match="init_velocity must return a tensor shaped like x"):
-        MomentumNet([nn.Tanh()], 0.9, init_velocity=ShapeChanger())(torch.randn(2, 3))
+        MomentumNet([nn.Tanh()], 0.9, init_velocity=ShapeChanger(), memory_efficient="exact")(torch.randn(2, 3))
 
 
 def test_activation_out_of_fixed_point_range_is_an_error_naming_the_layer():
-    net = MomentumNet([nn.Tanh(), nn.Tanh(), Exploding(1e9)], 0.5)
+    net = MomentumNet([nn.Tanh(), nn.Tanh(), Exploding(1e9)], 0.5, memory_efficient="exact")
     with pytest.raises(FixedPointRangeError, match="after layer 3 .* beyond the exact fixed-point range"):
         net(torch.randn(2, 3))
-    nan_net = MomentumNet([nn.Tanh(), Exploding(float("nan"))], 0.5)
+    nan_net = MomentumNet([nn.Tanh(), Exploding(float("nan"))], 0.5, memory_efficient="exact")
     with pytest.raises(FixedPointRangeError, match="NaN or inf"):
         nan_net(torch.randn(2, 3))
 
 
 def test_non_deterministic_function_is_detected_in_backward():
-    net = MomentumNet([nn.Linear(3, 3), Flaky(), nn.Linear(3, 3)], 0.7)
+    net = MomentumNet([nn.Linear(3, 3), Flaky(), nn.Linear(3, 3)], 0.7, memory_efficient="exact")
     y = net(torch.randn(2, 3, requires_grad=True))
     with pytest.raises(ReconstructionError, match="not deterministic"):
         y.sum().backward()
@@ -144,7 +144,7 @@ def test_inverse_needs_a_tape_or_both_tensors():
 
 
 def test_gamma_reported_is_the_rounded_value_and_both_paths_use_it():
-    net = MomentumNet(mlp_stack(3), 0.123456789)
+    net = MomentumNet(mlp_stack(3), 0.123456789, memory_efficient="exact")
     assert net.gamma == round(0.123456789 * 65536) / 65536
     assert "gamma=0.12" in repr(net)
 
@@ -154,7 +154,7 @@ def test_cuda_device_index_kept_and_gradients_match():
     dev = torch.device("cuda", torch.cuda.device_count() - 1)
     fns = [f.to(dev) for f in mlp_stack(30, dtype=torch.float32)]
     plain = MomentumNet(fns, 0.9, memory_efficient=False)
-    free = MomentumNet(fns, 0.9)
+    free = MomentumNet(fns, 0.9, memory_efficient="exact")
     x = torch.randn(8, 6, device=dev, requires_grad=True)
     y0 = plain(x)
     y1 = free(x)

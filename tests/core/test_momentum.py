@@ -144,7 +144,7 @@ def test_inputs_without_grad_and_no_grad_mode():
 
 
 def test_empty_stack_is_identity():
-    net = MomentumNet([], 0.9)
+    net = MomentumNet([], 0.9, memory_efficient="exact")
     x = torch.randn(2, 3)
     assert torch.equal(net(x), x)
 
@@ -171,7 +171,7 @@ def test_low_precision_works_and_matches_float32(dtype):
 def test_gradcheck_float64_inputs_params_and_extra_args():
     torch.manual_seed(3)
     fns = [Scaled(3, torch.float64) for _ in range(4)]
-    net = MomentumNet(fns, 0.6)
+    net = MomentumNet(fns, 0.6, memory_efficient="exact")
     names = [n for n, _ in net.named_parameters()]
     params = [p.detach().clone().requires_grad_(True) for p in net.parameters()]
     x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
@@ -190,7 +190,7 @@ def test_second_backward_with_retain_graph_replays_the_forward():
     torch.manual_seed(0)
     fns = [torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.BatchNorm1d(6), torch.nn.Dropout(0.3),
                                torch.nn.Tanh()).double() for _ in range(5)]
-    free = MomentumNet(fns, 0.8)
+    free = MomentumNet(fns, 0.8, memory_efficient="exact")
     x = torch.randn(16, 6, dtype=torch.float64, requires_grad=True)
     loss = (free(x) ** 2).sum()
     stats = [b.clone() for b in free.buffers()]
@@ -204,7 +204,7 @@ def test_second_backward_with_retain_graph_replays_the_forward():
 
 
 def test_tape_of_a_state_is_consumed_by_backward():
-    free = MomentumNet(mlp_stack(4), 0.9)
+    free = MomentumNet(mlp_stack(4), 0.9, memory_efficient="exact")
     x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
     state = free.forward_state(x)
     with torch.no_grad():
@@ -218,7 +218,7 @@ def test_tape_of_a_state_is_consumed_by_backward():
 def test_exact_state_is_dropped_at_depth_zero_and_rebuilt_from_the_inputs():
     """Backward drops the int64 state once depth 0 is reached (the input is alive), and a
     second backward rebuilds it from the input: same gradients, bit for bit."""
-    free = MomentumNet(mlp_stack(6), 0.9)
+    free = MomentumNet(mlp_stack(6), 0.9, memory_efficient="exact")
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     state = free.forward_state(x)
     loss = (state.x ** 2).sum()
@@ -230,7 +230,7 @@ def test_exact_state_is_dropped_at_depth_zero_and_rebuilt_from_the_inputs():
 
 def test_exact_state_is_kept_when_the_input_is_gone():
     """An input nobody holds any more cannot rebuild the state: it is kept (and reused)."""
-    free = MomentumNet(mlp_stack(6), 0.9)
+    free = MomentumNet(mlp_stack(6), 0.9, memory_efficient="exact")
     state = free.forward_state(torch.randn(4, 6, dtype=torch.float64))  # the input dies here
     loss = (state.x ** 2).sum()
     first = torch.autograd.grad(loss, list(free.parameters()), retain_graph=True)
@@ -240,7 +240,7 @@ def test_exact_state_is_kept_when_the_input_is_gone():
 
 
 def test_input_modified_after_the_first_backward_is_a_clear_error():
-    free = MomentumNet(mlp_stack(3), 0.9)
+    free = MomentumNet(mlp_stack(3), 0.9, memory_efficient="exact")
     x = torch.randn(4, 6, dtype=torch.float64)
     loss = (free(x) ** 2).sum()
     loss.backward(retain_graph=True)

@@ -9,7 +9,8 @@ from torch import nn
 
 from mresnet_core import MomentumNet, to_momentumnet
 from mresnet_core.memory import describe, training_step_memory
-from mresnet_core.plan import StackPlan, requested_mode
+from mresnet_core.modes import MemoryMode, memory_mode
+from mresnet_core.plan import StackPlan
 from helpers import Scaled, grads, mlp_stack, rel_err
 
 MODES = [True, "recompute", False, "auto"]
@@ -75,14 +76,14 @@ def test_auto_never_inverts_gamma_0_and_no_grad_runs_plain():
 
 
 def test_forcing_and_the_memory_efficient_values():
-    assert [requested_mode(v) for v in (True, False, "auto", "recompute")] == [
-        "exact", "backprop", "auto", "recompute"]
+    assert [memory_mode(v) for v in (True, False, "auto", "recompute", MemoryMode.EXACT)] == [
+        "exact", "backprop", "auto", "recompute", "exact"]
     with pytest.raises(ValueError, match="memory_efficient must be"):
         MomentumNet(toy(2), 0.9, memory_efficient="fast")
     x = torch.randn(128, 32)
     for value, mode in ((True, "exact"), (False, "backprop"), ("recompute", "recompute")):
         net = MomentumNet(toy(64), 0.9, memory_efficient=value)
-        assert net.memory_efficient == value and net.training_mode == mode
+        assert net.memory_efficient == mode and net.training_mode == mode
         net(x).sum().backward()
         assert net.training_mode == mode
         assert net.memory_plan(x).mode == mode  # estimates on request, forced mode kept

@@ -109,9 +109,12 @@ def test_cli_keeps_the_reference_scripts_options():
     args = build_parser().parse_args(["-m", "mresnet101", "-g", "0.5", "-i", "1", "--seed", "3"])
     config = config_from_args(args)
     assert (config.model, config.gamma, config.init_velocity, config.seed) == ("mresnet101", 0.5, "block", 3)
-    assert config.out == "results/train/mresnet101-g0.5-s3" and config.memory_free
+    assert config.out == "results/train/mresnet101-g0.5-s3" and config.memory == "auto"
     assert (config.epochs, config.lr, config.lr_milestones, config.batch_size) == (220, 0.01, (180,), 128)
     assert config_from_args(build_parser().parse_args(["-i", "0", "--no-memory-free"])).init_velocity == "zero"
+    for flags, mode in ((["--memory-free"], "exact"), (["--no-memory-free"], "backprop"),
+                        (["--memory", "recompute"], "recompute"), ([], "auto")):
+        assert config_from_args(build_parser().parse_args(flags)).memory == mode
 
 
 def test_api_rejects_a_model_change_on_resume(reference, tmp_path):
