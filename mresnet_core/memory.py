@@ -1,11 +1,11 @@
-"""Activation-memory accounting and peak-memory measurement.
+"""Peak-memory measurement of training steps (accounting of saved bytes: ``accounting.py``).
 
-Three measurements, from the most to the least deterministic:
+From the most to the least deterministic:
 
-* :func:`saved_tensor_bytes` (and :func:`saved_tensors`, which also returns the
-  output): the bytes of the tensors autograd keeps for backward after one forward pass.
+* :func:`saved_tensor_bytes` and :func:`saved_tensors` (from ``accounting.py``, exported
+  here too): the bytes of the tensors autograd keeps for backward after one forward pass.
   Exact, deterministic and device independent; this is the "activation memory" of the
-  paper's Figure 2. Parameters are excluded (see below).
+  paper's Figure 2. Parameters are excluded.
 * :func:`training_step_memory`: the headline measure. The peak memory of one whole
   training step of a model (``zero_grad(set_to_none=True)``, forward, loss, backward),
   parameter gradients included, since they are allocated during backward and decide an
@@ -21,7 +21,9 @@ Three measurements, from the most to the least deterministic:
   process running one step (``VmHWM`` on Linux, ``ru_maxrss`` elsewhere); the coarsest,
   whole-process view (interpreter, torch, allocator caching), a sanity check on the CPU.
 
-The information buffer of the memory-free path is measured by its own
+:func:`describe` (from ``momentum.py``, exported here too) lists how each momentum stack
+of a model is trained and the estimates behind it. The information buffer of the
+memory-free path is measured by its own
 ``MomentumNet(...).forward_state(x).tape.buffer.nbytes()``.
 
 Example::

@@ -19,7 +19,7 @@ import torch
 from . import exact
 from ._torch_private import free_storage, tree_unflatten
 from .exact_walk import fingerprint
-from .replay import DOUBLE_BACKWARD, AutocastState, Replaying, Stack, call_recording, slow_attention
+from .replay import ForwardRecord, Replaying, Stack, call_recording, slow_attention
 
 
 def plain_steps(stack: Stack, x, v, call, visit=None):
@@ -67,7 +67,7 @@ class RecomputeMomentum(torch.autograd.Function):
         with slow_attention():
             xL, vL = plain_steps(stack, x0, v0, call)
         ctx.stack, ctx.replays, ctx.n_params, ctx.v0_given = stack, replays, n_params, v0 is not None
-        ctx.versions, ctx.autocast = stack.versions(), AutocastState.capture()
+        ctx.record = ForwardRecord.capture(stack)
         ctx.outputs = _bits(xL, vL)
         ctx.leaf_is_tensor = [isinstance(a, torch.Tensor) for a in arg_leaves]
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
@@ -77,10 +77,7 @@ class RecomputeMomentum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_x, grad_v):
-        if torch.is_grad_enabled():  # create_graph=True
-            raise RuntimeError(DOUBLE_BACKWARD)
-        ctx.stack.check_unchanged(ctx.versions)
-        with ctx.autocast.restored():
+        with ctx.record.recomputing(ctx.stack):
             return RecomputeMomentum._backward(ctx, grad_x, grad_v)
 
     @staticmethod

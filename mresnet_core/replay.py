@@ -255,3 +255,26 @@ class AutocastState:
                 else:
                     stack.enter_context(torch.autocast(device, dtype=dtype))
             yield
+
+
+@dataclass(frozen=True)
+class ForwardRecord:
+    """What a stack's backward must find as its forward left it, to recompute it: the
+    parameters' version counters and the autocast settings."""
+
+    versions: list
+    autocast: AutocastState
+
+    @classmethod
+    def capture(cls, stack: Stack) -> "ForwardRecord":
+        return cls(stack.versions(), AutocastState.capture())
+
+    @contextlib.contextmanager
+    def recomputing(self, stack: Stack):
+        """The backward of ``stack``: refuses double backward and edited parameters
+        (clear errors), then recomputes under the forward's autocast settings."""
+        if torch.is_grad_enabled():  # create_graph=True
+            raise RuntimeError(DOUBLE_BACKWARD)
+        stack.check_unchanged(self.versions)
+        with self.autocast.restored():
+            yield

@@ -24,7 +24,7 @@ from .adjoint import MomentumAdjoint
 from ._torch_private import tree_unflatten, version_of
 from .accounting import report_held
 from .exact_walk import Tape, replay_forward, run_forward, run_inverse
-from .replay import DOUBLE_BACKWARD, AutocastState, Stack
+from .replay import DOUBLE_BACKWARD, ForwardRecord, Stack
 
 
 @dataclass
@@ -56,7 +56,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
         # that unwinding leaves behind, or from the float inputs once it has dropped
         # them (_keep_inputs). Memory accounting sees it through report_held.
         ctx.stack, ctx.tape, ctx.n_params, ctx.call = stack, tape, n_params, call
-        ctx.kept, ctx.versions, ctx.autocast = kept, stack.versions(), AutocastState.capture()
+        ctx.kept, ctx.record = kept, ForwardRecord.capture(stack)
         # weak references to the float inputs: if they are still alive when backward
         # reaches depth 0, the exact state can go there (a second backward rebuilds it
         # from them); keeping them alive ourselves would cost memory in the forward pass
@@ -71,10 +71,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_x, grad_v):
-        if torch.is_grad_enabled():  # create_graph=True
-            raise RuntimeError(DOUBLE_BACKWARD)
-        ctx.stack.check_unchanged(ctx.versions)
-        with ctx.autocast.restored():
+        with ctx.record.recomputing(ctx.stack):
             return MemoryFreeMomentum._backward(ctx, grad_x, grad_v)
 
     @staticmethod

@@ -12,13 +12,15 @@ from .common import run_dir
 
 def fit(profile: str | None, name: str, *, start_from=None, data=None, **settings) -> TrainResult:
     """Train with :func:`mresnet_core.train.train` (no progress bars, no per-epoch lines);
-    ``settings`` are TrainConfig fields (model name, gamma, epochs, ...).
+    ``settings`` are TrainConfig fields (model name, gamma, epochs, ...); the momentum
+    stacks are trained by exact inversion unless ``memory`` says otherwise.
 
     With ``profile`` (and no ``start_from``), the run is checkpointed under the profile's
     results folder in a folder keyed on every setting and the code version: a finished run
     is loaded instead of retrained, an interrupted one resumes. ``start_from``: an
     ``nn.Module`` to continue training (refit, fine-tuning); such runs are not cached.
     """
+    settings.setdefault("memory", "exact")  # the paper's memory-free training, in every profile
     config = TrainConfig(**settings)
     if profile and start_from is None:
         out = run_dir(profile, name, dataclasses.asdict(config))
