@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -86,7 +87,7 @@ def parameter_tensors(fn, exclude) -> list:
 
 
 def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = None,
-                  **kwargs) -> SavedTensors:
+                  hold: bool = True, **kwargs) -> SavedTensors:
     """Run ``fn(*args, **kwargs)`` once with autograd on; account for what it saved.
 
     Every tensor that autograd saves for backward during the call (through
@@ -112,6 +113,12 @@ def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = No
     are seen by that context, not by this one; a tensor without a plain storage (sparse,
     nested) counts as ``numel * element_size``, and one on the meta device by its
     nominal storage size. The forward runs under ``torch.enable_grad()``.
+
+    ``hold=False`` counts the same without keeping anything: autograd gets a placeholder
+    instead of each saved tensor (the graph cannot be backpropagated), so the call needs
+    no more memory than a forward pass without a graph; the planner sizes a layer this
+    way in the middle of a training step. A storage counted earlier and freed since is
+    counted again if its address comes back (weak references tell). ``output`` is None.
     """
     params = parameter_tensors(fn, exclude)
     param_keys = {storage_key(p)[0] for p in params if p.numel()}
@@ -119,14 +126,22 @@ def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = No
     seen_params: dict = {}
     held: list = []
 
+    alive: dict = {}  # hold=False: key -> weak reference to the tensor first counted there
+
     def pack(t: torch.Tensor):
-        held.append(t)
         key, nbytes = storage_key(t)
+        if hold:
+            held.append(t)
+        else:
+            earlier = alive.get(key)
+            if earlier is not None and earlier() is None:  # freed, and the address reused
+                key = (key, len(seen) + len(seen_params))
+            alive.setdefault(key, weakref.ref(t))
         if isinstance(t, nn.Parameter) or key in param_keys:
             seen_params.setdefault(key, nbytes)
         else:
             seen.setdefault(key, nbytes)
-        return t
+        return t if hold else None
 
     def unpack(t: torch.Tensor):
         return t
@@ -138,6 +153,8 @@ def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = No
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack), \
             observe_held_tensors(tape_held):
         out = fn(*args, **kwargs)
+        if not hold:
+            out = None
     result = SavedTensors(nbytes=sum(seen.values()), count=len(seen),
                           parameter_nbytes=sum(seen_params.values()), output=out)
     held.clear()

@@ -111,15 +111,18 @@ class StackPlan:
 def layer_saved_bytes(stack: Stack, module, x: torch.Tensor, args, kwargs) -> int:
     """Bytes one call of ``module`` saves for backward on input ``x`` (parameters excluded).
 
-    The call runs with a graph on a detached copy of ``x``; the module's buffers (BatchNorm
-    statistics) and the RNG state are put back afterwards, so nothing observable changes.
+    The call runs with a graph on a detached copy of ``x`` that keeps none of what it
+    saves (``accounting.saved_tensors(hold=False)``), so planning in the first step of an
+    input shape costs no more memory than a forward without a graph; the module's buffers
+    (BatchNorm statistics) and the RNG state are put back afterwards, so nothing
+    observable changes.
     """
     probe = x.detach().requires_grad_(True)
     cpu, cuda = rng_snapshot(x.device)
     bufs = [b.detach().clone() for b in module.buffers()] or None
     with Replaying(module, LayerReplay(cpu_rng=cpu, cuda_rng=cuda, buffers=bufs), x.device):
         report = saved_tensors(lambda: stack.residual_of(module, probe, args, kwargs),
-                               exclude=module)
+                               exclude=module, hold=False)
     return report.nbytes
 
 
