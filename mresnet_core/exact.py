@@ -22,7 +22,9 @@ float32 rounding of values of order 1e-5 and larger.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
 import logging
 import math
 import os
@@ -31,6 +33,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import torch
+
+from . import exact_native
+from .errors import NOT_REPLAYABLE, FixedPointRangeError, ReconstructionError  # also exact.<name>
 
 FRACTION_BITS = 40
 SCALE = float(2**FRACTION_BITS)
@@ -66,29 +71,16 @@ def buffer_layout(n: int) -> tuple:
 SPILL_CHUNK = 1 << 14  # elements spilled/refilled at a time (bounds the scratch memory)
 
 
-class FixedPointRangeError(ValueError):
-    """An activation left the range the exact fixed-point arithmetic can hold."""
-
-
-class ReconstructionError(RuntimeError):
-    """The backward pass did not land back on the forward pass's starting point."""
-
-
-NOT_REPLAYABLE = (
-    "the memory-free backward pass could not rebuild the forward activations exactly: a "
-    "residual function is not deterministic, or parameters or buffers were changed between "
-    "forward and backward. Use memory_efficient=False for such functions."
-)
-
-
 def gamma_numerator(gamma: float) -> int:
-    """Numerator n of the fraction n / 2**16 closest to ``gamma`` (clear errors otherwise)."""
+    """Numerator n of the fraction n / 2**16 closest to ``gamma``: the one check of gamma
+    that every entry point uses (TypeError for a non-number, ValueError outside [0, 1])."""
     if isinstance(gamma, torch.Tensor):
         gamma = float(gamma)
     if not isinstance(gamma, (int, float, Fraction)) or isinstance(gamma, bool):
         raise TypeError(f"gamma must be a number in [0, 1], got {type(gamma).__name__}")
     if not (0.0 <= float(gamma) <= 1.0) or math.isnan(float(gamma)):
-        raise ValueError(f"gamma must lie in [0, 1] (0: ResNet, 1: no forgetting), got {gamma}")
+        raise ValueError(f"gamma must be a number in [0, 1] (0: a plain ResNet, 1: no forgetting; "
+                         f"the paper uses 0.9), got {gamma}")
     return int(round(float(gamma) * GAMMA_DENOMINATOR))
 
 
@@ -116,7 +108,7 @@ def _to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (x.to(torch.float64) * INV_SCALE).to(dtype)
 
 
-def _divmod_near(a, n: int, nonnegative: bool = False):
+def floor_divmod_near(a, n: int, nonnegative: bool = False):
     """Exact floor division and remainder of int64 ``a`` by 0 < n <= 2**16, |a| < 2**50.
 
     Integer division does not vectorise; a float64 product does. (a + 1/2) / n lies at
@@ -129,15 +121,15 @@ def _divmod_near(a, n: int, nonnegative: bool = False):
     return q, a - q * n
 
 
-def _divmod(a, n: int):
+def floor_divmod(a, n: int):
     """Exact floor division and remainder of int64 ``a`` (|a| < 2**62) by 0 < n <= 2**16.
 
     a = A 2**16 + B with A = a >> 16 (|A| < 2**46) and 0 <= B < 2**16; A = q1 n + r1,
     then r1 2**16 + B (< n 2**16 <= 2**32) = q2 n + r2: a = (q1 2**16 + q2) n + r2.
-    Two passes of `_divmod_near`, both in its exact range.
+    Two passes of `floor_divmod_near`, both in its exact range.
     """
-    q1, r1 = _divmod_near(a >> GAMMA_BITS, n)
-    q2, r = _divmod_near((r1 << GAMMA_BITS) | (a & LOW_MASK), n, nonnegative=True)
+    q1, r1 = floor_divmod_near(a >> GAMMA_BITS, n)
+    q2, r = floor_divmod_near((r1 << GAMMA_BITS) | (a & LOW_MASK), n, nonnegative=True)
     return (q1 << GAMMA_BITS) | q2, r
 
 
@@ -168,14 +160,14 @@ def _increment(f, n: int):
 # spills full 32-bit words out of it). The increment (1 - gamma) f(x_n) is added after the
 # multiplication and subtracted before the inverse, with f recomputed bit for bit.
 
-def _forward_step(x, v, state, f, n: int):
+def torch_forward_step(x, v, state, f, n: int):
     """One layer forward, in place: v <- gamma v + (1-gamma) f, x <- x + v (see above).
 
     Returns the float value of the new x (the next layer's input) and the largest
     magnitude seen (for the range check).
     """
-    popped_state, s = (_divmod_near(state, n, nonnegative=True) if state.dtype == torch.int32
-                       else _divmod(state, n))  # int32: a 31-bit state
+    popped_state, s = (floor_divmod_near(state, n, nonnegative=True) if state.dtype == torch.int32
+                       else floor_divmod(state, n))  # int32: a 31-bit state
     z = (v & LOW_MASK) * n + s
     v.copy_((v >> GAMMA_BITS) * n + (z >> GAMMA_BITS) + _increment(f, n))
     state.copy_((popped_state << GAMMA_BITS) | (z & LOW_MASK))
@@ -185,21 +177,22 @@ def _forward_step(x, v, state, f, n: int):
     return xf, peak
 
 
-def _undo_position(x, v, dtype: torch.dtype):
+def torch_undo_position(x, v, dtype: torch.dtype):
     """In place x_n = x_{n+1} - v_{n+1}, exactly; returns its float value for f."""
     x.sub_(v)
     return _to_float(x, dtype)
 
 
-def _undo_velocity(v, state, f, n: int):
-    """In place inverse of the velocity update of `_forward_step`, given f(x_n) (see above)."""
-    hi, zh = _divmod(v - _increment(f, n), n)
-    lo, s = _divmod_near((zh << GAMMA_BITS) | (state & LOW_MASK), n, nonnegative=True)  # 0 <= z < n 2**16
+def torch_undo_velocity(v, state, f, n: int):
+    """In place inverse of the velocity update of `torch_forward_step`, given f(x_n) (see above)."""
+    hi, zh = floor_divmod(v - _increment(f, n), n)
+    lo, s = floor_divmod_near((zh << GAMMA_BITS) | (state & LOW_MASK), n, nonnegative=True)  # 0 <= z < n 2**16
     state.copy_((state >> GAMMA_BITS) * n + s)
     v.copy_((hi << GAMMA_BITS) | lo)
 
 
-_EAGER = {"forward_step": _forward_step, "undo_position": _undo_position, "undo_velocity": _undo_velocity}
+_EAGER = {"forward_step": torch_forward_step, "undo_position": torch_undo_position,
+          "undo_velocity": torch_undo_velocity}
 #: Elements per eager kernel call (CPU, CUDA): eager torch makes several full-size int64 and
 #: float64 temporaries per kernel; running it on slices of this size bounds them (same bits).
 EAGER_CHUNK = {"cpu": 1 << 16, "cuda": 1 << 22}
@@ -245,12 +238,26 @@ class _Compiled:
     ``usable`` turns False, for the rest of the process, once compiling has failed."""
 
     def __init__(self):
-        # torch's C++ builder warns on stderr about CUDA on CPU-only machines; not our concern
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self.forward_step = torch.compile(_forward_step, dynamic=None)
-        self.undo_position = torch.compile(_undo_position, dynamic=None)
-        self.undo_velocity = torch.compile(_undo_velocity, dynamic=None)
+        # torch's C++ builder, imported by the first compile, warns once on stderr that a
+        # CUDA folder has no CUDA runtime (CPU-only machines): imported here, quietly
+        with _logger_level("torch.utils.cpp_extension", logging.ERROR):
+            importlib.import_module("torch.utils.cpp_extension")
+        self.forward_step = torch.compile(torch_forward_step, dynamic=None)
+        self.undo_position = torch.compile(torch_undo_position, dynamic=None)
+        self.undo_velocity = torch.compile(torch_undo_velocity, dynamic=None)
         self.usable = True
+
+
+@contextlib.contextmanager
+def _logger_level(name: str, level: int):
+    """``name``'s logger at ``level`` inside the block only."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
 
 
 @functools.lru_cache(maxsize=None)
@@ -259,8 +266,11 @@ def _compiled() -> _Compiled:
 
 
 @functools.lru_cache(maxsize=None)
-def _native_unavailable_warning(why: str) -> None:
-    warnings.warn(f"MRESNET_EXACT_BACKEND=native, but {why}; using the torch kernels (same results)")
+def warn_native_unavailable(why: str, asked: bool = False) -> None:
+    """The one warning, per reason and process, that the C kernels are not used for a CPU
+    stack they would take (``asked``: MRESNET_EXACT_BACKEND=native)."""
+    first = "MRESNET_EXACT_BACKEND=native, but " if asked else "the C exact kernels are not used: "
+    warnings.warn(f"{first}{why}; using the torch kernels (same results, slower)", stacklevel=3)
 
 
 class ExactKernels:
@@ -270,15 +280,16 @@ class ExactKernels:
     ``backend`` (default: the MRESNET_EXACT_BACKEND variable, else 'auto'):
 
     * 'native': the C kernels (``exact_native.py``) on the CPU, for float32/float64
-      residuals and the 31-bit buffer state (gamma >= 2**-8); built once per machine;
+      residuals and the 31-bit buffer state (gamma >= 2**-8); built at install;
     * 'compile': torch.compile (one fused loop per kernel; compiled per shape);
     * 'eager': plain torch on slices of EAGER_CHUNK elements;
     * 'auto': native where it applies, else compiled on the CPU for tensors of at least
       COMPILE_MIN_NUMEL elements, else eager (and on CUDA: memory-bound kernels already).
 
     A call the chosen backend cannot take (another dtype, a layout) goes to the next one;
-    if building or compiling fails, eager torch takes over (a warning for 'compile' and
-    'native', which were asked for by name). Same bits in every case.
+    if compiling fails, eager torch takes over (with a warning). If the C kernels are not
+    available, one warning per reason says why: for 'native' at once, for 'auto' when a
+    float32/float64 stack they would take is bound (``bind``). Same bits in every case.
     """
 
     def __init__(self, example: torch.Tensor, n: int, backend: str | None = None):
@@ -288,21 +299,20 @@ class ExactKernels:
         cpu = example.device.type == "cpu"
         self.n = n
         self.native = None
+        self.native_missing = None  # why the C kernels would apply but are not available
         if setting in ("auto", "native") and cpu and buffer_layout(n)[0] < 32:
-            from . import exact_native  # builds the C library on first use
-
-            if exact_native.available():
+            if exact_native.available():  # loads (or builds) the library on first use
                 self.native = exact_native.NativeKernels(n)
-            elif setting == "native":
-                _native_unavailable_warning(exact_native.build_error() or "the C kernels are not available")
+            else:
+                self.native_missing = exact_native.build_error() or "the C kernels are not available"
+                if setting == "native":
+                    warn_native_unavailable(self.native_missing, asked=True)
         want = setting == "compile" or (setting == "auto" and cpu and example.numel() >= COMPILE_MIN_NUMEL)
         self.compiled = bool(want and _compiled().usable)
 
     def scratch_free(self, dtype: torch.dtype) -> bool:
         """Whether calls with residuals of ``dtype`` need no eager temporaries (native or compiled)."""
-        from .exact_native import NativeKernels
-
-        return self.compiled or (self.native is not None and dtype in NativeKernels.DTYPES)
+        return self.compiled or (self.native is not None and dtype in exact_native.NativeKernels.DTYPES)
 
     def _run(self, name: str, *args):
         if self.compiled:
@@ -342,9 +352,9 @@ class ExactKernels:
         ``BoundKernels``."""
         if (self.native is not None and buffer.word_bits == WORD_BITS
                 and self.native.handles(dtype, x, v, buffer.state)):
-            from .exact_native import NativeBound
-
-            return NativeBound(self.native, x, v, buffer, dtype)
+            return exact_native.NativeBound(self.native, x, v, buffer, dtype)
+        if self.native_missing and dtype in exact_native.NativeKernels.DTYPES:
+            warn_native_unavailable(self.native_missing)
         return BoundKernels(self, x, v, buffer, dtype)
 
 
@@ -418,8 +428,8 @@ class InformationBuffer:
 
     state: torch.Tensor
     words: list = field(default_factory=list)
-    _upper: int = STATE_LOW  # upper bound on state.max(), tracked without reading state
-    _lower: int = STATE_LOW  # lower bound on state.min()
+    upper: int = STATE_LOW  # upper bound on state.max(), tracked without reading state
+    lower: int = STATE_LOW  # lower bound on state.min()
     state_bits: int = STATE_BITS
     word_bits: int = WORD_BITS
 
@@ -439,13 +449,18 @@ class InformationBuffer:
 
     def copy(self) -> "InformationBuffer":
         """A copy that can be unwound without touching this one (words are shared)."""
-        return InformationBuffer(self.state.clone(), list(self.words), self._upper, -1,
+        return InformationBuffer(self.state.clone(), list(self.words), self.upper, -1,
                                  self.state_bits, self.word_bits)
+
+    def spill_limit(self, n: int) -> int:
+        """States at or above this spill a word before a forward step with gamma = n / 2**16
+        (below it, the step cannot overflow the state)."""
+        return n << (self.state_bits - GAMMA_BITS)
 
     def before_push(self, n: int) -> None:
         """Spill low words so the next forward step cannot overflow the state."""
-        limit = n << (self.state_bits - GAMMA_BITS)
-        if self._upper >= limit:
+        limit = self.spill_limit(n)
+        if self.upper >= limit:
             mask, word_dtype = (1 << self.word_bits) - 1, _WORD_DTYPES[self.word_bits]
             pieces = []
             for chunk in self._chunks():
@@ -455,15 +470,15 @@ class InformationBuffer:
                     chunk.copy_(torch.where(spill, chunk >> self.word_bits, chunk))
             if pieces:
                 self.words.append(torch.cat(pieces) if len(pieces) > 1 else pieces[0])
-            self._upper = int(self.state.max())
-        self._upper = (self._upper // n) * GAMMA_DENOMINATOR + LOW_MASK
-        self._lower = -1  # unknown: the first inverse step reads the true minimum
+            self.upper = int(self.state.max())
+        self.upper = (self.upper // n) * GAMMA_DENOMINATOR + LOW_MASK
+        self.lower = -1  # unknown: the first inverse step reads the true minimum
 
     def after_pop(self, n: int) -> None:
         """Refill states that an inverse step took below ``low`` from the last word."""
         low_state, mask = self.low, (1 << self.word_bits) - 1
-        self._lower = (self._lower >> GAMMA_BITS) * n
-        if self._lower < low_state:
+        self.lower = (self.lower >> GAMMA_BITS) * n
+        if self.lower < low_state:
             # the minimum first, then counts chunk by chunk: no full-size mask or int64 sum
             low = int(self.state.min()) if self.state.numel() else low_state
             total = 0 if low >= low_state else sum(
@@ -481,8 +496,8 @@ class InformationBuffer:
                                               .bitwise_left_shift_(self.word_bits).bitwise_or_(bits))
                         start += count
                 low = int(self.state.min())
-            self._lower = low  # the true minimum (read once when nothing was refilled)
-        self._upper = 1 << 62  # unknown: the next forward step reads the true maximum
+            self.lower = low  # the true minimum (read once when nothing was refilled)
+        self.upper = 1 << 62  # unknown: the next forward step reads the true maximum
 
     def _chunks(self):
         """Flat slices of the state, so that spilling and refilling need little scratch."""

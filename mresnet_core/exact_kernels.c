@@ -1,45 +1,49 @@
 /* The element-wise steps of the exact momentum update, in C for the CPU (exact_native.py).
  *
- * Each function computes, bit for bit, what its torch counterpart in exact.py computes
- * (_forward_step, _undo_position, _undo_velocity, for 31-bit buffer states in an int32):
- * the same integer operations modulo 2**64 and the same correctly rounded float64
- * operations in the same order. Why not torch.compile: inductor's CPU code for int64 is
- * slow without AVX-512 (it has no vector int64 <-> float64 conversion there), and every
- * compiled call pays guard and wrapper overhead; a C loop the compiler vectorises itself
- * is 3-10x faster (measured in tests/core/test_exact_native.py's benchmark note).
+ * Each kernel computes, bit for bit, what its torch counterpart in exact.py computes
+ * (torch_forward_step, torch_undo_position, torch_undo_velocity, for 31-bit buffer states
+ * in an int32): the same integer operations modulo 2**64 and the same correctly rounded
+ * float64 operations in the same order. Why not torch.compile: inductor's CPU code for
+ * int64 is slow without AVX-512 (it has no vector int64 <-> float64 conversion there),
+ * and every compiled call pays guard and wrapper overhead; a C loop the compiler
+ * vectorises itself is 3-10x faster.
  *
  * The conversions are written so that the compiler can vectorise them on any ISA:
  *   int64 |a| < 2**51 -> float64: the bits of a + bits(1.5 * 2**52), as a float64,
  *     minus 1.5 * 2**52 (exact), and an integer-valued float64 back the same way;
  *   any int64 a -> float64: a = h 2**32 + l with 0 <= l < 2**32; h 2**32 and l are exact
  *     float64s, so fl(h 2**32 + l) is the correctly rounded value (what cvtsi2sd gives);
- *   floor division by n: exact in float64 (exact._divmod_near).
+ *   floor division by n: exact in float64 (exact.floor_divmod_near).
  * Build with -ffp-contract=off (a fused multiply-add would round differently) and never
- * with -ffast-math. Compiled once per float type: -DEXACT_FLOAT=float or double.
+ * with -ffast-math (exact_native.CFLAGS, setup.py).
+ *
+ * One build serves every CPU: the kernels are compiled once per instruction set (x86-64:
+ * AVX-512, AVX2, SSE4.1 and the baseline; elsewhere the baseline only) and once per
+ * float type, by including this file into itself, and the best set the CPU supports is
+ * chosen when the library is loaded (exact_kernels_isa() names it). Every variant gives
+ * the same bits: they differ only in vector width. The OpenMP loops sit inside the
+ * variants, so the threads run the variant's code too.
  */
+#ifndef EXACT_KERNELS_PASS
+#define EXACT_KERNELS_PASS 0
+#endif
+
+#if EXACT_KERNELS_PASS == 0
+/* ---- shared definitions, then the variants, then the dispatch and the exported API ---- */
 #include <stdint.h>
 #include <string.h>
-
-#ifndef EXACT_FLOAT
-#define EXACT_FLOAT float
-#endif
-typedef EXACT_FLOAT T;
-#define CAT_(a, b) a##b
-#define CAT(a, b) CAT_(a, b)
-#ifdef EXACT_F64
-#define NAME(fn) CAT(fn, _f64)
-#else
-#define NAME(fn) CAT(fn, _f32)
-#endif
 
 typedef int64_t i64;
 typedef uint64_t u64;
 typedef int32_t i32;
 typedef uint32_t u32;
 
+#define CAT_(a, b) a##b
+#define CAT(a, b) CAT_(a, b)
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+
 #define MAGIC 6755399441055744.0 /* 1.5 * 2**52 */
 #define MAGIC_BITS 0x4338000000000000ULL
-#define TWO52 4503599627370496.0 /* 2**52 */
 #define TWO52_BITS 0x4330000000000000ULL
 #define TWO32 4294967296.0
 #define INV_TWO32 (1.0 / 4294967296.0)
@@ -63,143 +67,188 @@ typedef uint32_t u32;
 #define PARALLEL_FOR_MIN_STATE
 #endif
 
-static inline double as_f64(u64 b) { double d; memcpy(&d, &b, 8); return d; }
-static inline u64 bits_f64(double d) { u64 b; memcpy(&b, &d, 8); return b; }
+/* Helpers are always inlined, so that they take the instruction set of the variant
+ * they are inlined into (a call would also stop the loops from vectorising). */
+ALWAYS_INLINE double as_f64(u64 b) { double d; memcpy(&d, &b, 8); return d; }
+ALWAYS_INLINE u64 bits_f64(double d) { u64 b; memcpy(&b, &d, 8); return b; }
 
 /* int64 |a| < 2**51 -> float64, exactly */
-static inline double small_to_f64(i64 a) { return as_f64((u64)a + MAGIC_BITS) - MAGIC; }
+ALWAYS_INLINE double small_to_f64(i64 a) { return as_f64((u64)a + MAGIC_BITS) - MAGIC; }
 /* integer-valued float64 |d| < 2**51 -> int64 */
-static inline i64 small_to_i64(double d) { return (i64)(bits_f64(d + MAGIC) - MAGIC_BITS); }
+ALWAYS_INLINE i64 small_to_i64(double d) { return (i64)(bits_f64(d + MAGIC) - MAGIC_BITS); }
 
 /* any int64 -> float64, correctly rounded: with h the high 32 bits of a (signed) and l
  * the low 32 (unsigned), the float64 with bits (h + 2**31) | bits(2**84) is exactly
  * 2**84 + (h + 2**31) 2**32, minus 2**84 + 2**63 + 2**52 gives h 2**32 - 2**52 exactly,
  * and adding the float64 2**52 + l (bits l | bits(2**52)) rounds once */
-static inline double to_f64(i64 a) {
+ALWAYS_INLINE double to_f64(i64 a) {
     const double high = as_f64(((u64)a >> 32) ^ 0x4530000080000000ULL) - 0x1.00000801p+84; /* 2**84 + 2**63 + 2**52 */
     const double low = as_f64(((u64)a & 0xFFFFFFFFULL) | TWO52_BITS);
     return high + low;
 }
 
 /* float64 -> int64 truncated toward 0 (torch's .to(torch.int64)), for |d| < 2**63 */
-static inline i64 trunc_to_i64(double d) {
+ALWAYS_INLINE i64 trunc_to_i64(double d) {
     const double t = __builtin_trunc(d);
     const double h = __builtin_floor(t * INV_TWO32); /* |h| <= 2**31 */
     const double l = t - h * TWO32;                   /* exact, in [0, 2**32) */
     return (i64)(((u64)small_to_i64(h) << 32) + (u64)small_to_i64(l));
 }
 
-/* |t| as its bit pattern (an unsigned integer of T's width): ordered like the
+/* |t| as its bit pattern (an unsigned integer of t's width): ordered like the
  * magnitudes, NaN above inf, so that a NaN propagates to the peak as in torch's amax */
-#ifdef EXACT_F64
-typedef u64 peak_t;
-#define ABS_MASK 0x7FFFFFFFFFFFFFFFULL
-#else
-typedef u32 peak_t;
-#define ABS_MASK 0x7FFFFFFFu
+ALWAYS_INLINE u32 abs_bits_f32(float t) { u32 b; memcpy(&b, &t, 4); return b & 0x7FFFFFFFu; }
+ALWAYS_INLINE u64 abs_bits_f64(double t) { u64 b; memcpy(&b, &t, 8); return b & 0x7FFFFFFFFFFFFFFFULL; }
+static double from_abs_bits_f32(u32 b) { float t; memcpy(&t, &b, 4); return (double)t; }
+static double from_abs_bits_f64(u64 b) { double t; memcpy(&t, &b, 8); return t; }
+
+/* The variants: a name and the instruction set it is compiled for. */
+#undef EXACT_KERNELS_PASS
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define EXACT_X86 1
+#if defined(__clang__)
+#define AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw")))
+#else /* 512-bit vectors (GCC's default prefers 256): these loops are compute-bound, 1.2-1.6x faster */
+#define AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,prefer-vector-width=512")))
 #endif
-static inline peak_t abs_bits(T t) { peak_t b; memcpy(&b, &t, sizeof b); return b & ABS_MASK; }
-static inline double from_abs_bits(peak_t b) { T t; memcpy(&t, &b, sizeof t); return (double)t; }
+#define EXACT_KERNELS_PASS 1
+#define VARIANT avx512
+#define VARIANT_TARGET AVX512_TARGET
+#include "exact_kernels.c"
+#undef VARIANT
+#undef VARIANT_TARGET
+#define VARIANT avx2
+#define VARIANT_TARGET __attribute__((target("avx2")))
+#include "exact_kernels.c"
+#undef VARIANT
+#undef VARIANT_TARGET
+#define VARIANT sse41
+#define VARIANT_TARGET __attribute__((target("sse4.1")))
+#include "exact_kernels.c"
+#undef VARIANT
+#undef VARIANT_TARGET
+#undef EXACT_KERNELS_PASS
+#endif
+#define EXACT_KERNELS_PASS 1
+#define VARIANT baseline
+#define VARIANT_TARGET
+#include "exact_kernels.c"
+#undef VARIANT
+#undef VARIANT_TARGET
+#undef EXACT_KERNELS_PASS
 
-/* v <- gamma v + (1 - gamma) f, x <- x + v (exact._forward_step); writes float(x) to xf
- * and the largest buffer state after the push to *state_max, and returns max(|xf|, |f|)
- * for the range check. gamma = n / 2**16. */
-double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict state,
-                          const T *restrict f, T *restrict xf, i64 count, i64 n, int threads,
-                          i32 *state_max)
-{
-    const double inv_n = 1.0 / (double)n;
-    const double k = (double)((65536 - n) << 24); /* (1 - gamma) 2**40 */
-    peak_t peak = 0;
-    i32 smax = 0;
-    PARALLEL_FOR_MAX_PEAK
-    for (i64 start = 0; start < count; start += BLOCK) {
-        const i64 end = start + BLOCK < count ? start + BLOCK : count;
-        peak_t local = 0;
-        i32 local_smax = 0;
-        for (i64 i = start; i < end; i++) {
-            /* pop s = state mod n from the buffer state */
-            const i32 st = state[i];
-            const i32 q = (i32)(((double)st + 0.5) * inv_n);
-            const u32 s = (u32)st - (u32)q * (u32)n;
-            /* v' = floor((v n + s) / 2**16) + (1 - gamma) f; push z mod 2**16 */
-            const i64 vi = v[i];
-            const u32 z = (u32)(vi & 0xFFFF) * (u32)n + s;
-            const T fi = f[i];
-            const i64 inc = trunc_to_i64((double)fi * k);
-            const i64 nv = (i64)((u64)(vi >> 16) * (u64)(u32)n + (u64)(z >> 16) + (u64)inc);
-            const i32 ns = (i32)(((u32)q << 16) | (z & 0xFFFFu));
-            state[i] = ns;
-            local_smax = ns > local_smax ? ns : local_smax;
-            v[i] = nv;
-            const i64 nx = (i64)((u64)x[i] + (u64)nv);
-            x[i] = nx;
-            const T o = (T)(to_f64(nx) * INV_SCALE);
-            xf[i] = o;
-            const peak_t a = abs_bits(o), b = abs_bits(fi);
-            const peak_t m = a > b ? a : b;
-            local = m > local ? m : local;
+/* ---- dispatch ---- */
+typedef double (*forward_f32_fn)(i64 *, i64 *, i32 *, const float *, float *, i64, i64, int, i32 *);
+typedef double (*forward_f64_fn)(i64 *, i64 *, i32 *, const double *, double *, i64, i64, int, i32 *);
+typedef void (*position_f32_fn)(i64 *, const i64 *, float *, i64, int);
+typedef void (*position_f64_fn)(i64 *, const i64 *, double *, i64, int);
+typedef i32 (*velocity_f32_fn)(i64 *, i32 *, const float *, i64, i64, int);
+typedef i32 (*velocity_f64_fn)(i64 *, i32 *, const double *, i64, i64, int);
+
+struct variant {
+    const char *name;
+    int (*supported)(void);
+    forward_f32_fn forward_step_f32;
+    position_f32_fn undo_position_f32;
+    velocity_f32_fn undo_velocity_f32;
+    forward_f64_fn forward_step_f64;
+    position_f64_fn undo_position_f64;
+    velocity_f64_fn undo_velocity_f64;
+};
+#define ENTRY(v, test)                                                                        \
+    {#v, test, forward_step_f32_##v, undo_position_f32_##v, undo_velocity_f32_##v,           \
+     forward_step_f64_##v, undo_position_f64_##v, undo_velocity_f64_##v}
+
+static int always(void) { return 1; }
+#ifdef EXACT_X86
+static int has_avx512(void) {
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
+           && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+}
+static int has_avx2(void) { return __builtin_cpu_supports("avx2"); }
+static int has_sse41(void) { return __builtin_cpu_supports("sse4.1"); }
+#endif
+
+/* best first */
+static const struct variant variants[] = {
+#ifdef EXACT_X86
+    ENTRY(avx512, has_avx512), ENTRY(avx2, has_avx2), ENTRY(sse41, has_sse41),
+#endif
+    ENTRY(baseline, always),
+};
+#define VARIANTS ((int)(sizeof variants / sizeof variants[0]))
+static const struct variant *active = &variants[VARIANTS - 1];
+
+/* picks the best variant once, when the library is loaded (before any kernel runs) */
+__attribute__((constructor)) static void choose_variant(void) {
+#ifdef EXACT_X86
+    __builtin_cpu_init();
+#endif
+    for (int i = 0; i < VARIANTS; i++)
+        if (variants[i].supported()) {
+            active = &variants[i];
+            return;
         }
-        peak = local > peak ? local : peak;
-        smax = local_smax > smax ? local_smax : smax;
-    }
-    *state_max = smax;
-    return from_abs_bits(peak);
 }
 
-/* x <- x - v (exact._undo_position); writes float(x) to xf */
-void NAME(undo_position)(i64 *restrict x, const i64 *restrict v, T *restrict xf, i64 count,
-                         int threads)
-{
-    PARALLEL_FOR
-    for (i64 start = 0; start < count; start += BLOCK) {
-        const i64 end = start + BLOCK < count ? start + BLOCK : count;
-        for (i64 i = start; i < end; i++) {
-            const i64 nx = (i64)((u64)x[i] - (u64)v[i]);
-            x[i] = nx;
-            xf[i] = (T)(to_f64(nx) * INV_SCALE);
-        }
-    }
+/* the variant in use ("avx512", "avx2", "sse41" or "baseline") */
+const char *exact_kernels_isa(void) { return active->name; }
+
+/* the variants this CPU can run, best first, separated by spaces */
+const char *exact_kernels_isas(void) {
+    static char names[64];
+    if (!names[0])
+        for (int i = 0; i < VARIANTS; i++)
+            if (variants[i].supported()) {
+                if (names[0]) strcat(names, " ");
+                strcat(names, variants[i].name);
+            }
+    return names;
 }
 
-/* the inverse of forward_step's velocity update, given f(x_n) (exact._undo_velocity);
+/* Use variant `name` from now on (for tests and benchmarks: every variant gives the same
+ * bits); returns 0, and changes nothing, if the CPU cannot run it. Not to be called
+ * while kernels run. */
+int exact_kernels_use_isa(const char *name) {
+    for (int i = 0; i < VARIANTS; i++)
+        if (strcmp(variants[i].name, name) == 0 && variants[i].supported()) {
+            active = &variants[i];
+            return 1;
+        }
+    return 0;
+}
+
+/* ---- the exported kernels: the active variant's ---- */
+
+/* v <- gamma v + (1 - gamma) f, x <- x + v (exact.torch_forward_step); writes float(x)
+ * to xf and the largest buffer state after the push to *state_max, and returns
+ * max(|xf|, |f|) for the range check. gamma = n / 2**16. */
+double forward_step_f32(i64 *x, i64 *v, i32 *state, const float *f, float *xf, i64 count, i64 n,
+                        int threads, i32 *state_max) {
+    return active->forward_step_f32(x, v, state, f, xf, count, n, threads, state_max);
+}
+double forward_step_f64(i64 *x, i64 *v, i32 *state, const double *f, double *xf, i64 count, i64 n,
+                        int threads, i32 *state_max) {
+    return active->forward_step_f64(x, v, state, f, xf, count, n, threads, state_max);
+}
+
+/* x <- x - v (exact.torch_undo_position); writes float(x) to xf */
+void undo_position_f32(i64 *x, const i64 *v, float *xf, i64 count, int threads) {
+    active->undo_position_f32(x, v, xf, count, threads);
+}
+void undo_position_f64(i64 *x, const i64 *v, double *xf, i64 count, int threads) {
+    active->undo_position_f64(x, v, xf, count, threads);
+}
+
+/* the inverse of forward_step's velocity update, given f(x_n) (exact.torch_undo_velocity);
  * returns the smallest buffer state after the pop (INT32_MAX for no element) */
-i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *restrict f, i64 count,
-                        i64 n, int threads)
-{
-    const double inv_n = 1.0 / (double)n, dn = (double)n;
-    const double k = (double)((65536 - n) << 24);
-    i32 smin = INT32_MAX;
-    PARALLEL_FOR_MIN_STATE
-    for (i64 start = 0; start < count; start += BLOCK) {
-        const i64 end = start + BLOCK < count ? start + BLOCK : count;
-        i32 local_smin = INT32_MAX;
-        for (i64 i = start; i < end; i++) {
-            const i64 a = (i64)((u64)v[i] - (u64)trunc_to_i64((double)f[i] * k));
-            /* hi, zh = divmod(a, n): a = A 2**16 + B, two exact float64 passes */
-            const double a_hi = small_to_f64(a >> 16);
-            const double q1 = __builtin_floor((a_hi + 0.5) * inv_n);
-            const double r1 = a_hi - q1 * dn;
-            const double w = r1 * 65536.0 + (double)(i32)(a & 0xFFFF);
-            const double q2 = __builtin_trunc((w + 0.5) * inv_n);
-            const double zh = w - q2 * dn;
-            /* lo, s = divmod(zh 2**16 + (state mod 2**16), n); push s back */
-            const i32 st = state[i];
-            const double w2 = zh * 65536.0 + (double)(st & 0xFFFF);
-            const double lo = __builtin_trunc((w2 + 0.5) * inv_n);
-            const i32 s = (i32)(w2 - lo * dn);
-            const i32 ns = (i32)((u32)(st >> 16) * (u32)n + (u32)s);
-            state[i] = ns;
-            local_smin = ns < local_smin ? ns : local_smin;
-            /* v = hi 2**16 + lo = q1 2**32 + (q2 2**16 + lo) */
-            v[i] = (i64)(((u64)small_to_i64(q1) << 32) + (u64)small_to_i64(q2 * 65536.0 + lo));
-        }
-        smin = local_smin < smin ? local_smin : smin;
-    }
-    return smin;
+i32 undo_velocity_f32(i64 *v, i32 *state, const float *f, i64 count, i64 n, int threads) {
+    return active->undo_velocity_f32(v, state, f, count, n, threads);
+}
+i32 undo_velocity_f64(i64 *v, i32 *state, const double *f, i64 count, i64 n, int threads) {
+    return active->undo_velocity_f64(v, state, f, count, n, threads);
 }
 
-#ifndef EXACT_F64
 /* The information buffer's 8-bit words (exact.InformationBuffer, the 31-bit layout):
  * spilling moves the low byte of every state >= limit to the next word, in element
  * order; refilling takes it back into every state < low. Sequential: they run about
@@ -248,8 +297,14 @@ i32 refill_words(i32 *restrict state, i64 count, i32 low, const uint8_t *restric
     return smin;
 }
 
-/* the build's identity, checked by the loader */
-int exact_kernels_version(void) { return 3; }
+/* the build's identity, checked by the loader: the interface version, the hash of the
+ * source and flags it was built from (-DEXACT_KERNELS_KEY, set by setup.py and
+ * exact_native.py; empty if not given), and whether it runs on OpenMP threads */
+int exact_kernels_version(void) { return 4; }
+#ifndef EXACT_KERNELS_KEY
+#define EXACT_KERNELS_KEY ""
+#endif
+const char *exact_kernels_key(void) { return EXACT_KERNELS_KEY; }
 int exact_kernels_openmp(void) {
 #ifdef _OPENMP
     return 1;
@@ -257,4 +312,130 @@ int exact_kernels_openmp(void) {
     return 0;
 #endif
 }
+
+#elif EXACT_KERNELS_PASS == 1
+/* ---- one variant (VARIANT, VARIANT_TARGET): its kernels for float and double ---- */
+#undef EXACT_KERNELS_PASS
+#define EXACT_KERNELS_PASS 2
+#define T float
+#define TYPE f32
+#define PEAK_T u32
+#include "exact_kernels.c"
+#undef T
+#undef TYPE
+#undef PEAK_T
+#define T double
+#define TYPE f64
+#define PEAK_T u64
+#include "exact_kernels.c"
+#undef T
+#undef TYPE
+#undef PEAK_T
+#undef EXACT_KERNELS_PASS
+#define EXACT_KERNELS_PASS 1
+
+#else
+/* ---- the kernels of one variant for one float type T: NAME(fn) is fn_TYPE_VARIANT ---- */
+#define NAME(fn) CAT(CAT(CAT(fn, _), TYPE), CAT(_, VARIANT))
+#define ABS_BITS CAT(abs_bits_, TYPE)
+#define FROM_ABS_BITS CAT(from_abs_bits_, TYPE)
+
+VARIANT_TARGET
+static double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict state,
+                                 const T *restrict f, T *restrict xf, i64 count, i64 n, int threads,
+                                 i32 *state_max)
+{
+    const double inv_n = 1.0 / (double)n;
+    const double k = (double)((65536 - n) << 24); /* (1 - gamma) 2**40 */
+    PEAK_T peak = 0;
+    i32 smax = 0;
+    PARALLEL_FOR_MAX_PEAK
+    for (i64 start = 0; start < count; start += BLOCK) {
+        const i64 end = start + BLOCK < count ? start + BLOCK : count;
+        PEAK_T local = 0;
+        i32 local_smax = 0;
+        for (i64 i = start; i < end; i++) {
+            /* pop s = state mod n from the buffer state */
+            const i32 st = state[i];
+            const i32 q = (i32)(((double)st + 0.5) * inv_n);
+            const u32 s = (u32)st - (u32)q * (u32)n;
+            /* v' = floor((v n + s) / 2**16) + (1 - gamma) f; push z mod 2**16 */
+            const i64 vi = v[i];
+            const u32 z = (u32)(vi & 0xFFFF) * (u32)n + s;
+            const T fi = f[i];
+            const i64 inc = trunc_to_i64((double)fi * k);
+            const i64 nv = (i64)((u64)(vi >> 16) * (u64)(u32)n + (u64)(z >> 16) + (u64)inc);
+            const i32 ns = (i32)(((u32)q << 16) | (z & 0xFFFFu));
+            state[i] = ns;
+            local_smax = ns > local_smax ? ns : local_smax;
+            v[i] = nv;
+            const i64 nx = (i64)((u64)x[i] + (u64)nv);
+            x[i] = nx;
+            const T o = (T)(to_f64(nx) * INV_SCALE);
+            xf[i] = o;
+            const PEAK_T a = ABS_BITS(o), b = ABS_BITS(fi);
+            const PEAK_T m = a > b ? a : b;
+            local = m > local ? m : local;
+        }
+        peak = local > peak ? local : peak;
+        smax = local_smax > smax ? local_smax : smax;
+    }
+    *state_max = smax;
+    return FROM_ABS_BITS(peak);
+}
+
+VARIANT_TARGET
+static void NAME(undo_position)(i64 *restrict x, const i64 *restrict v, T *restrict xf, i64 count,
+                                int threads)
+{
+    PARALLEL_FOR
+    for (i64 start = 0; start < count; start += BLOCK) {
+        const i64 end = start + BLOCK < count ? start + BLOCK : count;
+        for (i64 i = start; i < end; i++) {
+            const i64 nx = (i64)((u64)x[i] - (u64)v[i]);
+            x[i] = nx;
+            xf[i] = (T)(to_f64(nx) * INV_SCALE);
+        }
+    }
+}
+
+VARIANT_TARGET
+static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *restrict f, i64 count,
+                               i64 n, int threads)
+{
+    const double inv_n = 1.0 / (double)n, dn = (double)n;
+    const double k = (double)((65536 - n) << 24);
+    i32 smin = INT32_MAX;
+    PARALLEL_FOR_MIN_STATE
+    for (i64 start = 0; start < count; start += BLOCK) {
+        const i64 end = start + BLOCK < count ? start + BLOCK : count;
+        i32 local_smin = INT32_MAX;
+        for (i64 i = start; i < end; i++) {
+            const i64 a = (i64)((u64)v[i] - (u64)trunc_to_i64((double)f[i] * k));
+            /* hi, zh = divmod(a, n): a = A 2**16 + B, two exact float64 passes */
+            const double a_hi = small_to_f64(a >> 16);
+            const double q1 = __builtin_floor((a_hi + 0.5) * inv_n);
+            const double r1 = a_hi - q1 * dn;
+            const double w = r1 * 65536.0 + (double)(i32)(a & 0xFFFF);
+            const double q2 = __builtin_trunc((w + 0.5) * inv_n);
+            const double zh = w - q2 * dn;
+            /* lo, s = divmod(zh 2**16 + (state mod 2**16), n); push s back */
+            const i32 st = state[i];
+            const double w2 = zh * 65536.0 + (double)(st & 0xFFFF);
+            const double lo = __builtin_trunc((w2 + 0.5) * inv_n);
+            const i32 s = (i32)(w2 - lo * dn);
+            const i32 ns = (i32)((u32)(st >> 16) * (u32)n + (u32)s);
+            state[i] = ns;
+            local_smin = ns < local_smin ? ns : local_smin;
+            /* v = hi 2**16 + lo = q1 2**32 + (q2 2**16 + lo) */
+            v[i] = (i64)(((u64)small_to_i64(q1) << 32) + (u64)small_to_i64(q2 * 65536.0 + lo));
+        }
+        smin = local_smin < smin ? local_smin : smin;
+    }
+    return smin;
+}
+
+#undef NAME
+#undef ABS_BITS
+#undef FROM_ABS_BITS
 #endif

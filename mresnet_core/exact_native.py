@@ -1,64 +1,188 @@
-"""The exact kernels in C (``exact_kernels.c``), built on first use and called via ctypes.
+"""The exact kernels in C (``exact_kernels.c``), called via ctypes.
 
 ``exact.ExactKernels`` uses them on the CPU where they apply (float32/float64 residuals,
 the 31-bit buffer state, contiguous tensors): the same bits as the torch kernels in
 ``exact.py``, several times faster than torch.compile's code on CPUs without AVX-512,
-no per-shape compilation and no per-call guards. The library is compiled once per
-machine with the C compiler torch.compile uses too (``$CC``, else ``cc``/``gcc``/
-``clang``), ``-O3 -march=native``, and OpenMP linked against the runtime torch has
-already loaded (one thread pool, ``torch.get_num_threads()`` threads); it is cached in
-``$MRESNET_KERNEL_CACHE`` (default: ``<tmp>/mresnet_core_<user>``) under a name that
-hashes the source, the compiler, its flags and the CPU. Without a compiler,
-``library()`` is None and the torch kernels are used (``build_error()`` says why).
+no per-shape compilation and no per-call guards.
+
+Where the library comes from (``library_info()`` says which was loaded):
+
+* installed: ``pip install .`` or ``pip install -e .`` builds ``libexact_kernels.so``
+  next to this file (``setup.py``). One build serves every CPU: the kernels are compiled
+  for several instruction sets and the library picks the best the CPU has when it is
+  loaded. It links the OpenMP runtime by name (``libgomp.so.1``), which is torch's own
+  once torch is imported, so torch and the kernels share one thread pool; it is used only
+  if that holds and it was built from this ``exact_kernels.c``;
+* else it is built here, once, into a per-user cache (``cache_dir()``) that is checked
+  before anything in it is loaded (``private_dir``: a folder of the current user that no
+  one else can write, all the way up), under a file lock, linked against the OpenMP
+  runtime torch has loaded. A cached library that does not load or is not this build is
+  rebuilt once.
+
+Otherwise ``library()`` is None, ``build_error()`` says why, and ``exact`` uses the torch
+kernels (with one warning per reason).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
-import getpass
 import hashlib
 import os
 import platform
 import re
 import shutil
+import stat
+import struct
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .errors import NOT_REPLAYABLE, ReconstructionError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no run-time builds (library() is for Linux)
+    fcntl = None
+
 SOURCE = Path(__file__).with_name("exact_kernels.c")
-VERSION = 3  # exact_kernels_version() of a library built from SOURCE
-CFLAGS = ["-O3", "-march=native", "-std=c11", "-fPIC", "-fno-trapping-math", "-ffp-contract=off"]
+#: The library ``setup.py`` builds into the package.
+INSTALLED_LIBRARY = Path(__file__).with_name("libexact_kernels.so")
+VERSION = 4  # exact_kernels_version() of a library built from SOURCE
+#: Compiler flags of every build (setup.py has the same list; a test checks it). Never
+#: -ffast-math; -ffp-contract=off: a fused multiply-add would round differently.
+CFLAGS = ["-O3", "-std=c11", "-fPIC", "-fno-trapping-math", "-ffp-contract=off"]
 _TYPES = {torch.float32: "f32", torch.float64: "f64"}
-_errors: list = []
+
+
+def source_key(source: bytes, flags: list) -> str:
+    """What a build is made of (source and flags), as the library reports it
+    (``exact_kernels_key()``); setup.py computes it the same way."""
+    return hashlib.sha256(source + b"\0" + " ".join(flags).encode()).hexdigest()[:16]
+
+
+@dataclass
+class LibraryInfo:
+    """The loaded library: its file, 'installed' or 'cache', whether this process built
+    it, the instruction set its kernels use and whether they run on OpenMP threads."""
+
+    path: str
+    origin: str
+    built: bool
+    isa: str
+    openmp: bool
+
+
+class _State:
+    reason: str | None = None  # why library() is None (None: it is not, or was not asked)
+    info: LibraryInfo | None = None
 
 
 def build_error() -> str | None:
-    """Why the C kernels are not available (None when they are, or were never asked for)."""
-    return _errors[-1] if _errors else None
+    """Why the C kernels are not available, as of the last ``library()`` call (None when
+    they are, or were never asked for)."""
+    return _State.reason
+
+
+def library_info() -> LibraryInfo | None:
+    """Which library ``library()`` loaded (None if none)."""
+    return _State.info
+
+
+class UnsafeCacheError(RuntimeError):
+    """The kernel cache (or a folder above it, or a file in it) could be changed by
+    another user: nothing in it is loaded."""
 
 
 def cache_dir() -> Path:
-    """Where built libraries are kept: $MRESNET_KERNEL_CACHE, else a per-user temp folder."""
+    """Where run-time builds go: $MRESNET_KERNEL_CACHE, else $XDG_CACHE_HOME/mresnet_core,
+    else ~/.cache/mresnet_core (checked by ``private_dir`` before use)."""
     env = os.environ.get("MRESNET_KERNEL_CACHE")
     if env:
-        return Path(env)
+        return Path(env).absolute()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # relative: ignored (XDG spec)
+    return base / "mresnet_core"
+
+
+def _unsafe(path: str, st: os.stat_result, what: str) -> str | None:
+    """Why another user could change ``path`` (None if no one but us, or root, can)."""
+    uid = os.getuid()
+    if st.st_uid not in (uid, 0):
+        return f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {uid})"
+    if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+        return f"{what} {path} is writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing folders above it) 0700 if needed, and check that only
+    the current user can change it: the folder is not a symlink, is ours and not group/
+    world-writable, and every folder above it (as written and as resolved) is ours or
+    root's and not writable by others (unless sticky, as /tmp). Raises UnsafeCacheError."""
+    path = Path(os.path.abspath(path))
+    for folder in [*reversed(path.parents), path]:
+        if not os.path.lexists(folder):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder, 0o700)
+                os.chmod(folder, 0o700)  # whatever the umask
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UnsafeCacheError(f"the kernel cache {path} is a symlink or not a folder")
+    if st.st_uid != os.getuid():
+        raise UnsafeCacheError(f"the kernel cache {path} is owned by uid {st.st_uid}, not by you "
+                               f"(uid {os.getuid()})")
+    if st.st_mode & 0o022:
+        raise UnsafeCacheError(f"the kernel cache {path} is writable by others "
+                               f"(mode {stat.S_IMODE(st.st_mode):o}); remove it or use another "
+                               "$MRESNET_KERNEL_CACHE")
+    real = Path(os.path.realpath(path))
+    for folder in {*path.parents, *real.parents}:
+        why = _unsafe(str(folder), os.stat(folder), "the folder")
+        if why:
+            raise UnsafeCacheError(f"{why}, above the kernel cache {path}")
+    return path
+
+
+def _check_library_file(path: Path) -> None:
+    """A cached library may be loaded: a regular file (not a symlink) of ours that no one
+    else can write. Raises UnsafeCacheError."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeCacheError(f"the cached library {path} is a symlink or not a file")
+    if st.st_uid != os.getuid():
+        raise UnsafeCacheError(f"the cached library {path} is owned by uid {st.st_uid}, not by you")
+    if st.st_mode & 0o022:
+        raise UnsafeCacheError(f"the cached library {path} is writable by others "
+                               f"(mode {stat.S_IMODE(st.st_mode):o})")
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on ``folder`` (a lock file in it), so that processes started
+    together build once: the others wait, then load what the first one built."""
+    if fcntl is None:
+        raise RuntimeError("no file locks (fcntl) on this system")
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name (containers): the uid will do
-        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"mresnet_core_{user}"
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _compiler() -> str | None:
+def find_compiler() -> str | None:
+    """The C compiler for run-time builds: $CC, else cc, gcc or clang on the PATH."""
     for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return shutil.which(name)
     return None
 
 
-OPENMP_LIBRARY = re.compile(r"/lib(gomp|iomp5|omp)[-\w]*\.so[.\d]*$")
+OPENMP_LIBRARY = re.compile(r"(^|/)lib(gomp|iomp5|omp)[-\w]*\.so[.\d]*$")
 
 
 def loaded_openmp_runtimes() -> list:
@@ -71,74 +195,57 @@ def loaded_openmp_runtimes() -> list:
     return sorted(p for p in paths if OPENMP_LIBRARY.search(p) and os.path.exists(p))
 
 
-def _openmp_runtime() -> str | None:
+def torch_openmp_runtime() -> str | None:
     """The OpenMP runtime torch uses (one in its own lib folder first: other packages,
-    scikit-learn for one, may have loaded theirs too): linking to that file keeps one
-    thread pool for our kernels and torch's operators."""
+    scikit-learn for one, may have loaded theirs too)."""
     runtimes = loaded_openmp_runtimes()
     torch_lib = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib"))
     own = [p for p in runtimes if os.path.realpath(os.path.dirname(p)) == torch_lib]
     return (own or runtimes or [None])[0]
 
 
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU's flags (Linux) or its name."""
+def needed_libraries(path: Path) -> list:
+    """The libraries a 64-bit ELF file links by name (DT_NEEDED); empty for anything else."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return []
+    e = "<" if data[5] == 1 else ">"
+    (shoff,), (shentsize, shnum) = struct.unpack_from(e + "Q", data, 0x28), struct.unpack_from(e + "HH", data, 0x3A)
+    sections = [struct.unpack_from(e + "IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names = []
+    for _, kind, _, _, offset, size, link, *_ in sections:
+        if kind != 6:  # SHT_DYNAMIC
+            continue
+        strings = sections[link][4]
+        for entry in range(offset, offset + size, 16):
+            tag, value = struct.unpack_from(e + "qQ", data, entry)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                start = strings + value
+                names.append(data[start:data.index(b"\0", start)].decode())
+    return names
+
+
+def _symbol_address(path_or_name: str, symbol: str) -> int | None:
+    """Where ``symbol`` of an already loaded library is (None if it is not loaded)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.machine() + platform.processor()
-
-
-def _run(cmd: list) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd)}: {(done.stderr or done.stdout).strip()[-500:]}")
-
-
-def _build(cc: str, openmp: str | None, target: Path) -> None:
-    """Compile SOURCE once per float type and link both into ``target`` (atomically)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        omp = ["-fopenmp"] if openmp else []
-        objects = []
-        for defs, name in (([], "f32.o"), (["-DEXACT_FLOAT=double", "-DEXACT_F64"], "f64.o")):
-            obj = os.path.join(tmp, name)
-            _run([cc, *CFLAGS, *omp, *defs, "-c", str(SOURCE), "-o", obj])
-            objects.append(obj)
-        lib = os.path.join(tmp, target.name)
-        _run([cc, "-shared", *objects, *([openmp] if openmp else []), "-o", lib])
-        os.replace(lib, target)
-
-
-@functools.lru_cache(maxsize=None)
-def library() -> ctypes.CDLL | None:
-    """The loaded kernels, building them first if needed; None if that is impossible."""
-    if platform.system() != "Linux" and not os.environ.get("MRESNET_KERNEL_ANY_OS"):
-        _errors.append("the C kernels are built on Linux only (set MRESNET_KERNEL_ANY_OS=1 to try)")
+        return ctypes.cast(getattr(ctypes.CDLL(path_or_name, mode=os.RTLD_NOLOAD), symbol), ctypes.c_void_p).value
+    except (OSError, AttributeError):
         return None
-    cc = _compiler()
-    if cc is None:
-        _errors.append("no C compiler found ($CC, cc, gcc or clang)")
-        return None
-    openmp = _openmp_runtime()
-    for omp in ([openmp, None] if openmp else [None]):  # without OpenMP if linking it fails
-        try:
-            version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-            key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(CFLAGS), str(omp),
-                                            _cpu_signature()]).encode()).hexdigest()[:16]
-            target = cache_dir() / f"exact_kernels_{key}.so"
-            if not target.exists():
-                _build(cc, omp, target)
-            lib = ctypes.CDLL(str(target))
-            if lib.exact_kernels_version() != VERSION:
-                raise RuntimeError(f"{target} is version {lib.exact_kernels_version()}, expected {VERSION}")
-            _declare(lib)
-            return lib
-        except Exception as err:  # noqa: BLE001 - reported by build_error(), torch kernels used
-            _errors.append(f"building the C kernels failed: {type(err).__name__}: {err}")
+
+
+def foreign_openmp_runtime(path: Path) -> str | None:
+    """Why loading ``path`` would bring an OpenMP runtime other than torch's (a second
+    thread pool), or None: every runtime it links by name is torch's, already loaded."""
+    ours = torch_openmp_runtime()
+    if ours is None:
+        return None  # torch has no OpenMP runtime: nothing to share
+    for name in needed_libraries(path):
+        if OPENMP_LIBRARY.search(name):
+            theirs = _symbol_address(name, "omp_get_max_threads")
+            if theirs is None or theirs != _symbol_address(ours, "omp_get_max_threads"):
+                return f"{path} links {name}, which is not torch's OpenMP runtime ({ours})"
     return None
 
 
@@ -153,11 +260,160 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.count_below.argtypes, lib.count_below.restype = [p, i64, i32, i32], i64
     for name in ("spill_words", "refill_words"):
         getattr(lib, name).argtypes, getattr(lib, name).restype = [p, i64, i32, p], i32
+    for name in ("exact_kernels_key", "exact_kernels_isa", "exact_kernels_isas"):
+        getattr(lib, name).restype = ctypes.c_char_p
+    lib.exact_kernels_use_isa.argtypes = [ctypes.c_char_p]
+
+
+def _unload(lib: ctypes.CDLL) -> None:
+    """dlclose a library that failed its checks, so that a rebuilt file of the same path
+    is really loaded (dlopen would return the old one by its name)."""
+    dlclose = ctypes.CDLL(None).dlclose
+    dlclose.argtypes = [ctypes.c_void_p]
+    dlclose(lib._handle)
+
+
+def _open(path: Path, key: str) -> ctypes.CDLL:
+    """Load ``path`` and check it is a build of SOURCE (interface and key); raises OSError
+    (does not load) or RuntimeError (another build)."""
+    lib = ctypes.CDLL(str(path))
+    try:
+        version = lib.exact_kernels_version()
+        if version != VERSION:
+            raise RuntimeError(f"{path} is version {version}, expected {VERSION}")
+        _declare(lib)
+        built_from = lib.exact_kernels_key().decode()
+        if built_from != key:
+            raise RuntimeError(f"{path} was built from another exact_kernels.c or other flags "
+                               f"(key {built_from or 'none'}, expected {key})")
+    except AttributeError as err:  # a symbol missing: not a build of exact_kernels.c
+        _unload(lib)
+        raise RuntimeError(f"{path} is not a build of exact_kernels.c: {err}") from None
+    except RuntimeError:
+        _unload(lib)
+        raise
+    return lib
+
+
+def _installed(key: str, reasons: list) -> ctypes.CDLL | None:
+    """The library setup.py built, if it is there, is this build and shares torch's
+    OpenMP runtime."""
+    path = INSTALLED_LIBRARY
+    if not path.exists():
+        reasons.append(f"no installed library {path} (`pip install .` or `pip install -e .` builds it)")
+        return None
+    foreign = foreign_openmp_runtime(path)
+    if foreign:
+        reasons.append(f"the installed library is not used: {foreign}")
+        return None
+    try:
+        lib = _open(path, key)
+    except (OSError, RuntimeError) as err:
+        reasons.append(f"the installed library is not used: {err}")
+        return None
+    _State.info = LibraryInfo(str(path), "installed", False, lib.exact_kernels_isa().decode(),
+                              bool(lib.exact_kernels_openmp()))
+    return lib
+
+
+def _run(cmd: list) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: {(done.stderr or done.stdout).strip()[-500:]}")
+
+
+def build(cc: str, runtime: str | None, key: str, target: Path) -> None:
+    """Compile SOURCE into ``target`` (0700, atomically), with OpenMP linked against
+    ``runtime`` (torch's: one thread pool) or, if None, without OpenMP."""
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:  # 0700
+        obj, lib = os.path.join(tmp, "exact_kernels.o"), os.path.join(tmp, target.name)
+        omp = ["-fopenmp"] if runtime else []
+        _run([cc, *CFLAGS, *omp, f'-DEXACT_KERNELS_KEY="{key}"', "-c", str(SOURCE), "-o", obj])
+        _run([cc, "-shared", obj, *([runtime] if runtime else []), "-o", lib])
+        os.chmod(lib, 0o700)  # whatever the umask
+        os.replace(lib, target)
+
+
+def _cached(key: str, reasons: list) -> ctypes.CDLL | None:
+    """The library built in ``cache_dir()`` (building it now if needed; once more if
+    the cached file does not load or is another build)."""
+    cc = find_compiler()
+    if cc is None:
+        reasons.append("no C compiler found to build them ($CC, cc, gcc or clang)")
+        return None
+    runtime = torch_openmp_runtime()
+    try:
+        folder = private_dir(cache_dir())
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        name = hashlib.sha256("\0".join([key, cc, version, str(runtime)]).encode()).hexdigest()[:16]
+        target = folder / f"exact_kernels_{name}.so"
+        built = False
+        with _locked(folder):
+            lib = None
+            if os.path.lexists(target):
+                _check_library_file(target)
+                try:
+                    lib = _open(target, key)
+                except (OSError, RuntimeError):
+                    lib = None  # corrupt or another build: rebuilt below
+            if lib is None:
+                build(cc, runtime, key, target)
+                built = True
+                _check_library_file(target)
+                lib = _open(target, key)
+    except UnsafeCacheError as err:
+        reasons.append(f"the kernel cache is not used: {err}")
+        return None
+    except Exception as err:  # noqa: BLE001 - reported by build_error(), torch kernels used
+        reasons.append(f"building the C kernels in the cache failed: {type(err).__name__}: {err}")
+        return None
+    _State.info = LibraryInfo(str(target), "cache", built, lib.exact_kernels_isa().decode(),
+                              bool(lib.exact_kernels_openmp()))
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels: the installed library, else one built in the cache; None if
+    neither can be had (``build_error()`` says why)."""
+    _State.reason = _State.info = None
+    if platform.system() != "Linux" and not os.environ.get("MRESNET_KERNEL_ANY_OS"):
+        _State.reason = "the C kernels are built on Linux only (set MRESNET_KERNEL_ANY_OS=1 to try)"
+        return None
+    reasons: list = []
+    try:
+        key = source_key(SOURCE.read_bytes(), CFLAGS)
+    except OSError as err:
+        _State.reason = f"the kernels' source is missing: {err}"
+        return None
+    lib = _installed(key, reasons)
+    if lib is None:
+        lib = _cached(key, reasons)
+    if lib is None:
+        _State.reason = "; ".join(reasons)
+    return lib
 
 
 def available() -> bool:
     """Whether the C kernels can be used in this process."""
     return library() is not None
+
+
+def instruction_sets() -> list:
+    """The kernel variants this CPU can run, best first (``use_instruction_set``)."""
+    lib = library()
+    return lib.exact_kernels_isas().decode().split() if lib is not None else []
+
+
+def use_instruction_set(name: str) -> bool:
+    """Run the kernels' ``name`` variant from now on (for tests and benchmarks: every
+    variant gives the same bits); False, and nothing changes, if the CPU cannot."""
+    lib = library()
+    if lib is None or not lib.exact_kernels_use_isa(name.encode()):
+        return False
+    if _State.info is not None:
+        _State.info.isa = name
+    return True
 
 
 class NativeKernels:
@@ -244,8 +500,6 @@ class NativeBound:
     state only when a word moves (what ``exact.BoundKernels`` leaves to the buffer)."""
 
     def __init__(self, kernels: NativeKernels, x, v, buffer, dtype: torch.dtype):
-        from . import exact
-
         self.kernels, self.x, self.v, self.buffer, self.dtype = kernels, x, v, buffer, dtype
         self.shape, self.count, self.n = x.shape, x.numel(), kernels.n
         self.pointers = (x.data_ptr(), v.data_ptr(), buffer.state.data_ptr())
@@ -254,7 +508,7 @@ class NativeBound:
         self._forward = getattr(lib, f"forward_step_{name}")
         self._position = getattr(lib, f"undo_position_{name}")
         self._velocity = getattr(lib, f"undo_velocity_{name}")
-        self.limit = self.n << (buffer.state_bits - exact.GAMMA_BITS)
+        self.limit = buffer.spill_limit(self.n)
         self._max = ctypes.c_int32(0)
         self._max_address = ctypes.addressof(self._max)
 
@@ -268,15 +522,15 @@ class NativeBound:
         """Spill a word if a state may overflow, then one layer forward: returns (float x, peak)."""
         f = self._residual(f)
         buffer = self.buffer
-        if buffer._upper >= self.limit:
-            word, buffer._upper = self.kernels.spill(buffer.state, self.limit)
+        if buffer.upper >= self.limit:
+            word, buffer.upper = self.kernels.spill(buffer.state, self.limit)
             if word is not None:
                 buffer.words.append(word)
         xf = torch.empty(self.shape, dtype=self.dtype)
         x, v, state = self.pointers
         peak = self._forward(x, v, state, f.data_ptr(), xf.data_ptr(), self.count, self.n,
                              torch.get_num_threads(), self._max_address)
-        buffer._upper, buffer._lower = self._max.value, -1  # the smallest unknown, as after before_push
+        buffer.upper, buffer.lower = self._max.value, -1  # the smallest unknown, as after before_push
         return xf, peak
 
     def undo_position(self):
@@ -297,8 +551,6 @@ class NativeBound:
         if smallest < low:
             total = self.kernels.refill_count(buffer.state, low)
             if not buffer.words or buffer.words[-1].numel() != total:
-                from .exact import NOT_REPLAYABLE, ReconstructionError
-
                 raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
             smallest = self.kernels.refill(buffer.state, low, buffer.words.pop())
-        buffer._lower, buffer._upper = smallest, 1 << 62  # as after after_pop
+        buffer.lower, buffer.upper = smallest, 1 << 62  # as after after_pop

@@ -22,7 +22,10 @@ from ._torch_private import free_storage, node_saves_its_output, sole_owner
 from .accounting import observing
 from .replay import Replaying, Stack, call_recording, slow_attention
 
-FINGERPRINT_CHUNK = 1 << 16  # elements per reduction: bounds the scratch to 512 KiB
+#: fingerprint slices: at least this many elements, else 1/64 of the tensor, so that its
+#: temporaries stay below 1/16 of a float32 tensor of the state's size (it runs at depth
+#: 0 of the backward pass, where the step's memory peaks) in at most 64 slices
+FINGERPRINT_MIN_CHUNK = 1 << 12
 
 
 def fingerprint(*tensors: torch.Tensor) -> list:
@@ -32,7 +35,7 @@ def fingerprint(*tensors: torch.Tensor) -> list:
     out = []
     for t in tensors:
         acc = torch.zeros(2, dtype=torch.int64, device=t.device)
-        for chunk in t.reshape(-1).split(FINGERPRINT_CHUNK):
+        for chunk in t.reshape(-1).split(max(FINGERPRINT_MIN_CHUNK, t.numel() // 64)):
             acc[0] += chunk.sum()
             acc[1] += (chunk ^ (chunk >> 29)).sum()
         out.append(acc)

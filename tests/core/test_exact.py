@@ -1,5 +1,7 @@
 """The fixed-point kernels and the information buffer, checked against exact rationals."""
 import math
+import subprocess
+import sys
 from fractions import Fraction
 
 import pytest
@@ -25,7 +27,7 @@ def test_forward_step_is_within_one_unit_of_the_exact_product(gamma):
     buf = exact.InformationBuffer.empty(v.shape, v.device)
     buf.before_push(n)
     v1 = v.clone()
-    exact._forward_step(x, v1, buf.state, f, n)
+    exact.torch_forward_step(x, v1, buf.state, f, n)
     inc = (f * c).to(torch.int64)
     for vi, v1i, ii in zip(v.tolist()[:400], v1.tolist()[:400], inc.tolist()[:400], strict=True):
         exact_value = Fraction(vi * n, exact.GAMMA_DENOMINATOR) + ii
@@ -47,7 +49,7 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
     buf = exact.InformationBuffer.empty(x.shape, x.device, n)
     for f in fs:
         buf.before_push(n)
-        exact._forward_step(x, v, buf.state, f, n)
+        exact.torch_forward_step(x, v, buf.state, f, n)
     bits = (buf.word_bits * sum(w.numel() for w in buf.words)
             + float(torch.log2(buf.state.double()).sum()))
     empty_bits = math.log2(buf.low)  # what the empty state holds
@@ -57,8 +59,8 @@ def test_many_steps_unwind_bit_for_bit_and_buffer_costs_log2_one_over_gamma(gamm
     state_before, words_before = buf.state.clone(), [w.clone() for w in buf.words]
     back = buf.copy()
     for f in reversed(fs):
-        exact._undo_position(x, v, torch.float64)
-        exact._undo_velocity(v, back.state, f, n)
+        exact.torch_undo_position(x, v, torch.float64)
+        exact.torch_undo_velocity(v, back.state, f, n)
         back.after_pop(n)
     assert torch.equal(x, x0) and torch.equal(v, v0)
     assert back.is_empty()
@@ -78,13 +80,13 @@ def test_buffer_never_overflows_where_a_single_word_would():
     for _ in range(3000):
         buf.before_push(n)
         history.append(v.clone())
-        exact._forward_step(x, v, buf.state, f, n)
+        exact.torch_forward_step(x, v, buf.state, f, n)
         assert bool((buf.state >= buf.low).all() and (buf.state.long() < 2**buf.state_bits).all())
     assert buf.nbytes() >= 3000 * 8 / 8  # at least one bit per element per layer
     back = buf.copy()
     for _ in range(3000):
-        exact._undo_position(x, v, torch.float64)
-        exact._undo_velocity(v, back.state, f, n)
+        exact.torch_undo_position(x, v, torch.float64)
+        exact.torch_undo_velocity(v, back.state, f, n)
         back.after_pop(n)
         assert torch.equal(v, history.pop())
     assert back.is_empty()
@@ -94,7 +96,7 @@ def test_gamma_rounding_and_validation():
     assert exact.rounded_gamma(0.9) == round(0.9 * 65536) / 65536
     assert exact.rounded_gamma(1) == 1.0 and exact.rounded_gamma(0) == 0.0
     for bad in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match="gamma must lie in"):
+        with pytest.raises(ValueError, match="gamma must be a number in"):
             exact.gamma_numerator(bad)
     with pytest.raises(TypeError, match="gamma must be a number"):
         exact.gamma_numerator("0.9")
@@ -147,7 +149,7 @@ def test_divmod_by_float_reciprocal_is_exact(n):
                    torch.tensor([0, 1, -1, n, -n, n - 1, 1 - n, 2**62 - 1, -(2**62)]),
                    torch.arange(-5, 6) * n + torch.randint(-2, 3, (11,), generator=g)])
     a = torch.cat([a, multiples_and_neighbours(n, 2**62, g)])  # over the whole range
-    q, r = exact._divmod(a, n)
+    q, r = exact.floor_divmod(a, n)
     assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
     assert torch.equal(r, torch.remainder(a, n))
 
@@ -161,11 +163,11 @@ def test_divmod_single_pass_is_exact_below_2_to_50(n):
                    torch.randint(0, 2**31, (20000,), generator=g),
                    multiples_and_neighbours(n, 2**50, g),
                    torch.tensor([0, 1, -1, n - 1, n, n + 1, 2**31 - 1, 2**50 - 1, -(2**50) + 1])])
-    q, r = exact._divmod_near(a, n)
+    q, r = exact.floor_divmod_near(a, n)
     assert torch.equal(q, torch.div(a, n, rounding_mode="floor"))
     assert torch.equal(r, torch.remainder(a, n))
     nonneg = a.abs()
-    q, r = exact._divmod_near(nonneg, n, nonnegative=True)
+    q, r = exact.floor_divmod_near(nonneg, n, nonnegative=True)
     assert torch.equal(q, torch.div(nonneg, n, rounding_mode="floor"))
     assert torch.equal(r, torch.remainder(nonneg, n))
 
@@ -193,3 +195,19 @@ def test_eager_kernels_in_chunks_give_the_same_bits(monkeypatch):
     assert len(results[None]) == len(results[1024])
     for a, b in zip(results[None], results[1024], strict=True):
         assert a.shape == b.shape and torch.equal(a, b)
+
+
+def test_the_compiled_backend_leaves_torch_loggers_as_they_were():
+    """Quieting torch's C++ builder while it is imported changes no logger for good (a
+    fresh process: the compiled kernels are set up once per process)."""
+    probe = ("import logging, torch\n"
+             "from mresnet_core import exact\n"
+             "logger = logging.getLogger('torch.utils.cpp_extension')\n"
+             "before = logger.level\n"
+             "k = exact.ExactKernels(torch.zeros(1 << 16, dtype=torch.int64), 58982, backend='compile')\n"
+             "assert k.compiled\n"
+             "print(before, logger.level)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    before, after = done.stdout.split()
+    assert before == after

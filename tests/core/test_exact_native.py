@@ -1,7 +1,10 @@
 """The C exact kernels (exact_kernels.c) against the torch kernels of exact.py, bit for bit."""
+import importlib.util
 import os
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,11 +14,13 @@ from mresnet_core import MomentumNet, exact, exact_native
 
 from test_exact import random_velocity
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def native():
-    if exact_native._compiler() is None:
-        pytest.skip("no C compiler: the C kernels cannot be built here")
+    if not exact_native.INSTALLED_LIBRARY.exists() and exact_native.find_compiler() is None:
+        pytest.skip("not installed and no C compiler: the C kernels cannot be had here")
     assert exact_native.available(), exact_native.build_error()
     return exact_native
 
@@ -29,10 +34,27 @@ def narrow_state(size, n, g):
 NS = [256, 257, 655, 6554, 32768, 58982, 65535, 65536]  # every n of the 31-bit layout's edges
 
 
+@pytest.fixture
+def instruction_sets(native):
+    """Every kernel variant this CPU runs (AVX-512, AVX2, SSE4.1, baseline on x86-64);
+    the best one again afterwards."""
+    names = native.instruction_sets()
+    assert names, "the library runs no variant"
+    yield names
+    assert native.use_instruction_set(names[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n", NS)
-def test_each_kernel_gives_the_bits_of_the_torch_kernel(native, n, dtype):
-    """Random x, v over every magnitude and sign, residuals from 1e-8 to 1e6."""
+def test_each_kernel_gives_the_bits_of_the_torch_kernel(native, instruction_sets, n, dtype):
+    """Random x, v over every magnitude and sign, residuals from 1e-8 to 1e6; with each
+    instruction set's variant of the kernels (they differ in vector width only)."""
+    for isa in instruction_sets:
+        assert native.use_instruction_set(isa) and native.library_info().isa == isa
+        check_each_kernel(native, n, dtype)
+
+
+def check_each_kernel(native, n, dtype):
     g = torch.Generator().manual_seed(n)
     size = 20011  # not a multiple of the kernels' blocks or vector widths
     x, v = random_velocity(size, 1, bits=61), random_velocity(size, 2, bits=61)
@@ -45,7 +67,7 @@ def test_each_kernel_gives_the_bits_of_the_torch_kernel(native, n, dtype):
                        ("undo_velocity", (v, state, f))):
         theirs = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
         mine = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-        ref = getattr(exact, "_" + name)(*theirs, *((n,) if name != "undo_position" else ()))
+        ref = getattr(exact, "torch_" + name)(*theirs, *((n,) if name != "undo_position" else ()))
         out = getattr(k, name)(*mine)
         for a, b in zip(theirs, mine, strict=True):  # the tensors updated in place
             if isinstance(a, torch.Tensor):
@@ -119,7 +141,7 @@ def test_a_refill_out_of_step_is_a_reconstruction_error(native):
 def test_values_out_of_range_are_a_clear_error_with_the_c_kernels(native, monkeypatch, bad):
     monkeypatch.setenv("MRESNET_EXACT_BACKEND", "native")
     torch.manual_seed(0)
-    net = MomentumNet([nn.Linear(8, 8) for _ in range(3)], 0.9)
+    net = MomentumNet([nn.Linear(8, 8) for _ in range(3)], 0.9, memory_efficient=True)  # exact inversion
     x = torch.randn(4, 8)
     x[1, 2] = bad
     with pytest.raises(exact.FixedPointRangeError):
@@ -140,7 +162,7 @@ def test_a_training_step_is_bit_identical_with_either_kernels(native, monkeypatc
     torch.manual_seed(0)
     blocks = [nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16), nn.Dropout(0.2), nn.Tanh())
               for _ in range(24)]
-    net = MomentumNet(blocks, 0.7, init_velocity=nn.Linear(16, 16)).to(dtype)
+    net = MomentumNet(blocks, 0.7, init_velocity=nn.Linear(16, 16), memory_efficient=True).to(dtype)
     x = torch.randn(64, 16, dtype=dtype)
     threads = torch.get_num_threads()  # the unit tests' one thread (tests/conftest.py)
     for nthreads in (1, 2, 3):  # matrix products may round differently with the thread count
@@ -172,15 +194,15 @@ def test_layouts_and_dtypes_the_c_kernels_do_not_take_go_to_the_torch_kernels(na
     f = torch.randn(4, 3, 8, 8)
     a, b = [t.clone() for t in (x, v, state)], [t.clone() for t in (x, v, state)]
     out_native = k.forward_step(*a, f.contiguous(memory_format=torch.channels_last))
-    out_torch = exact._forward_step(*b, f, n)
+    out_torch = exact.torch_forward_step(*b, f, n)
     assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
     assert torch.equal(out_native[0], out_torch[0])
     # and stacks the C kernels do not take run on the torch kernels: half precision,
     # channels-last inputs (whose exact state keeps their layout)
-    net = MomentumNet([nn.Linear(8, 8) for _ in range(3)], 0.9).to(torch.bfloat16)
+    net = MomentumNet([nn.Linear(8, 8) for _ in range(3)], 0.9, memory_efficient=True).to(torch.bfloat16)
     net(torch.randn(2, 8, dtype=torch.bfloat16, requires_grad=True)).sum().backward()
     torch.manual_seed(0)
-    convs = MomentumNet([nn.Conv2d(3, 3, 3, padding=1) for _ in range(3)], 0.9)
+    convs = MomentumNet([nn.Conv2d(3, 3, 3, padding=1) for _ in range(3)], 0.9, memory_efficient=True)
     image = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_(True)
     convs(image).sum().backward()
     plain = MomentumNet(list(convs.functions), 0.9, memory_efficient=False)
@@ -189,22 +211,41 @@ def test_layouts_and_dtypes_the_c_kernels_do_not_take_go_to_the_torch_kernels(na
     assert torch.allclose(image.grad, image2.grad, atol=1e-5)
 
 
-def test_the_library_is_built_once_and_shares_torch_openmp_runtime(native):
-    lib = native.library()
-    assert lib.exact_kernels_version() == native.VERSION
-    assert native.library() is lib
-    built = list(native.cache_dir().glob("exact_kernels_*.so"))
-    assert built, "the built library is cached"
+def test_the_installed_library_is_used_without_any_cache(native, tmp_path):
+    """After `pip install .` or `pip install -e .` (setup.py): the library next to the
+    package, on torch's OpenMP runtime; no cache folder is made."""
+    if not native.INSTALLED_LIBRARY.exists():
+        pytest.skip("the package was not installed (no mresnet_core/libexact_kernels.so)")
+    assert native.library() is not None
+    info = native.library_info()
+    assert info.origin == "installed" and info.path == str(native.INSTALLED_LIBRARY)
+    assert info.openmp and not info.built and native.build_error() is None
+    assert native.library().exact_kernels_version() == native.VERSION
+    assert native.library() is native.library()
+    assert any(name.startswith("libgomp") for name in native.needed_libraries(native.INSTALLED_LIBRARY))
+    cache = tmp_path / "cache"
+    probe = ("from mresnet_core import exact_native as e\n"
+             "assert e.library() is not None, e.build_error()\n"
+             "print(e.library_info().origin)\n")
+    env = {**os.environ, "MRESNET_KERNEL_CACHE": str(cache), "XDG_CACHE_HOME": str(tmp_path / "xdg"),
+           "HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["installed"]
+    assert not os.path.exists(cache) and not list(tmp_path.iterdir())
+
+
+def test_the_kernels_share_torch_openmp_runtime(native):
+    """In a fresh process, with scikit-learn's own OpenMP runtime loaded first: loading
+    the kernels adds no runtime (they use torch's thread pool)."""
     if not os.path.exists("/proc/self/maps"):
-        return
-    # in a fresh process, with scikit-learn's own OpenMP runtime loaded first: loading
-    # the kernels adds no runtime (they use torch's thread pool)
+        pytest.skip("needs /proc/self/maps")
     probe = ("import sklearn.ensemble, torch\n"
              "from mresnet_core import exact_native as e\n"
              "before = e.loaded_openmp_runtimes()\n"
              "lib = e.library()\n"
              "assert lib is not None, e.build_error()\n"
-             "import os; ours = e._openmp_runtime()\n"
+             "import os; ours = e.torch_openmp_runtime()\n"
              "print(lib.exact_kernels_openmp(), before == e.loaded_openmp_runtimes(),\n"
              "      os.path.dirname(ours) == os.path.join(os.path.dirname(torch.__file__), 'lib'), before)\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
@@ -215,16 +256,74 @@ def test_the_library_is_built_once_and_shares_torch_openmp_runtime(native):
     assert torchs == "True", f"the kernels link an OpenMP runtime other than torch's: {before}"
 
 
-def test_without_a_compiler_the_torch_kernels_are_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(exact_native, "_compiler", lambda: None)
+def test_setup_py_builds_what_the_loader_expects():
+    """setup.py (which cannot import torch) has the loader's flags and key."""
+    spec = importlib.util.spec_from_file_location("mresnet_setup", ROOT / "setup.py")
+    setup_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup_py)  # defines; setup() runs only as __main__
+    assert setup_py.CFLAGS == exact_native.CFLAGS
+    source = exact_native.SOURCE.read_bytes()
+    assert setup_py.source_key(source, setup_py.CFLAGS) == exact_native.source_key(source, exact_native.CFLAGS)
+    assert not {"-march=native", "-ffast-math", "-Ofast"} & set(setup_py.CFLAGS)
+
+
+@pytest.fixture
+def fresh_library(monkeypatch):
+    """library() and the warnings start afresh, and again after the test."""
     exact_native.library.cache_clear()
-    try:
-        assert exact_native.library() is None
-        assert "no C compiler" in exact_native.build_error()
-        x = torch.zeros(10, dtype=torch.int64)
-        assert exact.ExactKernels(x, 58982, backend="auto").native is None
-        exact._native_unavailable_warning.cache_clear()
-        with pytest.warns(UserWarning, match="MRESNET_EXACT_BACKEND=native, but no C compiler"):
-            assert exact.ExactKernels(x, 58982, backend="native").native is None
-    finally:
-        exact_native.library.cache_clear()
+    exact.warn_native_unavailable.cache_clear()
+    yield exact_native
+    monkeypatch.undo()
+    exact_native.library.cache_clear()
+    exact.warn_native_unavailable.cache_clear()
+
+
+def test_without_any_library_the_torch_kernels_are_used_with_one_warning(fresh_library, monkeypatch, tmp_path):
+    """Not installed and no compiler: library() is None, build_error() says why, and a
+    float32 stack on the 'auto' backend warns once (per reason and process)."""
+    monkeypatch.setattr(exact_native, "INSTALLED_LIBRARY", tmp_path / "libexact_kernels.so")
+    monkeypatch.setattr(exact_native, "find_compiler", lambda: None)
+    assert exact_native.library() is None
+    assert "no installed library" in exact_native.build_error()
+    assert "no C compiler" in exact_native.build_error()
+    x = exact.to_fixed(torch.randn(10))
+    n = 58982
+    for walk in range(2):  # a second stack, or a second walk: no second warning
+        k = exact.ExactKernels(x, n, backend="auto")
+        assert k.native is None
+        buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bound = k.bind(x.clone(), torch.zeros_like(x), buf, torch.float32)
+        assert isinstance(bound, exact.BoundKernels)
+        expected = ["the C exact kernels are not used: " + exact_native.build_error()
+                    + "; using the torch kernels (same results, slower)"]
+        assert [str(w.message) for w in caught] == (expected if walk == 0 else [])
+    with warnings.catch_warnings(record=True) as caught:  # a stack they would not take: no warning
+        warnings.simplefilter("always")
+        k.bind(x.clone(), torch.zeros_like(x), buf, torch.bfloat16)
+    assert not caught
+    with pytest.warns(UserWarning, match="MRESNET_EXACT_BACKEND=native, but no installed library"):
+        assert exact.ExactKernels(x, n, backend="native").native is None
+
+
+def test_build_error_is_the_current_reason(fresh_library, monkeypatch, tmp_path):
+    """Not a stale one: None once the kernels load, the new reason when it changes."""
+    if not exact_native.INSTALLED_LIBRARY.exists():
+        pytest.skip("needs the installed library")
+    installed = exact_native.INSTALLED_LIBRARY
+    monkeypatch.setattr(exact_native, "INSTALLED_LIBRARY", tmp_path / "libexact_kernels.so")
+    monkeypatch.setattr(exact_native, "find_compiler", lambda: None)
+    assert exact_native.library() is None and "no C compiler" in exact_native.build_error()
+    exact_native.library.cache_clear()
+    monkeypatch.setattr(exact_native, "INSTALLED_LIBRARY", installed)
+    assert exact_native.library() is not None
+    assert exact_native.build_error() is None and exact_native.library_info().origin == "installed"
+    exact_native.library.cache_clear()
+    monkeypatch.setattr(exact_native, "INSTALLED_LIBRARY", tmp_path / "libexact_kernels.so")
+    monkeypatch.setenv("MRESNET_KERNEL_CACHE", str(tmp_path / "link"))
+    os.symlink(tmp_path, tmp_path / "link")
+    monkeypatch.setattr(exact_native, "find_compiler", lambda: "/bin/false")
+    assert exact_native.library() is None
+    assert "symlink" in exact_native.build_error() and "no C compiler" not in exact_native.build_error()
+    assert exact_native.library_info() is None
