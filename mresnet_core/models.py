@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import torch
 from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -104,7 +105,7 @@ def build_resnet(depth: int, num_classes: int = 10, *, width: int = 64, stem: st
         if stem != "imagenet" or width != 64:
             raise ValueError("pretrained weights exist for the ImageNet form only: use "
                              "stem='imagenet' and width=64 with weights=")
-        model = tvm.get_model(f"resnet{depth}", weights=weights)
+        model = _pretrained(depth, weights)
         if num_classes != model.fc.out_features:
             model.fc = nn.Linear(model.fc.in_features, num_classes)
         return model
@@ -119,6 +120,23 @@ def build_resnet(depth: int, num_classes: int = 10, *, width: int = 64, stem: st
         _init_like_torchvision(model.conv1)
         model.maxpool = nn.Identity()
     return model
+
+
+def _pretrained(depth: int, weights) -> tvm.ResNet:
+    """torchvision's ResNet with pretrained ``weights``; a ValueError of one line when the
+    name is unknown or the file can be neither found in the cache nor downloaded."""
+    try:
+        weights = tvm.get_weight(f"ResNet{depth}_Weights.{weights}") if isinstance(weights, str) else weights
+    except (KeyError, ValueError, AttributeError):
+        names = ", ".join(w.name for w in tvm.get_model_weights(f"resnet{depth}"))
+        raise ValueError(f"unknown weights {weights!r} for resnet{depth}; choose one of {names}") from None
+    try:
+        return tvm.get_model(f"resnet{depth}", weights=weights)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a corrupt file a RuntimeError
+        reason = str(getattr(e, "reason", e)).splitlines()[0]
+        raise ValueError(f"could not load the pretrained weights {weights} ({reason}): torchvision "
+                         f"downloads them to {torch.hub.get_dir()}/checkpoints; put the file there on "
+                         "a machine without internet") from None
 
 
 def momentum_stacks(model: nn.Module) -> list[MomentumNet]:

@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import random
 import sys
@@ -113,6 +114,21 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer (or unset: torch's choice), got {self.threads!r}")
+        if not 0 < self.lr_factor <= 1:
+            raise ConfigError(f"lr_factor multiplies the learning rate at each milestone and must lie in "
+                              f"(0, 1], got {self.lr_factor}")
+        if self.device != "auto":
+            try:
+                device = torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ConfigError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N") from None
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise ConfigError(f"device {self.device!r} asked for, but CUDA is not available here; "
+                                  "use --device cpu (or auto)")
+            if device.type not in ("cpu", "cuda"):
+                raise ConfigError(f"device {self.device!r}: the trainer runs on cpu or cuda")
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ConfigError("need lr > 0, weight_decay >= 0 and momentum in [0, 1)")
         if any(m < 1 for m in self.lr_milestones):
@@ -200,6 +216,12 @@ def _train_epoch(model, loader, optimizer, device, config, *, progress, epoch, c
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
         loss = nn.functional.cross_entropy(out, y)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"the training loss became {value} in epoch {epoch} with learning rate "
+                f"{optimizer.param_groups[0]['lr']:g}: the run diverged. Lower --lr; the last "
+                "finite epoch's checkpoint and metrics are kept")
         loss.backward()
         optimizer.step()
         with torch.no_grad():
@@ -207,7 +229,7 @@ def _train_epoch(model, loader, optimizer, device, config, *, progress, epoch, c
                                  torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
         if callback is not None:
             callback(getattr(model, "module", model), epoch)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.set_postfix(loss=f"{value:.3f}")
     loss, correct, n = _all_reduce(sums).tolist()
     return loss / max(n, 1), 100.0 * correct / max(n, 1)
 
@@ -278,7 +300,13 @@ def _load_checkpoint(config: TrainConfig) -> dict:
     path = Path(config.out) / CHECKPOINT
     if not path.is_file():
         raise ConfigError(f"nothing to resume: {path} does not exist (run without --resume first)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt["config"], ckpt["epoch"]  # noqa: B018 - a checkpoint of this trainer has both
+    except Exception as e:  # noqa: BLE001 - truncated, empty, random or foreign files
+        raise ConfigError(f"{path} is not a readable checkpoint of this trainer ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else 'no detail'}); delete it to start "
+                          "over, or choose another --out") from None
     saved, now = dict(ckpt["config"]), _config_dict(config)
     if "memory_free" in saved and "memory" not in saved:  # written before --memory existed
         saved["memory"] = "exact" if saved.pop("memory_free") else "backprop"
@@ -299,13 +327,26 @@ def _write_outputs(out: Path, model, optimizer, scheduler, epoch, config, histor
             "scheduler": scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch,
             "config": _config_dict(config), "history": history}
     _atomic_write(out / CHECKPOINT, lambda f: torch.save(ckpt, f), binary=True)
-    _atomic_write(out / "metrics.json", lambda f: json.dump(history, f, indent=1))
+    _atomic_write(out / "metrics.json", lambda f: json.dump(history, f, indent=1, allow_nan=False))
 
     def write_csv(f):
         writer = csv.DictWriter(f, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
     _atomic_write(out / "metrics.csv", write_csv)
+
+
+def _check_writable(out: Path) -> None:
+    """A ConfigError now, before data and model load, if ``out`` cannot hold the run."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out")
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out}: {existing} is not writable; choose another --out")
+
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the run stops before anything non-finite is kept."""
 
 
 def _load_data_once(config: TrainConfig, rank: int, world: int) -> ImageData:
@@ -353,6 +394,8 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     out = Path(config.out) if config.out is not None else None
+    if out is not None and rank == 0:
+        _check_writable(out)
     ckpt = _load_checkpoint(config) if config.resume else None
     if out is not None and not config.resume and (out / CHECKPOINT).exists():
         raise ConfigError(f"{out} already holds a run ({CHECKPOINT}); resume it with --resume, "
@@ -424,6 +467,10 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
             for buffer in model.buffers():
                 dist.broadcast(buffer, 0)
         test_loss, test_acc = evaluate(model, test_loader, device)
+        if not math.isfinite(test_loss):
+            raise TrainingDiverged(f"the test loss became {test_loss} after epoch {epoch} with learning "
+                                   f"rate {lr:g}: the run diverged. Lower --lr; the last finite "
+                                   "epoch's checkpoint and metrics are kept")
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc,
                "seconds": time.perf_counter() - t0}
@@ -478,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  continue a run:  the same command with --resume (and a larger --epochs)\n"
                "  2 GPUs:          torchrun --nproc_per_node 2 -m mresnet_core.train "
                "-m mresnet101 --dataset cifar10\n"
-               "The memory-free path's exact kernels are C code built once per machine on first "
-               "use; MRESNET_EXACT_BACKEND=eager (or compile) uses the torch kernels instead (same bits).",
+               "The memory-free path's exact kernels are C code built when the package is installed; "
+               "MRESNET_EXACT_BACKEND=eager (or compile) uses the torch kernels instead (same bits).",
         formatter_class=_HelpFormatter)
     p.add_argument("-m", "--model", default=d.model, choices=MODEL_NAMES, metavar="MODEL",
                    help=f"network, one of {', '.join(MODEL_NAMES)} ('m': Momentum ResNet)")
@@ -564,7 +611,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
     config = config_from_args(args)
     try:
         return train(config, progress=args.progress)  # epoch lines are printed either way
-    except (ValueError, FileNotFoundError) as e:  # ConfigError, DataNotFoundError, model errors
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, DataNotFoundError, TrainingDiverged, model errors
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -3,6 +3,7 @@ uninterrupted run ends, bad arguments change no saved file, and torchrun (2 CPU
 processes, gloo) takes the same steps as one process on the same global batch."""
 import copy
 import json
+import math
 import os
 import re
 import signal
@@ -170,6 +171,12 @@ def _snapshot(folder: Path) -> dict:
     (["--dataset", "cifar10"], "class subsets .* digits set only"),
     (["--resume", "--no-augment"], "augment: checkpoint True vs now False"),
     (["--resume", "--out", "{tmp}/empty"], "nothing to resume"),
+    (["--threads", "0", "--out", "{tmp}/new"], "threads must be a positive integer"),
+    (["--device", "foo", "--out", "{tmp}/new"], "unknown device 'foo'"),
+    (["--lr-factor", "-5", "--out", "{tmp}/new"], r"lr_factor .* must lie in \(0, 1\], got -5"),
+    (["--out", "{tmp}/run/config.json"], "is a file, not a folder"),
+    (["-m", "resnet18", "--weights", "FOO", "--stem", "imagenet", "--width", "64", "--out", "{tmp}/new"],
+     "unknown weights 'FOO' for resnet18; choose one of IMAGENET1K_V1"),
 ])
 def test_bad_arguments_change_no_saved_file(argv, message, tmp_path, capsys):
     run = tmp_path / "run"
@@ -249,3 +256,37 @@ def test_quick_profile_learns_the_digits():
     result = train(quick_config("resnet18"), progress=False, verbose=False)
     assert result.history[-1]["test_acc"] >= 95
     assert [row["lr"] for row in result.history] == pytest.approx([0.05] * 4 + [0.005] * 2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cuda_asked_for_without_a_gpu_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(TINY_ARGS + ["--epochs", "1", "--no-progress", "--device", "cuda", "--out", str(tmp_path / "r")])
+    assert exit_info.value.code == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_an_unreadable_checkpoint_is_a_clear_error_and_stays(content, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(replace(TINY, epochs=1, out=str(run)), progress=False, verbose=False)
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100] if content is None else content)  # None: truncated
+    before = _snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(TINY_ARGS + ["--epochs", "2", "--no-progress", "--out", str(run), "--resume"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is not a readable checkpoint of this trainer" in err
+    assert len(err.strip().splitlines()) == 1 and _snapshot(tmp_path) == before
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing_non_finite(tmp_path, capsys):
+    run = tmp_path / "wild"
+    with pytest.raises(SystemExit) as exit_info:
+        main(TINY_ARGS + ["--no-progress", "-m", "resnet18", "--epochs", "3", "--lr", "1e6", "--out", str(run)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "diverged" in err and "learning rate 1e+06" in err
+    if (run / "metrics.json").exists():  # epochs before the divergence: finite, strict JSON
+        history = json.loads((run / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+        assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"]) for row in history)
+        assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == len(history)
