@@ -209,7 +209,8 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 def _train_epoch(model, loader, optimizer, device, config, *, progress, epoch, callback):
     set_train_mode(model, config.freeze_bn)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not progress,
+    # a bar only on a terminal: in a log file its carriage returns would be fragments
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (progress and sys.stdout.isatty()),
                file=sys.stdout, leave=False, dynamic_ncols=True)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -591,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last checkpoint (same settings; "
                         "--epochs may grow)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
-                   help="tqdm progress bar per epoch (the epoch lines are printed either way)")
+                   help="tqdm progress bar per epoch when the output is a terminal (the epoch "
+                        "lines are printed either way)")
     return p
 
 
