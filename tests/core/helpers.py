@@ -1,4 +1,7 @@
 """Small models and comparisons shared by the unit tests."""
+import subprocess
+import sys
+
 import torch
 from torch import nn
 
@@ -33,3 +36,11 @@ class Scaled(nn.Module):
     def forward(self, x, scale, shift=None):
         y = torch.tanh(self.lin(x)) * scale
         return y if shift is None else y + shift
+
+
+def fresh_python(code: str, env: dict | None = None, timeout: float = 300) -> str:
+    """Run ``code`` in a fresh interpreter (what happens at import, or what could kill the
+    process, cannot touch the test run); its stdout, after asserting it exited 0."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout

@@ -1,13 +1,13 @@
 """The fixed-point kernels and the information buffer, checked against exact rationals."""
 import math
-import subprocess
-import sys
 from fractions import Fraction
 
 import pytest
 import torch
 
 from mresnet_core import exact
+
+from helpers import fresh_python
 
 
 def random_velocity(n_elem, seed, bits=60):
@@ -207,7 +207,5 @@ def test_the_compiled_backend_leaves_torch_loggers_as_they_were():
              "k = exact.ExactKernels(torch.zeros(1 << 16, dtype=torch.int64), 58982, backend='compile')\n"
              "assert k.compiled\n"
              "print(before, logger.level)\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    before, after = done.stdout.split()
+    before, after = fresh_python(probe).split()
     assert before == after

@@ -12,6 +12,7 @@ from torch import nn
 
 from mresnet_core import MomentumNet, exact, exact_native
 
+from helpers import fresh_python
 from test_exact import random_velocity
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,9 +249,7 @@ def test_the_kernels_share_torch_openmp_runtime(native):
              "import os; ours = e.torch_openmp_runtime()\n"
              "print(lib.exact_kernels_openmp(), before == e.loaded_openmp_runtimes(),\n"
              "      os.path.dirname(ours) == os.path.join(os.path.dirname(torch.__file__), 'lib'), before)\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    openmp, same, torchs, before = done.stdout.split(maxsplit=3)
+    openmp, same, torchs, before = fresh_python(probe).split(maxsplit=3)
     assert openmp == "1", "the kernels were built without OpenMP"
     assert same == "True", f"loading the kernels added an OpenMP runtime to {before}"
     assert torchs == "True", f"the kernels link an OpenMP runtime other than torch's: {before}"

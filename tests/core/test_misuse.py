@@ -2,8 +2,6 @@
 weights, non-deterministic functions, double backward, forward hooks, mixed precision,
 torch.compile. Each is either correct (compared with ordinary backprop) or a clear error."""
 import random
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -12,7 +10,7 @@ from torch import nn
 
 from mresnet_core import MomentumNet, ReconstructionError, to_momentumnet
 
-from helpers import mlp_stack
+from helpers import fresh_python, mlp_stack
 
 FREE_MODES = ["exact", "recompute", "auto"]
 
@@ -122,9 +120,7 @@ def test_a_forward_hook_keeps_the_outputs_it_saw_intact(mode):
     """A hook keeping block outputs (to inspect features) must read them intact after
     backward: the library frees only memory that nothing else holds. In a fresh process:
     reading freed memory can kill it."""
-    done = subprocess.run([sys.executable, "-c", HOOKED.replace("MODE", repr(mode))],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and "intact" in done.stdout, done.stderr[-2000:]
+    assert "intact" in fresh_python(HOOKED.replace("MODE", repr(mode)))
 
 
 def test_recomputed_outputs_are_still_freed_when_nothing_else_holds_them():
