@@ -50,7 +50,8 @@ from .modes import DEFAULT_MEMORY_MODE, MODE_NAMES, memory_mode
 
 CHECKPOINT = "checkpoint.pt"
 # config fields that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("epochs", "workers", "device", "out", "resume", "threads")
+RESUMABLE_CHANGES = ("epochs", "workers", "device", "out", "resume", "threads",
+                     "data_dir", "download")  # data downloaded on a login node, trained offline
 
 
 class ConfigError(ValueError):
@@ -585,9 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="torch CPU threads (unset: torch's choice)")
-    p.add_argument("--out", default=None,
-                   help="output folder (checkpoint.pt, metrics.csv/json, config.json); "
-                        "default results/train/<model>-g<gamma>-s<seed>")
+    p.add_argument("-s", "--out", default=None,
+                   help="output folder (checkpoint.pt, metrics.csv/json, config.json); default "
+                        "results/train/<dataset>/<model>-w<width>-g<gamma>-i<v0>-s<seed>")
+    p.add_argument("--test-only", action="store_true",
+                   help="evaluate the run in --out on its data set's test split, and stop")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (same settings; "
                         "--epochs may grow)")
@@ -603,8 +606,57 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["lr_milestones"] = tuple(args.lr_milestones)
     values["classes"] = tuple(args.classes) if args.classes else None
     if values["out"] is None:
-        values["out"] = f"results/train/{args.model}-g{args.gamma:g}-s{args.seed}"
+        values["out"] = default_out(TrainConfig(**values))
     return TrainConfig(**values)
+
+
+def default_out(config: TrainConfig) -> str:
+    """results/train/<dataset>/<model>-w<width>-g<gamma>-i<v0>-s<seed>: runs that differ in
+    any of these get their own folder."""
+    v0 = {"zero": 0, "block": 1}[config.init_velocity]
+    return (f"results/train/{config.dataset}/{config.model}-w{config.width}-g{config.gamma:g}"
+            f"-i{v0}-s{config.seed}")
+
+
+def load_run(out_dir: str | Path, device: str | torch.device = "cpu") -> TrainResult:
+    """The model a run in ``out_dir`` trained (its last checkpoint, in eval mode), with its
+    config and metrics; a ConfigError of one line if there is no readable run there."""
+    out = Path(out_dir)
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise ConfigError(f"no run in {out}: {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        saved = dict(ckpt["config"])
+    except Exception as e:  # noqa: BLE001 - truncated, empty, random or foreign files
+        raise ConfigError(f"{path} is not a readable checkpoint of this trainer ({type(e).__name__})") from None
+    if "memory_free" in saved and "memory" not in saved:
+        saved["memory"] = "exact" if saved.pop("memory_free") else "backprop"
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in known}
+    config = TrainConfig(**saved)
+    num_classes = ckpt["model"]["fc.weight"].shape[0]
+    model = build_model(config.model, num_classes, gamma=config.gamma, init_velocity=config.init_velocity,
+                        memory_efficient=config.memory, width=config.width, stem=config.stem)
+    model.load_state_dict(ckpt["model"])
+    return TrainResult(model=model.to(device).eval(), history=list(ckpt["history"]), config=config, out=out)
+
+
+def test_only(config: TrainConfig) -> tuple[float, float]:
+    """(test loss, accuracy in %) of the run in ``config.out`` on its data set's test split
+    (``--test-only``); the data folder and device may be other than the run's."""
+    if config.out is None:
+        raise ConfigError("--test-only evaluates the run in --out: name it")
+    run = load_run(config.out)
+    device = _device(config, 0)
+    saved = run.config
+    data = load_data(saved.dataset, data_dir=config.data_dir or saved.data_dir, image_size=saved.image_size,
+                     download=config.download, augment=False, classes=saved.classes)
+    loader = make_loader(data.test, config.batch_size, train=False, workers=config.workers)
+    loss, acc = evaluate(run.model.to(device), loader, device)
+    print(f"{config.out}: after epoch {len(run.history)}, test loss {loss:.4f}, accuracy {acc:.2f}% "
+          f"({data.describe()})", flush=True)
+    return loss, acc
 
 
 def main(argv: list[str] | None = None) -> TrainResult:
@@ -612,6 +664,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     args = parser.parse_args(argv)
     config = config_from_args(args)
     try:
+        if args.test_only:
+            return test_only(config)
         return train(config, progress=args.progress)  # epoch lines are printed either way
     except (ValueError, FileNotFoundError) as e:  # ConfigError, DataNotFoundError, TrainingDiverged, model errors
         parser.exit(2, f"{parser.prog}: error: {e}\n")

@@ -110,7 +110,10 @@ def test_cli_keeps_the_reference_scripts_options():
     args = build_parser().parse_args(["-m", "mresnet101", "-g", "0.5", "-i", "1", "--seed", "3"])
     config = config_from_args(args)
     assert (config.model, config.gamma, config.init_velocity, config.seed) == ("mresnet101", 0.5, "block", 3)
-    assert config.out == "results/train/mresnet101-g0.5-s3" and config.memory == "auto"
+    assert config.out == "results/train/digits/mresnet101-w64-g0.5-i1-s3" and config.memory == "auto"
+    other = config_from_args(build_parser().parse_args(["-m", "mresnet101", "-g", "0.5", "-i", "0", "--seed", "3"]))
+    assert other.out != config.out  # -i 1 after -i 0: two folders
+    assert config_from_args(build_parser().parse_args(["-s", "elsewhere"])).out == "elsewhere"
     assert (config.epochs, config.lr, config.lr_milestones, config.batch_size) == (220, 0.01, (180,), 128)
     assert config_from_args(build_parser().parse_args(["-i", "0", "--no-memory-free"])).init_velocity == "zero"
     for flags, mode in ((["--memory-free"], "exact"), (["--no-memory-free"], "backprop"),
@@ -290,3 +293,27 @@ def test_a_diverging_run_stops_with_a_clear_error_and_keeps_nothing_non_finite(t
         history = json.loads((run / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(c))
         assert all(math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"]) for row in history)
         assert torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] == len(history)
+
+
+def test_a_finished_run_loads_and_evaluates_from_its_folder(reference, tmp_path, capsys):
+    from mresnet_core.train import load_run
+
+    run = tmp_path / "run"
+    done = train(replace(TINY, epochs=1, out=str(run)), progress=False, verbose=False)
+    loaded = load_run(run)
+    assert loaded.config.model == TINY.model and loaded.history == done.history and not loaded.model.training
+    for a, b in zip(loaded.model.state_dict().values(), done.model.state_dict().values()):
+        assert torch.equal(a, b)
+    main(TINY_ARGS + ["--out", str(run), "--test-only"])
+    assert f"accuracy {done.history[-1]['test_acc']:.2f}%" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(TINY_ARGS + ["--out", str(tmp_path / "none"), "--test-only"])
+    assert exit_info.value.code == 2 and "no run in" in capsys.readouterr().err
+
+
+def test_resume_accepts_a_moved_data_folder_and_download_flag(tmp_path):
+    run = tmp_path / "run"
+    train(replace(TINY, epochs=1, out=str(run)), progress=False, verbose=False)
+    resumed = train(replace(TINY, epochs=2, out=str(run), resume=True, data_dir=str(tmp_path / "moved"),
+                            download=False), progress=False, verbose=False)
+    assert len(resumed.history) == 2
