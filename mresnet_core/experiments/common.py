@@ -78,24 +78,31 @@ def grid_input(shape, seed: int = 0, step_bits: int = 20, dtype: torch.dtype = t
 
 
 # ---------------------------------------------------------------------- claim checks
-def check_claims(measured: dict, identities: dict | None = None) -> None:
+def check_claims(measured: dict, identities: dict | None = None, reported: dict | None = None) -> None:
     """Print each claim with its outcome and raise AssertionError naming the false ones.
 
     ``measured``: claims about what this run measured (they fail if the result does).
     ``identities``: algebra or consistency checks (identities that hold by construction,
     closed forms evaluated against themselves): printed under their own heading, so that
     they are not read as findings; they are asserted too.
+    ``reported``: claims of the paper whose outcome here depends on the seeds and on the
+    machine's floating-point kernels at the quick profile's size: printed as
+    "reproduced" or "not reproduced here" (the numbers are printed beside them), not
+    asserted; nbval pins the printed outcome, so a change either way still fails the suite.
     """
-    groups = [("measured in this run", measured)]
+    groups = [("measured in this run", measured, ("ok", "FAILED"), True)]
     if identities:
-        groups.append(("identity / algebra checks (hold by construction)", identities))
+        groups.append(("identity / algebra checks (hold by construction)", identities, ("ok", "FAILED"), True))
+    if reported:
+        groups.append(("the paper's claims at this size (reported, not asserted)", reported,
+                       ("reproduced", "not reproduced here"), False))
     failed = []
-    for title, claims in groups:
+    for title, claims, words, asserted in groups:
         print(f"{title}:")
         for claim, ok in claims.items():
             ok = bool(ok)
-            print(f"  [{'ok' if ok else 'FAILED'}] {claim}")
-            if not ok:
+            print(f"  [{words[0] if ok else words[1]}] {claim}")
+            if asserted and not ok:
                 failed.append(claim)
     if failed:
         raise AssertionError("claims that failed: " + "; ".join(failed))
