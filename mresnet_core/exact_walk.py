@@ -15,6 +15,7 @@ import contextlib
 import functools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from . import exact
@@ -22,24 +23,32 @@ from ._torch_private import free_storage, node_saves_its_output, sole_owner
 from .accounting import observing
 from .replay import Replaying, Stack, call_recording, slow_attention
 
-#: fingerprint slices: at least this many elements, else 1/64 of the tensor, so that its
-#: temporaries stay below 1/16 of a float32 tensor of the state's size (it runs at depth
-#: 0 of the backward pass, where the step's memory peaks) in at most 64 slices
+#: fingerprint slices off the CPU: at least this many elements, else 1/64 of the tensor, so
+#: that the temporaries stay below 1/16 of a float32 tensor of the state's size (it runs
+#: at depth 0 of the backward pass, where the step's memory peaks)
 FINGERPRINT_MIN_CHUNK = 1 << 12
 
 
-def fingerprint(*tensors: torch.Tensor) -> list:
-    """Integer digests of int64 tensors (two wrapping sums each, of t and of t mixed with
-    its high bits), computed on slices so that no full-size temporary is made: equal
-    tensors give equal digests; a rebuilt state that is off anywhere almost surely not."""
+def fingerprint(*tensors: torch.Tensor, freed_later: bool = False) -> list:
+    """Integer digests of integer tensors: equal tensors give equal digests; a rebuilt
+    state that is off anywhere almost surely not. Two order-independent reductions each
+    (a wrapping sum, and an xor on the CPU / a sum of the values mixed with their high
+    bits elsewhere), exact in any order. On the CPU numpy reduces in one pass without any
+    temporary, except for tensors whose storage is to be freed in place afterwards
+    (``freed_later``: a numpy view makes a storage fixed-size for good); the others are
+    reduced by torch on slices."""
     out = []
     for t in tensors:
+        if t.device.type == "cpu" and not freed_later:
+            a = t.detach().reshape(-1).numpy()
+            out.append([int(np.add.reduce(a, dtype=np.int64)), int(np.bitwise_xor.reduce(a)) if a.size else 0])
+            continue
         acc = torch.zeros(2, dtype=torch.int64, device=t.device)
         for chunk in t.reshape(-1).split(max(FINGERPRINT_MIN_CHUNK, t.numel() // 64)):
             acc[0] += chunk.sum()
             acc[1] += (chunk ^ (chunk >> 29)).sum()
-        out.append(acc)
-    return torch.stack(out).tolist() if out else []
+        out.append(acc.tolist())
+    return out
 
 
 @dataclass

@@ -136,7 +136,8 @@ class RecomputeMomentum(torch.autograd.Function):
 def _bits(*tensors: torch.Tensor) -> list:
     """Fingerprint of float tensors' bits (``exact_walk.fingerprint`` of their integer view):
     a recomputation must reproduce the forward's outputs exactly."""
-    return fingerprint(*[t.detach().contiguous().view(_INT_OF[t.element_size()]) for t in tensors])
+    return fingerprint(*[t.detach().contiguous().view(_INT_OF[t.element_size()]) for t in tensors],
+                       freed_later=True)
 
 
 _INT_OF = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
