@@ -68,6 +68,7 @@ class TrainConfig:
     gamma: float = 0.9
     init_velocity: str = "zero"
     memory: str = str(DEFAULT_MEMORY_MODE)
+    amp: bool = False
     width: int = 64
     stem: str = "cifar"
     weights: str | None = None
@@ -207,7 +208,23 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _train_epoch(model, loader, optimizer, device, config, *, progress, epoch, callback):
+def make_scaler(config: TrainConfig, device: torch.device):
+    """The gradient scaler of ``--amp``: active for CUDA float16 only (bfloat16 on the CPU
+    has float32's range and needs none)."""
+    enabled = config.amp and device.type == "cuda"
+    try:
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    except (AttributeError, TypeError):  # torch < 2.3
+        return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def autocast_for(config: TrainConfig, device: torch.device):
+    """``torch.autocast`` of ``--amp``: float16 on CUDA, bfloat16 on the CPU; off without it."""
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                          enabled=config.amp)
+
+
+def _train_epoch(model, loader, optimizer, scaler, device, config, *, progress, epoch, callback):
     set_train_mode(model, config.freeze_bn)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     # a bar only on a terminal: in a log file its carriage returns would be fragments
@@ -216,16 +233,18 @@ def _train_epoch(model, loader, optimizer, device, config, *, progress, epoch, c
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        loss = nn.functional.cross_entropy(out, y)
+        with autocast_for(config, device):
+            out = model(x)
+            loss = nn.functional.cross_entropy(out.float(), y)
         value = loss.item()
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"the training loss became {value} in epoch {epoch} with learning rate "
                 f"{optimizer.param_groups[0]['lr']:g}: the run diverged. Lower --lr; the last "
                 "finite epoch's checkpoint and metrics are kept")
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         with torch.no_grad():
             sums += torch.stack([loss.detach().double() * len(y), (out.argmax(1) == y).sum().double(),
                                  torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
@@ -312,6 +331,8 @@ def _load_checkpoint(config: TrainConfig) -> dict:
     saved, now = dict(ckpt["config"]), _config_dict(config)
     if "memory_free" in saved and "memory" not in saved:  # written before --memory existed
         saved["memory"] = "exact" if saved.pop("memory_free") else "backprop"
+    for name, default in _config_dict(TrainConfig()).items():  # settings added since it was written
+        saved.setdefault(name, default)
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs now {now[k]!r}" for k in now
             if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
     if diff:
@@ -324,9 +345,9 @@ def _load_checkpoint(config: TrainConfig) -> dict:
     return ckpt
 
 
-def _write_outputs(out: Path, model, optimizer, scheduler, epoch, config, history) -> None:
+def _write_outputs(out: Path, model, optimizer, scheduler, scaler, epoch, config, history) -> None:
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": _rng_state(), "epoch": epoch,
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(), "epoch": epoch,
             "config": _config_dict(config), "history": history}
     _atomic_write(out / CHECKPOINT, lambda f: torch.save(ckpt, f), binary=True)
     _atomic_write(out / "metrics.json", lambda f: json.dump(history, f, indent=1, allow_nan=False))
@@ -418,12 +439,15 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
                             width=config.width, stem=config.stem, weights=config.weights)
     model = model.to(device)
     optimizer, scheduler = make_optimizer(model, config)
+    scaler = make_scaler(config, device)
     history: list[dict] = []
     start = 0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         history, start = list(ckpt["history"]), ckpt["epoch"]
         _set_rng_state(ckpt["rng"])
 
@@ -461,7 +485,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
         t0 = time.perf_counter()
         start_epoch(train_loader, epoch, config.seed)
         lr = optimizer.param_groups[0]["lr"]
-        train_loss, train_acc = _train_epoch(trained, train_loader, optimizer, device, config,
+        train_loss, train_acc = _train_epoch(trained, train_loader, optimizer, scaler, device, config,
                                              progress=progress and rank == 0, epoch=epoch,
                                              callback=callback)
         scheduler.step()
@@ -481,7 +505,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
             f"acc {train_acc:.2f}%, test loss {test_loss:.4f} acc {test_acc:.2f}% "
             f"({row['seconds']:.1f} s)")
         if out is not None and rank == 0:
-            _write_outputs(out, model, optimizer, scheduler, epoch, config, history)
+            _write_outputs(out, model, optimizer, scheduler, scaler, epoch, config, history)
     return TrainResult(model=model, history=history, config=config, out=out)
 
 
@@ -542,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cheapest exact way per stack), exact (rebuilt by exact inversion), "
                         "recompute (re-run from the stack's input) or backprop (stored); "
                         "gamma 0 always uses ordinary backprop")
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision: torch.autocast to float16 (with a gradient scaler) on "
+                        "CUDA, bfloat16 on the CPU; every memory mode supports it")
     p.add_argument("--memory-free", dest="memory", action="store_const", const="exact",
                    help="the same as --memory exact (earlier versions' flag)")
     p.add_argument("--no-memory-free", dest="memory", action="store_const", const="backprop",

@@ -317,3 +317,19 @@ def test_resume_accepts_a_moved_data_folder_and_download_flag(tmp_path):
     resumed = train(replace(TINY, epochs=2, out=str(run), resume=True, data_dir=str(tmp_path / "moved"),
                             download=False), progress=False, verbose=False)
     assert len(resumed.history) == 2
+
+
+@pytest.mark.parametrize("memory", ["exact", "auto"])
+def test_mixed_precision_trains_and_resumes_exactly(memory, tmp_path):
+    """--amp (bfloat16 autocast on the CPU) trains a memory-free model, differs from the
+    float32 run, and resumes to the uninterrupted run's weights."""
+    amp = replace(TINY, epochs=2, amp=True, memory=memory)
+    whole = train(amp, progress=False, verbose=False)
+    plain = train(replace(amp, amp=False), progress=False, verbose=False)
+    assert all(math.isfinite(row["train_loss"]) for row in whole.history)
+    assert whole.history[-1]["train_loss"] != plain.history[-1]["train_loss"]
+    run = tmp_path / "run"
+    train(replace(amp, epochs=1, out=str(run)), progress=False, verbose=False)
+    resumed = train(replace(amp, out=str(run), resume=True), progress=False, verbose=False)
+    for a, b in zip(resumed.model.state_dict().values(), whole.model.state_dict().values()):
+        assert torch.equal(a, b)
