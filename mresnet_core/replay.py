@@ -27,6 +27,13 @@ DOUBLE_BACKWARD = (
 )
 
 
+def refuse_double_backward() -> None:
+    """In a backward that rebuilds activations outside the graph: a clear error when
+    autograd asks for a differentiable result (create_graph=True)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(DOUBLE_BACKWARD)
+
+
 @dataclass
 class LayerReplay:
     """What layer n needs to recompute f bit for bit: RNG states and module buffers."""
@@ -273,8 +280,7 @@ class ForwardRecord:
     def recomputing(self, stack: Stack):
         """The backward of ``stack``: refuses double backward and edited parameters
         (clear errors), then recomputes under the forward's autocast settings."""
-        if torch.is_grad_enabled():  # create_graph=True
-            raise RuntimeError(DOUBLE_BACKWARD)
+        refuse_double_backward()
         stack.check_unchanged(self.versions)
         with self.autocast.restored():
             yield

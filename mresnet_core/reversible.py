@@ -24,7 +24,7 @@ from .adjoint import MomentumAdjoint
 from ._torch_private import tree_unflatten, version_of
 from .accounting import report_held
 from .exact_walk import Tape, replay_forward, run_forward, run_inverse
-from .replay import DOUBLE_BACKWARD, ForwardRecord, Stack
+from .replay import ForwardRecord, Stack, refuse_double_backward
 
 
 @dataclass
@@ -162,8 +162,7 @@ class GradientHandoff(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if torch.is_grad_enabled():  # create_graph=True
-            raise RuntimeError(DOUBLE_BACKWARD)
+        refuse_double_backward()
         ctx.call.incoming_grad = grad
         return grad.new_zeros(()).expand(grad.shape), None
 
