@@ -391,6 +391,11 @@ def to_fixed(t: torch.Tensor, what: str = "input") -> torch.Tensor:
     """Float tensor -> int64 fixed point (truncating below 2**-40), with a range check."""
     if not t.is_floating_point():
         raise TypeError(f"{what} must be a floating-point tensor, got {t.dtype}")
+    native = exact_native.to_fixed(t) if backend_setting() in ("auto", "native") else None
+    if native is not None:  # one pass, no float64 temporary
+        x, peak = native
+        check_range(peak, what)
+        return x
     peak = float(t.detach().abs().amax()) if t.numel() else 0.0
     check_range(peak, what)
     return (t.detach().to(torch.float64) * SCALE).to(torch.int64)
@@ -398,7 +403,8 @@ def to_fixed(t: torch.Tensor, what: str = "input") -> torch.Tensor:
 
 def to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """int64 fixed point -> float of ``dtype`` (correctly rounded through float64)."""
-    return _to_float(x, dtype)
+    native = exact_native.to_float(x, dtype) if backend_setting() in ("auto", "native") else None
+    return native if native is not None else _to_float(x, dtype)
 
 
 def check_range(peak: float, what: str) -> None:

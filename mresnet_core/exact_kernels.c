@@ -48,6 +48,7 @@ typedef uint32_t u32;
 #define TWO32 4294967296.0
 #define INV_TWO32 (1.0 / 4294967296.0)
 #define INV_SCALE 9.094947017729282e-13 /* 2**-40: exact.INV_SCALE */
+#define SCALE 1099511627776.0            /* 2**40: exact.SCALE */
 #define BLOCK 4096                       /* elements per parallel work item */
 
 /* below PARALLEL_MIN elements a parallel region costs more than it saves */
@@ -61,10 +62,14 @@ typedef uint32_t u32;
 #define PARALLEL_FOR_MIN_STATE                                                               \
     _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
              reduction(min : smin)")
+#define PARALLEL_FOR_PEAK                                                                    \
+    _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
+             reduction(max : peak)")
 #else
 #define PARALLEL_FOR
 #define PARALLEL_FOR_MAX_PEAK
 #define PARALLEL_FOR_MIN_STATE
+#define PARALLEL_FOR_PEAK
 #endif
 
 /* Helpers are always inlined, so that they take the instruction set of the variant
@@ -144,6 +149,10 @@ typedef void (*position_f32_fn)(i64 *, const i64 *, float *, i64, int);
 typedef void (*position_f64_fn)(i64 *, const i64 *, double *, i64, int);
 typedef i32 (*velocity_f32_fn)(i64 *, i32 *, const float *, i64, i64, int);
 typedef i32 (*velocity_f64_fn)(i64 *, i32 *, const double *, i64, i64, int);
+typedef double (*to_fixed_f32_fn)(const float *, i64 *, i64, int);
+typedef double (*to_fixed_f64_fn)(const double *, i64 *, i64, int);
+typedef void (*to_float_f32_fn)(const i64 *, float *, i64, int);
+typedef void (*to_float_f64_fn)(const i64 *, double *, i64, int);
 
 struct variant {
     const char *name;
@@ -154,10 +163,15 @@ struct variant {
     forward_f64_fn forward_step_f64;
     position_f64_fn undo_position_f64;
     velocity_f64_fn undo_velocity_f64;
+    to_fixed_f32_fn to_fixed_f32;
+    to_float_f32_fn to_float_f32;
+    to_fixed_f64_fn to_fixed_f64;
+    to_float_f64_fn to_float_f64;
 };
 #define ENTRY(v, test)                                                                        \
     {#v, test, forward_step_f32_##v, undo_position_f32_##v, undo_velocity_f32_##v,           \
-     forward_step_f64_##v, undo_position_f64_##v, undo_velocity_f64_##v}
+     forward_step_f64_##v, undo_position_f64_##v, undo_velocity_f64_##v, to_fixed_f32_##v,       \
+     to_float_f32_##v, to_fixed_f64_##v, to_float_f64_##v}
 
 static int always(void) { return 1; }
 #ifdef EXACT_X86
@@ -249,6 +263,34 @@ i32 undo_velocity_f64(i64 *v, i32 *state, const double *f, i64 count, i64 n, int
     return active->undo_velocity_f64(v, state, f, count, n, threads);
 }
 
+/* float -> int64 fixed point, truncated (exact.to_fixed); returns max |t| (NaN above inf)
+ * for the range check, which the caller makes before using x */
+double to_fixed_f32(const float *t, i64 *x, i64 count, int threads) {
+    return active->to_fixed_f32(t, x, count, threads);
+}
+double to_fixed_f64(const double *t, i64 *x, i64 count, int threads) {
+    return active->to_fixed_f64(t, x, count, threads);
+}
+
+/* int64 fixed point -> float, correctly rounded through float64 (exact.to_float) */
+void to_float_f32(const i64 *x, float *out, i64 count, int threads) { active->to_float_f32(x, out, count, threads); }
+void to_float_f64(const i64 *x, double *out, i64 count, int threads) { active->to_float_f64(x, out, count, threads); }
+
+/* the wrapping sum and the xor of int64 values (exact_walk.fingerprint), in one pass */
+void fingerprint_i64(const i64 *restrict x, i64 count, int threads, i64 *out)
+{
+    u64 sum = 0, bits = 0;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) reduction(+ : sum) reduction(^ : bits)
+#endif
+    for (i64 i = 0; i < count; i++) {
+        sum += (u64)x[i];
+        bits ^= (u64)x[i];
+    }
+    out[0] = (i64)sum;
+    out[1] = (i64)bits;
+}
+
 /* The information buffer's 8-bit words (exact.InformationBuffer, the 31-bit layout):
  * spilling moves the low byte of every state >= limit to the next word, in element
  * order; refilling takes it back into every state < low. Sequential: they run about
@@ -300,7 +342,7 @@ i32 refill_words(i32 *restrict state, i64 count, i32 low, const uint8_t *restric
 /* the build's identity, checked by the loader: the interface version, the hash of the
  * source and flags it was built from (-DEXACT_KERNELS_KEY, set by setup.py and
  * exact_native.py; empty if not given), and whether it runs on OpenMP threads */
-int exact_kernels_version(void) { return 4; }
+int exact_kernels_version(void) { return 5; }
 #ifndef EXACT_KERNELS_KEY
 #define EXACT_KERNELS_KEY ""
 #endif
@@ -433,6 +475,36 @@ static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *re
         smin = local_smin < smin ? local_smin : smin;
     }
     return smin;
+}
+
+VARIANT_TARGET
+static double NAME(to_fixed)(const T *restrict t, i64 *restrict x, i64 count, int threads)
+{
+    PEAK_T peak = 0;
+    PARALLEL_FOR_PEAK
+    for (i64 start = 0; start < count; start += BLOCK) {
+        const i64 end = start + BLOCK < count ? start + BLOCK : count;
+        PEAK_T local = 0;
+        for (i64 i = start; i < end; i++) {
+            const T ti = t[i];
+            x[i] = trunc_to_i64((double)ti * SCALE);
+            const PEAK_T a = ABS_BITS(ti);
+            local = a > local ? a : local;
+        }
+        peak = local > peak ? local : peak;
+    }
+    return FROM_ABS_BITS(peak);
+}
+
+VARIANT_TARGET
+static void NAME(to_float)(const i64 *restrict x, T *restrict out, i64 count, int threads)
+{
+    PARALLEL_FOR
+    for (i64 start = 0; start < count; start += BLOCK) {
+        const i64 end = start + BLOCK < count ? start + BLOCK : count;
+        for (i64 i = start; i < end; i++)
+            out[i] = (T)(to_f64(x[i]) * INV_SCALE);
+    }
 }
 
 #undef NAME

@@ -51,7 +51,7 @@ except ImportError:  # Windows: no run-time builds (library() is for Linux)
 SOURCE = Path(__file__).with_name("exact_kernels.c")
 #: The library ``setup.py`` builds into the package.
 INSTALLED_LIBRARY = Path(__file__).with_name("libexact_kernels.so")
-VERSION = 4  # exact_kernels_version() of a library built from SOURCE
+VERSION = 5  # exact_kernels_version() of a library built from SOURCE
 #: Compiler flags of every build (setup.py has the same list; a test checks it). Never
 #: -ffast-math; -ffp-contract=off: a fused multiply-add would round differently.
 CFLAGS = ["-O3", "-std=c11", "-fPIC", "-fno-trapping-math", "-ffp-contract=off"]
@@ -257,6 +257,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"undo_position_{t}").argtypes = [p, p, p, i64, i32]
         uv = getattr(lib, f"undo_velocity_{t}")
         uv.argtypes, uv.restype = [p, p, p, i64, i64, i32], i32
+        tf = getattr(lib, f"to_fixed_{t}")
+        tf.argtypes, tf.restype = [p, p, i64, i32], ctypes.c_double
+        getattr(lib, f"to_float_{t}").argtypes = [p, p, i64, i32]
+    lib.fingerprint_i64.argtypes = [p, i64, i32, p]
     lib.count_below.argtypes, lib.count_below.restype = [p, i64, i32, i32], i64
     for name in ("spill_words", "refill_words"):
         getattr(lib, name).argtypes, getattr(lib, name).restype = [p, i64, i32, p], i32
@@ -414,6 +418,43 @@ def use_instruction_set(name: str) -> bool:
     if _State.info is not None:
         _State.info.isa = name
     return True
+
+
+def to_fixed(t: torch.Tensor):
+    """(int64 fixed point of float ``t``, max |t|) by the C kernel in one pass, or None
+    where it does not apply (another device or dtype, no library): ``exact.to_fixed``."""
+    lib = library() if t.device.type == "cpu" and t.dtype in _TYPES else None
+    if lib is None:
+        return None
+    t = t.detach().contiguous()
+    x = torch.empty(t.shape, dtype=torch.int64)
+    peak = getattr(lib, f"to_fixed_{_TYPES[t.dtype]}")(t.data_ptr(), x.data_ptr(), t.numel(),
+                                                        torch.get_num_threads())
+    return x, peak
+
+
+def to_float(x: torch.Tensor, dtype: torch.dtype):
+    """Float ``dtype`` of int64 fixed point ``x`` by the C kernel, or None where it does not
+    apply: ``exact.to_float``."""
+    lib = (library() if x.device.type == "cpu" and dtype in _TYPES and x.dtype is torch.int64
+           and x.is_contiguous() else None)
+    if lib is None:
+        return None
+    out = torch.empty(x.shape, dtype=dtype)
+    getattr(lib, f"to_float_{_TYPES[dtype]}")(x.data_ptr(), out.data_ptr(), x.numel(), torch.get_num_threads())
+    return out
+
+
+def fingerprint(x: torch.Tensor):
+    """[wrapping sum, xor] of a contiguous int64 CPU tensor in one threaded pass, or None
+    where the C kernels do not apply (``exact_walk.fingerprint``)."""
+    lib = (library() if x.device.type == "cpu" and x.dtype is torch.int64 and x.is_contiguous()
+           else None)
+    if lib is None:
+        return None
+    out = (ctypes.c_int64 * 2)()
+    lib.fingerprint_i64(x.data_ptr(), x.numel(), torch.get_num_threads(), ctypes.addressof(out))
+    return [out[0], out[1]]
 
 
 class NativeKernels:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import exact
+from . import exact, exact_native
 from ._torch_private import free_storage, node_saves_its_output, sole_owner
 from .accounting import observing
 from .replay import Replaying, Stack, call_recording, slow_attention
@@ -39,6 +39,10 @@ def fingerprint(*tensors: torch.Tensor, freed_later: bool = False) -> list:
     reduced by torch on slices."""
     out = []
     for t in tensors:
+        native = exact_native.fingerprint(t) if not freed_later else None
+        if native is not None:  # int64 on the CPU: one threaded pass for both reductions
+            out.append(native)
+            continue
         if t.device.type == "cpu" and not freed_later:
             a = t.detach().reshape(-1).numpy()
             out.append([int(np.add.reduce(a, dtype=np.int64)), int(np.bitwise_xor.reduce(a)) if a.size else 0])
@@ -111,7 +115,8 @@ def initial_state(stack: Stack, x0: torch.Tensor, v0: torch.Tensor | None):
 
 @slow_attention()
 def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
-    """Exact forward pass, keeping each layer's replay record: returns (tape, kept).
+    """Exact forward pass, keeping each layer's replay record: returns (tape, kept, x_L as
+    a float tensor of x0's dtype).
 
     Without a graph, except for the last ``stack.kept`` layers, whose graphs are kept
     (``kept``, a :class:`KeptGraphs`; None when ``stack.kept`` is 0). The state at the
@@ -161,7 +166,7 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
         if not worst < exact.VALUE_LIMIT:
             layer = int(torch.nan_to_num(peak_per_layer, nan=float("inf")).argmax())
             exact.check_range(worst, f"the activation after layer {layer + 1} of the momentum stack")
-    return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype, origin=origin), kept
+    return Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype, origin=origin), kept, xf
 
 
 def _unpack(t):

@@ -48,7 +48,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
         if stack.kept and any(isinstance(a, torch.Tensor) and a.requires_grad for a in arg_leaves):
             # kept graphs would have to reach the arguments' own leaves: invert all layers
             stack = dataclasses.replace(stack, kept=0)
-        tape, kept = run_forward(stack, x0, v0, args, kwargs)
+        tape, kept, x_top = run_forward(stack, x0, v0, args, kwargs)
         call.tape = tape
         # The tape is kept on ctx, not through save_for_backward: backward unwinds it in
         # place (no second copy of x, v and the buffer), and a second backward
@@ -67,7 +67,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
         ctx.save_for_backward(*[a for a in arg_leaves if isinstance(a, torch.Tensor)])
         ctx.set_materialize_grads(False)  # an unused v_L gets no tensor of zeros
-        return exact.to_float(tape.x, tape.dtype), exact.to_float(tape.v, tape.dtype)
+        return x_top, exact.to_float(tape.v, tape.dtype)
 
     @staticmethod
     def backward(ctx, grad_x, grad_v):

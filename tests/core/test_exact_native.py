@@ -1,11 +1,13 @@
 """The C exact kernels (exact_kernels.c) against the torch kernels of exact.py, bit for bit."""
 import importlib.util
+import math
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -80,6 +82,30 @@ def check_each_kernel(native, n, dtype):
             assert torch.equal(ref, out) and out.dtype == dtype
         else:
             assert out == int(mine[1].min())  # the smallest buffer state, reported
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_conversions_and_fingerprint_give_the_bits_of_the_torch_path(native, instruction_sets, dtype):
+    """to_fixed (with its range peak, NaN included), to_float and the fingerprint: the
+    same values as the torch and numpy code they replace, with every variant."""
+    g = torch.Generator().manual_seed(3)
+    size = 20011
+    t = (torch.randn(size, generator=g, dtype=torch.float64)
+         * 10.0 ** torch.randint(-14, 6, (size,), generator=g)).to(dtype)
+    t[:3] = torch.tensor([-0.0, 2.0 ** -41, -(2.0 ** -40)])
+    for isa in instruction_sets:
+        assert native.use_instruction_set(isa)
+        x, peak = native.to_fixed(t)
+        assert torch.equal(x, (t.to(torch.float64) * exact.SCALE).to(torch.int64))
+        assert peak == float(t.abs().amax())
+        assert torch.equal(native.to_float(x, dtype), (x.to(torch.float64) * exact.INV_SCALE).to(dtype))
+        bad = t.clone()
+        bad[7] = float("nan")
+        assert math.isnan(native.to_fixed(bad)[1])  # so the range check refuses it
+        a = random_velocity(size, 4, bits=63).numpy()
+        assert native.fingerprint(torch.from_numpy(a)) == [int(np.add.reduce(a, dtype=np.int64)),
+                                                           int(np.bitwise_xor.reduce(a))]
+    assert native.to_float(x[::2], dtype) is None and native.fingerprint(x[::2]) is None  # not contiguous
 
 
 @pytest.mark.parametrize("gamma", [256 / 65536, 0.3, 0.9, 0.95, 1.0])
