@@ -40,7 +40,9 @@ from ._torch_private import (ConvNd, canonical_mask, detect_is_causal_mask, get_
                              register_state_dict_hooks)
 from .momentum import MomentumNet
 from .modes import DEFAULT_MEMORY_MODE, MemoryMode, memory_mode
-from .replay import slow_attention
+from .plan import layer_saved_bytes
+from .recompute import plain_call, recompute_block
+from .replay import Stack, slow_attention
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 _TRANSFORMERS = (nn.TransformerEncoder, nn.TransformerDecoder)
@@ -195,7 +197,7 @@ def _convert_container(container, gamma, keep_first, memory_efficient):
     stack.training = container.training
     parts = [first, stack] if keep_first else [stack]
     if isinstance(container, nn.Sequential):
-        new = nn.Sequential(*parts) if keep_first else stack
+        new = MomentumStage(first, stack) if keep_first else stack
     else:
         new = nn.ModuleList(parts)
     new.training = container.training
@@ -204,6 +206,59 @@ def _convert_container(container, gamma, keep_first, memory_efficient):
     register_state_dict_hooks(new, _SaveOriginalNames(names), _LoadEitherNames(names))
     new.register_load_state_dict_post_hook(_MissingAsOriginal(names))
     return new
+
+
+class MomentumStage(nn.Sequential):
+    """``Sequential(first block, momentum stack)``: a converted stage. Unless the stack
+    is trained by ordinary backprop, the first block (which may change shape, so it
+    cannot be inverted) is recomputed in backward from its input
+    (``recompute.RecomputeBlock``) where what it would save for backward is at least
+    ``RECOMPUTE_FIRST_FACTOR`` times its input: its activations are then not held
+    through the rest of the forward pass, as the stack's are not. Decided at the first
+    call with gradients for each input shape, measured as ``plan.layer_saved_bytes``
+    measures a stack's layer (``first_block_plan``)."""
+
+    #: recompute the first block when it saves at least this many input-sized tensors
+    RECOMPUTE_FIRST_FACTOR = 2
+
+    def __init__(self, first: nn.Module, stack: MomentumNet):
+        super().__init__(first, stack)
+        self._first_plans: dict = {}
+        self._first_mode: str | None = None  # how the last call with gradients ran the first block
+
+    def first_block_plan(self, x: torch.Tensor) -> dict:
+        """{"recompute": bool, "saved_bytes", "input_bytes"} for an input like ``x``."""
+        key = (tuple(x.shape), x.dtype, x.device)
+        plan = self._first_plans.get(key)
+        if plan is None:
+            stack = Stack(functions=[self[0]], residual_of=plain_call, n=0)
+            saved = layer_saved_bytes(stack, self[0], x, (), {})
+            size = x.numel() * x.element_size()
+            plan = {"recompute": saved >= self.RECOMPUTE_FIRST_FACTOR * size, "saved_bytes": saved,
+                    "input_bytes": size}
+            self._first_plans[key] = plan
+        return plan
+
+    def forward(self, x):
+        first, stack = self[0], self[1]
+        wanted = (stack.memory_efficient != MemoryMode.BACKPROP and torch.is_grad_enabled()
+                  and (x.requires_grad or any(p.requires_grad for p in first.parameters())))
+        if wanted and self.first_block_plan(x)["recompute"]:
+            self._first_mode = "recompute"
+            x = recompute_block(first, x)
+        else:
+            if torch.is_grad_enabled():
+                self._first_mode = "backprop"
+            x = first(x)
+        return stack(x)
+
+    def first_block_row(self, path: str) -> dict:
+        """The first block as a row of ``memory.describe``: "recompute" or "backprop" (how
+        the last forward pass with gradients ran it; None before one), depth 1."""
+        plan = next(reversed(self._first_plans.values()), None)
+        return {"path": f"{path}.0" if path else "0", "depth": 1, "requested": self[1].memory_efficient,
+                "mode": self._first_mode, "backprop_bytes": plan["saved_bytes"] if plan else None,
+                "recompute_bytes": None, "exact_bytes": None, "gradient_bytes": None, "kept": None}
 
 
 def _shape_change(block) -> str | None:

@@ -283,7 +283,9 @@ def describe(model: nn.Module) -> list:
     estimates of the plan behind it (bytes, None before the first forward):
     ``backprop_bytes``, ``recompute_bytes``, ``exact_bytes`` (each mode's estimated share
     of the step's peak), ``gradient_bytes`` and ``kept`` (the last layers whose graphs
-    an exact stack keeps from the forward pass). See ``mresnet_core.plan``.
+    an exact stack keeps from the forward pass). See ``mresnet_core.plan``. The first
+    block of each converted stage (``convert.MomentumStage``) is a row of depth 1, mode
+    "recompute" or "backprop", ``backprop_bytes`` what it saves for backward.
     """
     rows = []
     for path, m in model.named_modules():
@@ -295,4 +297,6 @@ def describe(model: nn.Module) -> list:
                          "recompute_bytes": est.get("recompute"), "exact_bytes": est.get("exact"),
                          "gradient_bytes": plan.gradient_bytes if plan is not None else None,
                          "kept": plan.kept if plan is not None else None})
+        elif hasattr(m, "first_block_row"):  # a converted stage's first block (convert.MomentumStage)
+            rows.append(m.first_block_row(path))
     return rows

@@ -9,6 +9,10 @@ Gradients are those of ordinary autograd; the stack's activations exist only dur
 own backward. A recomputation that does not give the forward's x_L and v_L bit for bit
 (a non-deterministic residual function, parameters changed in between) is an error,
 never silently different gradients.
+
+`RecomputeBlock` does the same for one block outside any stack (the first block of a
+converted stage, which changes shape): it keeps only the block's input and re-runs the
+block in backward, bit for bit (``convert.MomentumStage``).
 """
 from __future__ import annotations
 
@@ -131,6 +135,52 @@ class RecomputeMomentum(torch.autograd.Function):
         out_params = [next(it) if need else None for need in param_needs]
         out_args = [next(it) if need else None for need in arg_needs]
         return (None, None, gx, gv, *out_params, *out_args)
+
+
+def plain_call(module, x, args, kwargs):
+    """The block's own output (``Stack.residual_of`` for a block recomputed on its own,
+    which may change its input's shape)."""
+    return module(x, *args, **kwargs)
+
+
+class RecomputeBlock(torch.autograd.Function):
+    """autograd.Function: (block as a depth-1 ``Stack`` with ``plain_call``, x, *params) ->
+    block(x), without a graph; saved: x and the block's replay record. Backward re-runs
+    the block on x with a graph under that record (RNG, buffers, autocast), checks that
+    it gave the forward's output bit for bit, and backpropagates through it."""
+
+    @staticmethod
+    def forward(ctx, stack: Stack, x, *params):
+        out, replay = call_recording(stack, 0, x, (), {})
+        ctx.stack, ctx.replay, ctx.record = stack, replay, ForwardRecord.capture(stack)
+        ctx.output = _bits(out)
+        ctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        with ctx.record.recomputing(ctx.stack):
+            (x,) = ctx.saved_tensors
+            stack = dataclasses.replace(ctx.stack)  # the parameters as they are now
+            block = stack.functions[0]
+            xd = x.detach().requires_grad_(ctx.needs_input_grad[1])
+            with Replaying(block, ctx.replay, x.device, untracked=True), torch.enable_grad():
+                out = stack.residual_of(block, xd, (), {})
+            if _bits(out) != ctx.output:
+                raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
+            needs = ctx.needs_input_grad[2:]
+            wrt = ([xd] if ctx.needs_input_grad[1] else []) + [p for p, n in zip(stack.params, needs) if n]
+            grads = iter(torch.autograd.grad(out, wrt, grad, allow_unused=True) if wrt and out.requires_grad
+                         else [None] * len(wrt))
+            gx = next(grads) if ctx.needs_input_grad[1] else None
+            return (None, gx, *[next(grads) if n else None for n in needs])
+
+
+def recompute_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """block(x) keeping only x for backward (`RecomputeBlock`); the same values and
+    gradients as calling the block."""
+    stack = Stack(functions=[block], residual_of=plain_call, n=0)
+    return RecomputeBlock.apply(stack, x, *stack.params)
 
 
 def _bits(*tensors: torch.Tensor) -> list:
