@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import weakref
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch import nn
 
 _HELD_OBSERVERS: contextvars.ContextVar = contextvars.ContextVar("mresnet_held_observers", default=())
@@ -126,18 +127,22 @@ def saved_tensors(fn: Callable, *args, exclude: nn.Module | Iterable | None = No
     seen_params: dict = {}
     held: list = []
 
-    alive: dict = {}  # hold=False: key -> weak reference to the tensor first counted there
+    alive: dict = {}  # hold=False: address -> (weak reference to the storage counted there, its number)
+    occupants = itertools.count()
 
     def pack(t: torch.Tensor):
         key, nbytes = storage_key(t)
+        is_param = isinstance(t, nn.Parameter) or key in param_keys
         if hold:
             held.append(t)
         else:
+            # a weak reference to the storage itself (not to the Python tensor, which may
+            # be a temporary wrapper gone at once while its storage lives on)
             earlier = alive.get(key)
-            if earlier is not None and earlier() is None:  # freed, and the address reused
-                key = (key, len(seen) + len(seen_params))
-            alive.setdefault(key, weakref.ref(t))
-        if isinstance(t, nn.Parameter) or key in param_keys:
+            if earlier is None or earlier[0].expired():  # new, or freed and the address reused
+                alive[key] = (StorageWeakRef(t.untyped_storage()), next(occupants))
+            key = (key, alive[key][1])
+        if is_param:
             seen_params.setdefault(key, nbytes)
         else:
             seen.setdefault(key, nbytes)
