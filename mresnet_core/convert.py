@@ -209,17 +209,24 @@ def _convert_container(container, gamma, keep_first, memory_efficient):
 
 
 class MomentumStage(nn.Sequential):
-    """``Sequential(first block, momentum stack)``: a converted stage. Unless the stack
-    is trained by ordinary backprop, the first block (which may change shape, so it
-    cannot be inverted) is recomputed in backward from its input
-    (``recompute.RecomputeBlock``) where what it would save for backward is at least
-    ``RECOMPUTE_FIRST_FACTOR`` times its input: its activations are then not held
-    through the rest of the forward pass, as the stack's are not. Decided at the first
-    call with gradients for each input shape, measured as ``plan.layer_saved_bytes``
-    measures a stack's layer (``first_block_plan``)."""
+    """``Sequential(first block, momentum stack)``: a converted stage.
+
+    The first block may change shape, so it cannot be inverted; it can be recomputed in
+    backward from its input (``recompute.RecomputeBlock``), so that its activations are
+    not held through the rest of the forward pass, as the stack's are not. That is done
+    where what it would save for backward is at least ``RECOMPUTE_FIRST_FACTOR`` times
+    its input (``first_block_plan``: measured at the first call with gradients for each
+    input shape, as ``plan.layer_saved_bytes`` measures a stack's layer), and the stack
+    is trained by "auto" or "recompute", or by "exact" with at least
+    ``RECOMPUTE_FIRST_MIN_DEPTH`` layers: forced exact inversion recomputes a first block
+    only where that costs little next to the stack's own backward (in ResNet-50's
+    two-block first stage it would add a fifth to the step's time).
+    """
 
     #: recompute the first block when it saves at least this many input-sized tensors
     RECOMPUTE_FIRST_FACTOR = 2
+    #: and, for a stack forced to exact inversion, when the stack has this many layers
+    RECOMPUTE_FIRST_MIN_DEPTH = 8
 
     def __init__(self, first: nn.Module, stack: MomentumNet):
         super().__init__(first, stack)
@@ -241,7 +248,9 @@ class MomentumStage(nn.Sequential):
 
     def forward(self, x):
         first, stack = self[0], self[1]
-        wanted = (stack.memory_efficient != MemoryMode.BACKPROP and torch.is_grad_enabled()
+        mode = stack.memory_efficient
+        wanted = (mode != MemoryMode.BACKPROP and torch.is_grad_enabled()
+                  and (mode != MemoryMode.EXACT or len(stack.functions) >= self.RECOMPUTE_FIRST_MIN_DEPTH)
                   and (x.requires_grad or any(p.requires_grad for p in first.parameters())))
         if wanted and self.first_block_plan(x)["recompute"]:
             self._first_mode = "recompute"

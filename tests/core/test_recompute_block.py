@@ -7,8 +7,8 @@ from torch import nn
 
 from mresnet_core import exact, to_momentumnet
 from mresnet_core.convert import MomentumStage
-from mresnet_core.memory import training_step_memory
-from mresnet_core.models import build_resnet
+from mresnet_core.memory import describe, training_step_memory
+from mresnet_core.models import build_deep_resnet, build_resnet
 from mresnet_core.recompute import recompute_block
 
 
@@ -92,10 +92,26 @@ def test_converted_stages_recompute_their_first_block_and_train_as_backprop_does
 def test_recomputing_first_blocks_lowers_the_whole_step_peak(monkeypatch):
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     loss = lambda out: nn.functional.cross_entropy(out, y)  # noqa: E731
-    with_recompute = training_step_memory(narrow("exact"), x, loss=loss).whole_step
+    with_recompute = training_step_memory(narrow("auto"), x, loss=loss).whole_step
     monkeypatch.setattr(MomentumStage, "RECOMPUTE_FIRST_FACTOR", float("inf"))
-    without = training_step_memory(narrow("exact"), x, loss=loss).whole_step
+    without = training_step_memory(narrow("auto"), x, loss=loss).whole_step
     assert with_recompute < 0.95 * without
+
+
+def first_block_modes(model, x, y):
+    step(model, x, y)
+    return [r["mode"] for r in describe(model) if r["path"].endswith(".0")]
+
+
+def test_forced_exact_recomputes_a_first_block_only_before_a_deep_stack():
+    """ResNet-50's stacks (2, 3, 5, 2 layers): forced exact inversion leaves the first
+    blocks to ordinary backprop, "auto" recomputes them; stacks of 8 layers: both do."""
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    assert first_block_modes(narrow("exact"), x, y) == ["backprop"] * 4
+    assert first_block_modes(narrow("auto"), x, y) == ["recompute"] * 4
+    torch.manual_seed(0)
+    deep = to_momentumnet(build_deep_resnet(9, width=4), 0.9, memory_efficient="exact")  # stacks of 8
+    assert first_block_modes(deep, x, y) == ["recompute"] * 4
 
 
 def test_backprop_and_evaluation_call_the_first_block_itself(monkeypatch):
