@@ -13,6 +13,7 @@ on 3 channels, split once into stratified train/test sets (``split_seed``).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
+
+from .paths import DATA_DIR_VARIABLE, data_root
 
 DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
@@ -79,7 +82,8 @@ def load_data(dataset: str = "digits", *, data_dir: str | Path | None = None,
             holds ``train/`` and ``val/`` with one subfolder per class: ImageNet, the
             "hymenoptera" ants/bees set).
         data_dir: where the data set is (CIFAR: torchvision's folder layout; default
-            ``.data/<dataset>``). Unused for digits.
+            ``default_data_dir(dataset)``: ``$MRESNET_DATA_DIR/<dataset>``, else
+            ``data/<dataset>`` at the repository root). Unused for digits.
         image_size: digits: side after upsampling (default 16); CIFAR: 32 unless given
             (then resized); image folders: the crop side (default 224).
         download: CIFAR only: let torchvision download the data set when missing.
@@ -143,25 +147,57 @@ def load_digits(image_size: int = DEFAULT_DIGITS_SIZE, *, augment: bool = True,
                      num_classes=num_classes, image_size=image_size)
 
 
+CIFAR_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+def default_data_dir(dataset: str) -> Path:
+    """``paths.data_root() / dataset``: where a data set is looked for (and downloaded to)
+    when no data_dir is given."""
+    return data_root() / dataset
+
+
 def load_cifar(dataset: str = "cifar10", data_dir: str | Path | None = None, *,
                image_size: int = 32, download: bool = False, augment: bool = True) -> ImageData:
-    """CIFAR-10 or CIFAR-100 through torchvision, with the paper's augmentation."""
+    """CIFAR-10 or CIFAR-100 through torchvision, with the paper's augmentation.
+
+    Looked for in ``data_dir`` (default ``default_data_dir(dataset)``) in torchvision's
+    layout (``cifar-10-batches-py/`` or ``cifar-100-python/``); ``download`` fetches it
+    there when missing. A failure is a DataNotFoundError that names the data set and how
+    to get it; a folder this call created for a download that failed is removed again.
+    """
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[dataset]
-    root = Path(data_dir) if data_dir is not None else Path(".data") / dataset
+    name = CIFAR_NAMES[dataset]
+    root = Path(data_dir) if data_dir is not None else default_data_dir(dataset)
     resize = [transforms.Resize(image_size, antialias=True)] if image_size != 32 else []
     final = [transforms.ToTensor(), transforms.Normalize(CIFAR_MEAN, CIFAR_STD)]
     crop = [transforms.RandomCrop(image_size, padding=image_size // 8),
             transforms.RandomHorizontalFlip()] if augment else []
+    folder = root / cls.base_folder
+    present = folder.is_dir() and any(folder.iterdir())
+    created = [] if root.exists() else [root, *[q for q in root.parents if not q.exists()]]
+    how = (f"Get it where the network allows (python -c \"from mresnet_core.data import load_data; "
+           f"load_data('{dataset}', data_dir='{root}', download=True)\", or {cls.url} unpacked) "
+           f"and put {cls.base_folder}/ in {root}, or point --data-dir (or ${DATA_DIR_VARIABLE}) at "
+           "a copy; offline, the embedded digits (--dataset digits) train anywhere.")
     try:
         train = cls(root=str(root), train=True, download=download,
                     transform=transforms.Compose(resize + crop + final))
         test = cls(root=str(root), train=False, download=download,
                    transform=transforms.Compose(resize + final))
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise DataNotFoundError(f"{dataset} not found in {root} ({e}). {HOW_TO_GET}") from e
-    except OSError as e:  # the download failed (no network)
-        raise DataNotFoundError(f"{dataset} could not be downloaded to {root} ({e}). "
-                                f"{HOW_TO_GET}") from e
+    except (RuntimeError, OSError) as e:  # torchvision: not found / corrupted; download failed
+        for q in created:  # leave no empty folder behind (children first)
+            with contextlib.suppress(OSError):
+                q.rmdir()
+        if present:
+            raise DataNotFoundError(
+                f"{name}: {folder} holds files that fail torchvision's checksum (corrupt, "
+                f"incomplete or not {name}); delete that folder to download it again, or "
+                f"replace it with a good copy. {how}") from e
+        if download:
+            raise DataNotFoundError(f"{name} is not in {root} and could not be downloaded "
+                                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__}). {how}") from e
+        raise DataNotFoundError(f"{name} is not in {root} (downloading is off: --download turns "
+                                f"it on). {how}") from e
     return ImageData(name=dataset, train=train, test=test, num_classes=len(train.classes),
                      image_size=image_size)
 

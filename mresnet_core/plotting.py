@@ -6,6 +6,8 @@ from pathlib import Path
 
 import matplotlib
 
+from .paths import project_root
+
 PALETTE = {"resnet": "#4C72B0", "momentum": "#DD8452", "revnet": "#55A868", "theory": "#444444"}
 
 
@@ -32,17 +34,6 @@ def _figures_as_images_only() -> None:
     from matplotlib.figure import Figure
 
     shell.display_formatter.formatters["text/plain"].for_type(Figure, lambda fig, p, cycle: p.text(""))
-
-
-def project_root() -> Path:
-    """The checkout this runs in: the nearest folder, from the working directory up,
-    holding pyproject.toml and mresnet_core/ (the notebooks run in notebooks/); else
-    the working directory."""
-    here = Path.cwd()
-    for base in (here, *here.parents):
-        if (base / "pyproject.toml").exists() and (base / "mresnet_core").is_dir():
-            return base
-    return here
 
 
 def figures_dir() -> Path:

@@ -61,8 +61,9 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     """Every setting of a training run. Defaults: the paper's CIFAR-10 recipe (SGD, lr 0.01
-    divided by 10 at epoch 180 of 220, momentum 0.9, weight decay 5e-4, batch 128) on the
-    embedded digits set; the paper trains on ``dataset="cifar10"``."""
+    divided by 10 at epoch 180 of 220, momentum 0.9, weight decay 5e-4, batch 128), as the
+    reference script ``run_CIFAR_10.py`` trains; CIFAR-10 is downloaded into the data root
+    (``paths.data_root()``) when missing. ``dataset="digits"`` trains offline."""
 
     model: str = "mresnet18"
     gamma: float = 0.9
@@ -72,7 +73,7 @@ class TrainConfig:
     width: int = 64
     stem: str = "cifar"
     weights: str | None = None
-    dataset: str = "digits"
+    dataset: str = "cifar10"
     data_dir: str | None = None
     download: bool = True
     image_size: int | None = None
@@ -534,20 +535,19 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line; defaults are the paper's CIFAR-10 recipe (on the digits set)."""
+    """The command line; defaults are the paper's CIFAR-10 recipe, as ``run_CIFAR_10.py``."""
     d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="python -m mresnet_core.train",
         description="Train a ResNet or Momentum ResNet (Sander et al., ICML 2021).\n"
                     "The paper: --dataset cifar10, 220 epochs, batch 128, SGD lr 0.01 (x0.1 "
-                    "at epoch 180),\nmomentum 0.9, weight decay 5e-4, width 64, gamma 0.9. "
-                    "Defaults: those settings on the\nembedded digits (offline). Every epoch "
-                    "is checkpointed in --out; --resume continues exactly.",
+                    "at epoch 180),\nmomentum 0.9, weight decay 5e-4, width 64, gamma 0.9: the "
+                    "defaults (CIFAR-10 is downloaded\ninto the data root when missing). Every "
+                    "epoch is checkpointed in --out; --resume continues exactly.",
         epilog="examples:\n"
-               "  quick, offline:  python -m mresnet_core.train -m mresnet18 --width 8 "
+               "  quick, offline:  python -m mresnet_core.train -m mresnet18 --dataset digits --width 8 "
                "--epochs 6 --batch-size 64 --lr 0.05 --lr-milestones 4 --threads 1\n"
-               "  the paper:       python -m mresnet_core.train -m mresnet101 -g 0.9 "
-               "--dataset cifar10 --epochs 220\n"
+               "  the paper:       python -m mresnet_core.train -m mresnet101 -g 0.9\n"
                "  continue a run:  the same command with --resume (and a larger --epochs)\n"
                "  2 GPUs:          torchrun --nproc_per_node 2 -m mresnet_core.train "
                "-m mresnet101 --dataset cifar10\n"
@@ -580,11 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torchvision pretrained weights, e.g. IMAGENET1K_V1 (needs --stem "
                         "imagenet and width 64; downloads them)")
     p.add_argument("--dataset", choices=DATASETS, default=d.dataset,
-                   help="digits: scikit-learn's handwritten digits, embedded, offline; the "
-                        "paper uses cifar10/cifar100; imagefolder: --data-dir with train/ "
-                        "and val/ (ImageNet, hymenoptera)")
+                   help="the paper: cifar10, cifar100; digits: scikit-learn's handwritten digits, "
+                        "embedded, offline; imagefolder: --data-dir with train/ and val/ "
+                        "(ImageNet, hymenoptera)")
     p.add_argument("--data-dir", default=d.data_dir,
-                   help="folder of an existing data set (CIFAR default: .data/<dataset>)")
+                   help="folder of the data set (default: $MRESNET_DATA_DIR/<dataset>, else "
+                        "data/<dataset> at the repository root)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=d.download,
                    help="let torchvision download CIFAR when it is missing")
     p.add_argument("--image-size", type=int, default=d.image_size,

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..plotting import project_root, use_style
+from ..paths import project_root
+from ..plotting import use_style
 
 
 # ---------------------------------------------------------------------- notebook set-up

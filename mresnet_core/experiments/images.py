@@ -21,6 +21,8 @@ def fit(profile: str | None, name: str, *, start_from=None, data=None, **setting
     ``nn.Module`` to continue training (refit, fine-tuning); such runs are not cached.
     """
     settings.setdefault("memory", "exact")  # the paper's memory-free training, in every profile
+    if settings.get("threads") == 0:  # the notebooks' "torch's default" (TrainConfig: None)
+        settings["threads"] = None
     config = TrainConfig(**settings)
     if profile and start_from is None:
         out = run_dir(profile, name, dataclasses.asdict(config))

@@ -1,9 +1,14 @@
 """data.py: the digits split (fixed, stratified, disjoint), image sizes, class subsets,
 clear errors for missing data sets, and the deterministic, process-splittable order."""
+from pathlib import Path
+
 import pytest
 import torch
+from fake_data import bypass_checksums, write_cifar  # tests/: on the path through its conftest.py
 
-from mresnet_core.data import DataNotFoundError, load_data, make_loader, start_epoch
+from mresnet_core.data import DataNotFoundError, default_data_dir, load_data, make_loader, start_epoch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +52,55 @@ def test_digit_subsets_are_relabelled():
 
 
 def test_missing_cifar_says_how_to_get_it(tmp_path):
-    with pytest.raises(DataNotFoundError, match=r"cifar10 not found.*--data-dir.*--dataset digits"):
+    with pytest.raises(DataNotFoundError, match=r"CIFAR-10 is not in .*nothing.*--download.*--data-dir.*--dataset digits"):
         load_data("cifar10", data_dir=tmp_path / "nothing", download=False)
-    assert not (tmp_path / "nothing").exists() or not any((tmp_path / "nothing").iterdir())
+    assert not (tmp_path / "nothing").exists()
+
+
+def offline(monkeypatch):
+    """Every download fails as it does without a network."""
+    import urllib.error
+
+    from torchvision.datasets import utils
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(utils, "download_url", no_network)
+
+
+def test_cifar_offline_names_the_data_set_and_leaves_no_folder(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    target = tmp_path / "a" / "b"
+    with pytest.raises(DataNotFoundError, match=r"CIFAR-100 is not in .* could not be downloaded .*Name or service"):
+        load_data("cifar100", data_dir=target, download=True)
+    assert not (tmp_path / "a").exists()
+
+
+def test_cifar_files_failing_the_checksum_are_named_as_such(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    write_cifar(tmp_path, "cifar10")
+    with pytest.raises(DataNotFoundError, match="fail torchvision's checksum"):
+        load_data("cifar10", data_dir=tmp_path, download=True)
+
+
+@pytest.mark.parametrize("dataset,classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_in_the_real_format_loads(tmp_path, monkeypatch, dataset, classes):
+    bypass_checksums(monkeypatch)  # the files are small fakes
+    write_cifar(tmp_path, dataset, per_file=20)
+    data = load_data(dataset, data_dir=tmp_path, download=False)
+    assert data.num_classes == classes and len(data.test) == 20
+    assert len(data.train) == (100 if dataset == "cifar10" else 20)
+    x, y = data.train[3]
+    assert x.shape == (3, 32, 32) and 0 <= y < classes
+
+
+def test_the_default_data_folder_is_the_data_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("MRESNET_DATA_DIR", str(tmp_path / "root"))
+    assert default_data_dir("cifar10") == tmp_path / "root" / "cifar10"
+    monkeypatch.delenv("MRESNET_DATA_DIR")
+    monkeypatch.chdir(ROOT / "notebooks")  # papermill's working directory: still the repository's data/
+    assert default_data_dir("cifar10") == ROOT / "data" / "cifar10"
 
 
 def test_missing_image_folder_says_what_it_needs(tmp_path):

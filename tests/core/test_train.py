@@ -24,9 +24,9 @@ from mresnet_core.train import (CHECKPOINT, ConfigError, TrainConfig, build_pars
 
 ROOT = Path(__file__).resolve().parents[2]
 # a tiny Momentum ResNet on two digits at 8x8: 270 training images, 9 steps an epoch
-TINY = TrainConfig(model="mresnet18", width=4, image_size=8, classes=(0, 1), batch_size=32,
+TINY = TrainConfig(model="mresnet18", dataset="digits", width=4, image_size=8, classes=(0, 1), batch_size=32,
                    lr=0.05, epochs=2, threads=1)
-TINY_ARGS = ["-m", "mresnet18", "--width", "4", "--image-size", "8", "--classes", "0", "1",
+TINY_ARGS = ["-m", "mresnet18", "--dataset", "digits", "--width", "4", "--image-size", "8", "--classes", "0", "1",
              "--batch-size", "32", "--lr", "0.05", "--threads", "1"]
 
 
@@ -110,7 +110,8 @@ def test_cli_keeps_the_reference_scripts_options():
     args = build_parser().parse_args(["-m", "mresnet101", "-g", "0.5", "-i", "1", "--seed", "3"])
     config = config_from_args(args)
     assert (config.model, config.gamma, config.init_velocity, config.seed) == ("mresnet101", 0.5, "block", 3)
-    assert config.out == "results/train/digits/mresnet101-w64-g0.5-i1-s3" and config.memory == "auto"
+    assert config.dataset == "cifar10" and config.download  # run_CIFAR_10.py's data set, fetched if missing
+    assert config.out == "results/train/cifar10/mresnet101-w64-g0.5-i1-s3" and config.memory == "auto"
     other = config_from_args(build_parser().parse_args(["-m", "mresnet101", "-g", "0.5", "-i", "0", "--seed", "3"]))
     assert other.out != config.out  # -i 1 after -i 0: two folders
     assert config_from_args(build_parser().parse_args(["-s", "elsewhere"])).out == "elsewhere"
@@ -200,8 +201,28 @@ def test_missing_data_is_a_clear_cli_error(tmp_path, capsys):
         main(["--dataset", "cifar10", "--data-dir", str(tmp_path / "none"), "--no-download",
               "--out", str(tmp_path / "run")])
     assert exit_info.value.code == 2
-    assert re.search("cifar10 not found.*--data-dir.*--dataset digits", capsys.readouterr().err)
-    assert not (tmp_path / "run").exists()
+    assert re.search("CIFAR-10 is not in .*--data-dir.*--dataset digits", capsys.readouterr().err)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "none").exists()
+
+
+def test_the_reference_command_offline_is_one_line_naming_cifar10(tmp_path):
+    """``-m mresnet18 -g 0.9`` alone trains on CIFAR-10, downloading it: offline that is
+    one line on stderr naming CIFAR-10 and how to get it, exit status 2, no traceback,
+    and no folder left behind (a fresh process: the download really fails here)."""
+    code = ("import urllib.error\n"
+            "from torchvision.datasets import utils\n"
+            "def no_network(*a, **k): raise urllib.error.URLError('[Errno -2] Name or service not known')\n"
+            "utils.download_url = no_network\n"
+            "from mresnet_core.train import main\n"
+            "main(['-m', 'mresnet18', '-g', '0.9', '--epochs', '1'])\n")
+    env = {**_env(), "MRESNET_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert re.search(r"CIFAR-10 is not in .*data.cifar10 and could not be downloaded.*load_data", lines[0])
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
 
 
 @pytest.mark.slow
@@ -233,7 +254,7 @@ def test_torchrun_takes_the_single_process_steps(tmp_path):
     and SyncBatchNorm refuses CPU tensors in this torch. No augmentation: each process
     draws its random shifts from its own generator, so the crops would differ."""
     config = replace(TINY, epochs=1, freeze_bn=True, augment=False)
-    fields = {k: getattr(config, k) for k in ("model", "width", "image_size", "classes", "batch_size",
+    fields = {k: getattr(config, k) for k in ("model", "dataset", "width", "image_size", "classes", "batch_size",
                                               "lr", "epochs", "threads", "freeze_bn", "augment")}
     script = tmp_path / "ddp_steps.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT).replace("{config}", repr(fields)))

@@ -1,0 +1,70 @@
+"""Small data sets written in the real on-disk formats, for tests that must run offline:
+CIFAR-10/100 python pickles (torchvision's layout), an ImageFolder tree (train/ and
+val/ with one folder of PNGs per class) and a saved ``state_dict`` standing for
+pretrained weights. torchvision checks the CIFAR files against the MD5 sums of the real
+ones; ``CHECKSUM_BYPASS`` is a sitecustomize module that turns that check off in the
+processes of the test that puts it on their PYTHONPATH, nowhere else."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+CIFAR = {  # folder, train files, test file, meta file, label key, label names key, classes
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "batches.meta", "labels", "label_names", 10),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names", 100),
+}
+
+CHECKSUM_BYPASS = '''\
+"""Test-only: torchvision's CIFAR checksum checks pass (the files are small fakes)."""
+from torchvision.datasets import CIFAR10, cifar
+
+CIFAR10._check_integrity = lambda self: True
+cifar.check_integrity = lambda path, md5=None: True
+'''
+
+
+def bypass_checksums(monkeypatch) -> None:
+    """In this process: torchvision's CIFAR checksum checks pass (what CHECKSUM_BYPASS does)."""
+    from torchvision.datasets import CIFAR10, cifar
+
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: True)
+
+
+def write_cifar(root: Path, dataset: str = "cifar10", per_file: int = 20, seed: int = 0) -> Path:
+    """``root/<torchvision folder>`` with ``per_file`` random 32x32 images per batch file,
+    pickled as the real files are (dicts of "data": uint8 rows of 3072 in CHW order, a
+    label list, file names; a meta file of label names)."""
+    folder, train_files, test_file, meta_file, label_key, names_key, classes = CIFAR[dataset]
+    out = Path(root) / folder
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name in [*train_files, test_file]:
+        labels = [int(i % classes) for i in range(per_file)]
+        batch = {"batch_label": name, "data": rng.integers(0, 256, (per_file, 3072), dtype=np.uint8),
+                 label_key: labels, "filenames": [f"{name}_{i}.png" for i in range(per_file)]}
+        if dataset == "cifar100":
+            batch["coarse_labels"] = [lab // 5 for lab in labels]
+        with open(out / name, "wb") as fh:
+            pickle.dump(batch, fh)
+    with open(out / meta_file, "wb") as fh:
+        pickle.dump({names_key: [f"class{i}" for i in range(classes)]}, fh)
+    return out
+
+
+def write_image_folder(root: Path, classes=("ants", "bees"), per_class: int = 6, size: int = 40,
+                       seed: int = 0) -> Path:
+    """``root/train/<class>/*.png`` and ``root/val/<class>/*.png`` (the hymenoptera layout)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for c in classes:
+            folder = Path(root) / split / c
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return Path(root)
