@@ -5,7 +5,7 @@ import pytest
 from mresnet_core.experiments import images, table2
 from mresnet_core.experiments.batch_memory import largest_batch
 
-TINY = dict(model="resnet18", width=4, image_size=8, epochs=1, batch_size=128, lr=0.05, lr_milestones=(),
+TINY = dict(model="resnet18", dataset="digits", width=4, image_size=8, epochs=1, batch_size=128, lr=0.05, lr_milestones=(),
             threads=1)
 
 
