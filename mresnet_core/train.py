@@ -257,6 +257,39 @@ def _train_epoch(model, loader, optimizer, scaler, device, config, *, progress, 
 
 
 # ------------------------------------------------------------------------------ run setup
+class PeakMemory:
+    """The peak memory of one epoch, for the metrics' ``peak_memory_mib`` column: the CUDA
+    allocator's peak on a GPU, the process's peak resident set on the CPU (Linux: reset
+    at each epoch through /proc/self/clear_refs where allowed, else the peak since the
+    process started). ``kind`` says which."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda-allocator" if device.type == "cuda" else "cpu-rss"
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident set
+        except OSError:
+            pass
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+        except OSError:
+            pass
+        import resource
+        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, kB elsewhere
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
 def _distributed() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) without it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -402,7 +435,9 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
     and one line per epoch (rank 0 only). ``callback(model, epoch)`` runs after every
     optimiser step (on every process).
     Returns the trained model (unwrapped from DistributedDataParallel) and a history of
-    per-epoch dicts: epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds.
+    per-epoch dicts: epoch, lr, train_loss, train_acc, test_loss, test_acc, seconds,
+    peak_memory_mib and peak_memory_kind (:class:`PeakMemory`: the CUDA allocator's peak
+    on a GPU, the peak resident set on the CPU).
     Raises ConfigError for invalid settings and DataNotFoundError for missing data,
     before any file is written.
     """
@@ -482,8 +517,10 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
         out.mkdir(parents=True, exist_ok=True)
         _atomic_write(out / "config.json", lambda f: json.dump(_config_dict(config), f, indent=1))
 
+    memory = PeakMemory(device)
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
+        memory.start()
         start_epoch(train_loader, epoch, config.seed)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = _train_epoch(trained, train_loader, optimizer, scaler, device, config,
@@ -500,11 +537,12 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
                                    "epoch's checkpoint and metrics are kept")
         row = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
                "test_loss": test_loss, "test_acc": test_acc,
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "peak_memory_mib": round(memory.peak_mib(), 1),
+               "peak_memory_kind": memory.kind}
         history.append(row)
         say(f"epoch {epoch}/{config.epochs}: lr {lr:.4g}, train loss {train_loss:.4f} "
             f"acc {train_acc:.2f}%, test loss {test_loss:.4f} acc {test_acc:.2f}% "
-            f"({row['seconds']:.1f} s)")
+            f"({row['seconds']:.1f} s, peak memory {row['peak_memory_mib']:.0f} MiB, {memory.kind})")
         if out is not None and rank == 0:
             _write_outputs(out, model, optimizer, scheduler, scaler, epoch, config, history)
     return TrainResult(model=model, history=history, config=config, out=out)

@@ -41,7 +41,8 @@ def _cli(*args, timeout=300):
 
 
 def _metrics(history):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    """What must repeat: everything but the wall time and the machine's memory readings."""
+    return [{k: v for k, v in row.items() if k not in ("seconds", "peak_memory_mib")} for row in history]
 
 
 def _same_run(ckpt_path, reference):
@@ -76,7 +77,11 @@ def test_seeded_runs_repeat_exactly(reference):
 def test_resume_in_process_is_exact(reference, tmp_path):
     train(replace(TINY, epochs=1, out=str(tmp_path)), progress=False, verbose=False)
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert lines[0] == "epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds" and len(lines) == 2
+    assert lines[0] == ("epoch,lr,train_loss,train_acc,test_loss,test_acc,seconds,peak_memory_mib,"
+                        "peak_memory_kind") and len(lines) == 2
+    row = json.loads((tmp_path / "metrics.json").read_text())[0]
+    # the process's peak resident set in the epoch: at least the model's and the data's
+    assert row["peak_memory_kind"] == "cpu-rss" and row["peak_memory_mib"] > 50
     resumed = train(replace(TINY, out=str(tmp_path), resume=True), progress=False, verbose=False)
     assert _metrics(resumed.history) == _metrics(reference.history)
     _same_run(tmp_path / CHECKPOINT, reference)
