@@ -122,6 +122,22 @@ def build_resnet(depth: int, num_classes: int = 10, *, width: int = 64, stem: st
     return model
 
 
+def build_deep_resnet(blocks: int, num_classes: int = 10, *, width: int = 8) -> tvm.ResNet:
+    """A CIFAR ResNet of depth 12 * ``blocks`` + 2: four stages of ``blocks`` torchvision
+    Bottleneck blocks with ``width`` base channels, 3x3 stem, no max-pool. At
+    ``blocks=100`` it is the depth-1202 network of the paper's Figure 7 (the paper's
+    "1201"), narrowed so that it trains on small machines."""
+    if not isinstance(blocks, int) or blocks < 1:
+        raise ValueError(f"blocks (per stage) must be a positive integer, got {blocks!r}")
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"width (base channels) must be a positive integer, got {width!r}")
+    model = NarrowResNet(tvm.resnet.Bottleneck, [blocks] * 4, num_classes=num_classes, width=width)
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    _init_like_torchvision(model.conv1)
+    model.maxpool = nn.Identity()
+    return model
+
+
 def _pretrained(depth: int, weights) -> tvm.ResNet:
     """torchvision's ResNet with pretrained ``weights``; a ValueError of one line when the
     name is unknown or the file can be neither found in the cache nor downloaded."""

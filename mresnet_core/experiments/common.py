@@ -79,10 +79,12 @@ def grid_input(shape, seed: int = 0, step_bits: int = 20, dtype: torch.dtype = t
 
 
 # ---------------------------------------------------------------------- claim checks
-def check_claims(measured: dict, identities: dict | None = None, reported: dict | None = None) -> None:
+def check_claims(measured: dict, identities: dict | None = None, reported: dict | None = None,
+                 source: str = "this run") -> None:
     """Print each claim with its outcome and raise AssertionError naming the false ones.
 
-    ``measured``: claims about what this run measured (they fail if the result does).
+    ``measured``: claims about what was measured in ``source`` (default: this run; a
+    recorded result file read back names itself); they fail if the result does.
     ``identities``: algebra or consistency checks (identities that hold by construction,
     closed forms evaluated against themselves): printed under their own heading, so that
     they are not read as findings; they are asserted too.
@@ -91,7 +93,7 @@ def check_claims(measured: dict, identities: dict | None = None, reported: dict 
     "reproduced" or "not reproduced here" (the numbers are printed beside them), not
     asserted; nbval pins the printed outcome, so a change either way still fails the suite.
     """
-    groups = [("measured in this run", measured, ("ok", "FAILED"), True)]
+    groups = [(f"measured in {source}", measured, ("ok", "FAILED"), True)]
     if identities:
         groups.append(("identity / algebra checks (hold by construction)", identities, ("ok", "FAILED"), True))
     if reported:

@@ -1,9 +1,12 @@
 """Speed and whole-step memory of every contender, for a notebook: run the benchmark
 harness (``benchmarks/harness.py``, each configuration in a fresh process) and plot the
-ratios against ordinary backprop by depth.
+ratios against the original model (ordinary backprop) by depth, and Figure 7's regime
+(the largest batch each contender fits in a memory budget).
 
     df = run_benchmark("quick")          # pandas DataFrame, one row per configuration x contender
     fig = plot_ratios(df)                # time ratio and whole-step memory vs toy depth
+    fit = run_benchmark("figure7", sizes=[302], budget_mib=64)
+    fig = plot_largest_batch(fit)        # largest batch within the budget, per contender
 """
 from __future__ import annotations
 
@@ -14,10 +17,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..plotting import project_root
+from ..paths import project_root
 
 #: contenders in the order the plots draw them, with their labels
-LABELS = {"ordinary": "ordinary backprop", "checkpoint": "torch.utils.checkpoint (sqrt L)",
+LABELS = {"original": "original model, ordinary backprop", "ordinary": "ours, ordinary backprop",
+          "checkpoint": "torch.utils.checkpoint (sqrt L)",
           "reference": "reference momentumnet 0.10", "exact": "ours, exact inversion",
           "auto": "ours, auto (the converter's default)"}
 
@@ -33,21 +37,24 @@ def harness_path() -> Path:
 
 def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloads=None,
                   contenders=None, sizes=None, device: str = "cpu", out: str | Path | None = None,
-                  timeout: float = 3600):
-    """Run the harness (``profile`` 'smoke', 'quick' or 'full') and return its rows.
+                  timeout: float = 3600, budget_mib: float | None = None):
+    """Run the harness (``profile`` 'smoke', 'quick', 'full' or 'figure7') and return its rows.
 
-    Returns a pandas DataFrame with the columns of ``results.csv`` (workload, size,
-    contender, status, time_s, whole_step_bytes, activation_bytes, gradient_bytes, the
-    three ratios to ordinary backprop, modes, error, threads, device, torch, machine).
+    Returns a pandas DataFrame with the columns of ``results.json`` (workload, size,
+    contender, status, time_s, whole_step_bytes, activation_bytes, gradient_bytes,
+    first_step_bytes, later_step_bytes, the three ratios to the original model, modes,
+    error, threads, device, torch, machine; for 'figure7' also largest_batch,
+    batch_ratio, batch_vs_checkpoint, sample_time_s, budget_bytes, peaks).
     ``workloads``, ``contenders`` and ``sizes`` (toy depths, image sizes, sequence
-    lengths) filter the profile's configurations.
+    lengths, network depths) filter the profile's configurations; ``budget_mib`` sets
+    the memory budget of the 'figure7' rows.
     ``out`` keeps the CSV/JSON (default: a temporary folder). The quick profile takes a
     few minutes on a 2-core CPU.
     """
     import pandas as pd
 
-    if profile not in ("smoke", "quick", "full"):
-        raise ValueError(f"profile must be 'smoke', 'quick' or 'full', got {profile!r}")
+    if profile not in ("smoke", "quick", "full", "figure7"):
+        raise ValueError(f"profile must be 'smoke', 'quick', 'full' or 'figure7', got {profile!r}")
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="mresnet-bench-"))
     cmd = [sys.executable, str(harness_path()), "--out", str(out), "--device", device]
     if profile != "full":
@@ -60,6 +67,8 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
         cmd += ["--contenders", ",".join(contenders)]
     if sizes:
         cmd += ["--sizes", ",".join(str(int(s)) for s in sizes)]
+    if budget_mib:
+        cmd += ["--budget-mib", str(float(budget_mib))]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(project_root()), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
@@ -68,9 +77,21 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
     return pd.DataFrame(rows)
 
 
+def recorded_figure7(path: str | Path | None = None):
+    """The committed full Figure 7 run (``benchmarks/figure7-cpu.json``, written by
+    ``harness.py --figure7``) as a DataFrame; machine, date, torch and threads in ``attrs``."""
+    import pandas as pd
+
+    path = Path(path) if path is not None else project_root() / "benchmarks" / "figure7-cpu.json"
+    info = json.loads(path.read_text())
+    df = pd.DataFrame(info["rows"])
+    df.attrs.update({k: info.get(k) for k in ("date", "machine", "torch", "threads", "profile")})
+    return df
+
+
 def plot_ratios(df, workload: str = "toy"):
-    """Two panels for ``workload`` by size (toy: depth): step time / ordinary and
-    whole-step peak memory (parameter gradients included) / ordinary, every contender.
+    """Two panels for ``workload`` by size (toy: depth): step time / original and
+    whole-step peak memory (parameter gradients included) / original, every contender.
     Failed contenders are left out of the lines and named in the title. Returns the figure."""
     import matplotlib.pyplot as plt
 
@@ -90,7 +111,7 @@ def plot_ratios(df, workload: str = "toy"):
             ax.plot(ok["size"], ok[col], marker="o", label=label)
     threads = data["threads"].dropna().iloc[0] if "threads" in data and data["threads"].notna().any() else "?"
     xlabel = "depth" if workload == "toy" else "size"
-    for ax, title in zip(axes, ("time per step / ordinary", "whole-step peak memory / ordinary")):
+    for ax, title in zip(axes, ("time per step / original", "whole-step peak memory / original")):
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_xlabel(xlabel)
@@ -99,5 +120,36 @@ def plot_ratios(df, workload: str = "toy"):
     axes[0].legend(fontsize=8)
     note = f" (failed: {', '.join(failed)})" if failed else ""
     fig.suptitle(f"{workload}: one training step, {threads} thread(s){note}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_largest_batch(df, paper: dict | None = None):
+    """Figure 7's regime: the largest batch each contender fits in the budget (bars, log
+    scale) and its time per sample there; ``paper``: {label: batch} drawn as reference
+    lines (the paper's own figures, on its GPU and budget). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    data = df[df["budget_bytes"].notna()] if "budget_bytes" in df else df.iloc[0:0]
+    if data.empty:
+        raise ValueError("no Figure 7 rows (run_benchmark('figure7', ...))")
+    ok = data[(data["status"] == "ok") & (data["largest_batch"] > 0)]
+    names = [n for n in LABELS if n in set(ok["contender"])]
+    ok = ok.set_index("contender").loc[names]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    bars = axes[0].barh([LABELS[n] for n in names], ok["largest_batch"], color="C0")
+    axes[0].bar_label(bars, padding=2, fontsize=8)
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xlim(1, 2 * ok["largest_batch"].max())
+    axes[0].set_xlabel("largest batch within the budget")
+    for label, batch in (paper or {}).items():
+        axes[0].axvline(batch, color="grey", ls="--", lw=0.8)
+        axes[0].text(batch, -0.6, label, fontsize=7, rotation=90, va="bottom", ha="right")
+    axes[1].barh([LABELS[n] for n in names], ok["sample_time_s"] * 1e3, color="C1")
+    axes[1].set_xlabel("ms per sample at that batch")
+    axes[1].set_yticklabels([])
+    first = data.iloc[0]
+    fig.suptitle(f"depth {first['size']}, budget {first['budget_bytes'] / 2**20:.0f} MiB, "
+                 f"{first.get('device', '?')}, {first.get('threads', '?')} thread(s)")
     fig.tight_layout()
     return fig

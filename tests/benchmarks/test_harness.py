@@ -20,16 +20,31 @@ def test_smoke_run_writes_csv_json_and_table(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     info = json.loads((tmp_path / "results.json").read_text())
     assert info["threads"] == 1 and info["torch"] and info["machine"] and info["profile"] == "smoke"
-    contenders = {"ordinary", "checkpoint", "reference", "exact", "auto"}
+    contenders = {"original", "ordinary", "checkpoint", "reference", "exact", "auto"}
+    ours_and_torch = ("original", "ordinary", "checkpoint", "exact", "auto")  # never fail
     for workload in ("toy", "transformer"):
         mine = {r["contender"]: r for r in rows if r["workload"] == workload}
         assert set(mine) == contenders, workload
-        for name in ("ordinary", "checkpoint", "exact", "auto"):  # ours and torch's never fail
-            assert mine[name]["status"] == "ok", (workload, name, mine[name]["error"])
-            assert float(mine[name]["whole_step_bytes"]) > 0 and float(mine[name]["time_s"]) > 0
-            assert mine[name]["threads"] == "1"
-        assert float(mine["ordinary"]["whole_step_ratio"]) == 1.0
+        for name in ours_and_torch:
+            r = mine[name]
+            assert r["status"] == "ok", (workload, name, r["error"])
+            assert float(r["whole_step_bytes"]) > 0 and float(r["time_s"]) > 0
+            # the reported peak is the larger of the first step at the batch and a later one
+            assert float(r["whole_step_bytes"]) == max(float(r["first_step_bytes"]), float(r["later_step_bytes"]))
+            assert r["threads"] == "1"
+        assert float(mine["original"]["whole_step_ratio"]) == 1.0
         # the reference package is optional and may fail: then the error is recorded
         ref = mine["reference"]
         assert ref["status"] == "ok" or ref["error"]
+    # Figure 7's regime: every batch reported was measured, the next one did not fit
+    fit = {r["contender"]: r for r in info["rows"] if r["workload"] == "deep"}
+    assert set(fit) == contenders
+    for name in ours_and_torch:
+        r = fit[name]
+        assert r["status"] == "ok" and r["largest_batch"] >= 1, (name, r.get("error"))
+        peaks = {int(b): v for b, v in r["peaks"].items()}
+        assert peaks[r["largest_batch"]] <= r["budget_bytes"] < peaks[r["largest_batch"] + 1]
+        assert r["sample_time_s"] > 0
+    assert fit["original"]["batch_ratio"] == 1.0
     assert "1 thread(s)" in done.stdout and "exact whole-step" in done.stdout
+    assert "Figure 7 regime" in done.stdout

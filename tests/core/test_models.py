@@ -133,3 +133,20 @@ def test_set_gamma_reaches_every_stack():
     with pytest.raises(ValueError, match="no momentum stack"):
         set_gamma(build_model("resnet18", width=2), 0.5)
     assert all(isinstance(s, MomentumNet) for s in momentum_stacks(model))
+
+
+def test_deep_resnet_has_the_depth_and_widths_it_names():
+    """Figure 7's network: 12 n + 2 layers (four stages of n Bottleneck blocks of three
+    convolutions, the stem and the classifier), base width w, CIFAR stem."""
+    from mresnet_core.models import build_deep_resnet
+
+    model = build_deep_resnet(3, num_classes=7, width=4)
+    blocks = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    shortcuts = {id(b.downsample[0]) for b in blocks if b.downsample is not None}
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in shortcuts]
+    assert len(blocks) == 12 and len(convs) + 1 == 12 * 3 + 2  # + the fully connected layer
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.out_channels == 4
+    assert model.fc.in_features == 8 * 4 * 4 and model.fc.out_features == 7
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    with pytest.raises(ValueError, match="blocks"):
+        build_deep_resnet(0)
