@@ -19,7 +19,13 @@ else
     echo "[setup] installing the project and its notebook/test tools into $_root/.venv (first run: a few minutes)" >&2
     [ -x "$_root/.venv/bin/python" ] || python3 -m venv "$_root/.venv"
     "$_root/.venv/bin/python" -m pip install -q --upgrade pip >&2
-    "$_root/.venv/bin/python" -m pip install -q -e "$_root[notebooks,test]" >&2
+    # the versions the committed notebooks were executed with (requirements.lock); where
+    # they cannot be installed (another Python or platform), pyproject.toml's ranges
+    if ! "$_root/.venv/bin/python" -m pip install -q -e "$_root[notebooks,test]" -c "$_root/requirements.lock" >&2; then
+        echo "[setup] the locked versions (requirements.lock) do not install here; installing the" \
+             "newest allowed by pyproject.toml instead: notebook outputs may then differ" >&2
+        "$_root/.venv/bin/python" -m pip install -q -e "$_root[notebooks,test]" >&2
+    fi
     PY="$_root/.venv/bin/python"
     _ready "$PY" || { echo "[setup] installation failed: see the pip messages above" >&2; exit 1; }
 fi
