@@ -289,36 +289,14 @@ def _meta(cfg, device_name, device) -> dict:
                 + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
 
 
-def largest_batch(peak_at, budget: int, start: int = 2) -> tuple:
-    """(largest batch whose measured peak is within ``budget``, {batch: peak}): two
-    measurements give a line, its prediction is then measured, and the batch moved
-    one at a time until it fits and the next one does not: every batch reported was
-    measured, none extrapolated. 0 when batch 1 does not fit."""
-    seen: dict = {}
-
-    def peak(b):
-        if b not in seen:
-            seen[b] = peak_at(b)
-        return seen[b]
-
-    a, b = start, 2 * start
-    slope = max((peak(b) - peak(a)) / (b - a), 1.0)
-    guess = max(1, int((budget - (peak(a) - slope * a)) // slope))
-    while guess > 1 and peak(guess) > budget:
-        guess -= 1
-    if peak(guess) > budget:
-        return 0, seen
-    while peak(guess + 1) <= budget:
-        guess += 1
-    return guess, seen
-
-
 def run_fit_config(cfg: dict, contenders, device_name: str, threads: int) -> list:
     """Figure 7's regime: for each contender, the largest batch whose whole-step peak
     (the larger of the first step at that batch and a later one) is within
-    ``cfg['budget_mib']``, and the time per sample at that batch (median of
-    ``cfg['repeats']`` steps). One model per contender, measured at each batch."""
+    ``cfg['budget_mib']`` (``mresnet_core.memory.largest_fitting_batch``), and the time
+    per sample at that batch (median of ``cfg['repeats']`` steps). One model per
+    contender, measured at each batch."""
     import torch
+    from mresnet_core.memory import largest_fitting_batch
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -337,7 +315,7 @@ def run_fit_config(cfg: dict, contenders, device_name: str, threads: int) -> lis
                 batch = images[torch.arange(b) % len(images)]
                 return _measure(model, batch, loss, device).whole_step
 
-            fits, seen = largest_batch(first_step, budget)
+            fits, seen = largest_fitting_batch(first_step, budget)
             row.update(status="ok", largest_batch=fits, peaks={str(k): v for k, v in sorted(seen.items())})
             if fits:
                 batch = images[torch.arange(fits) % len(images)]

@@ -324,6 +324,47 @@ def training_step_memory(model: nn.Module, *inputs, loss: Callable | None = None
                               method=m.method)
 
 
+def largest_fitting_batch(peak_at: Callable[[int], int], budget: int, start: int = 2) -> tuple:
+    """(the largest batch whose measured peak ``peak_at(batch)`` is within ``budget``,
+    {batch: peak} of every batch measured). Two batches (``start`` and twice it) give a
+    line; the batch it predicts and the next one are measured, and a bisection between
+    the largest batch measured within the budget and the smallest measured above it
+    ends when they are neighbours: the answer and the batch after it were both
+    measured, nothing is extrapolated (for an affine peak, four measurements). Peaks
+    must grow with the batch. 0 when batch 1 does not fit."""
+    if start < 1 or budget <= 0:
+        raise ValueError(f"need start >= 1 and a positive budget, got start={start}, budget={budget}")
+    seen: dict = {}
+
+    def peak(b: int) -> int:
+        if b not in seen:
+            seen[b] = peak_at(b)
+        return seen[b]
+
+    def bounds() -> tuple:
+        lo = max((k for k, v in seen.items() if v <= budget), default=0)
+        hi = min((k for k, v in seen.items() if v > budget and k > lo), default=None)
+        return lo, hi
+
+    a, b = start, 2 * start
+    slope = max((peak(b) - peak(a)) / (b - a), 1.0)
+    guess = max(1, int((budget - (peak(a) - slope * a)) // slope))
+    peak(guess)
+    peak(guess + 1)
+    lo, hi = bounds()
+    while hi is None:  # everything measured fits: double
+        peak(2 * lo)
+        lo, hi = bounds()
+    if lo == 0:
+        if peak(1) > budget:
+            return 0, seen
+        lo, hi = bounds()
+    while hi - lo > 1:
+        peak((lo + hi) // 2)
+        lo, hi = bounds()
+    return lo, seen
+
+
 # --------------------------------------------------------------------------------------
 # Peak RSS of a fresh process
 # --------------------------------------------------------------------------------------

@@ -226,3 +226,19 @@ def test_memory_free_whole_step_is_close_to_ordinary_when_short_and_below_it_fro
         plain = training_step_memory(MomentumNet(fns[:depth], 0.9, memory_efficient=False), xb)
         free = training_step_memory(MomentumNet(fns[:depth], 0.9, memory_efficient=True), xb)
         assert free.whole_step < bound * plain.whole_step, (depth, free.whole_step / plain.whole_step)
+
+
+@pytest.mark.parametrize("peak_of", [lambda b: 100 + 7 * b,                       # affine, as a step's peak
+                                     lambda b: 100 + 7 * b + (40 if b > 20 else 0),  # a jump the line misses
+                                     lambda b: 100 + b * b])                      # convex
+def test_largest_fitting_batch_is_measured_not_extrapolated(peak_of):
+    from mresnet_core.memory import largest_fitting_batch
+
+    budget = 300
+    fits, seen = largest_fitting_batch(peak_of, budget)
+    truth = max(b for b in range(1, 200) if peak_of(b) <= budget)
+    assert fits == truth
+    assert seen[fits] == peak_of(fits) <= budget < seen[fits + 1]  # both neighbours were measured
+    assert len(seen) <= (4 if peak_of(50) == 450 else 10)  # the line's guess first, then a bisection
+    fits, seen = largest_fitting_batch(lambda b: 1000 * b, 500)
+    assert fits == 0 and seen[1] == 1000
