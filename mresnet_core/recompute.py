@@ -176,9 +176,11 @@ class RecomputeBlock(torch.autograd.Function):
             return (None, gx, *[next(grads) if n else None for n in needs])
 
 
+@torch.compiler.disable
 def recompute_block(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """block(x) keeping only x for backward (`RecomputeBlock`); the same values and
-    gradients as calling the block."""
+    gradients as calling the block. torch.compile runs it as it is (eagerly): its
+    backward re-runs the block eagerly, which must give the forward's bits."""
     stack = Stack(functions=[block], residual_of=plain_call, n=0)
     return RecomputeBlock.apply(stack, x, *stack.params)
 
