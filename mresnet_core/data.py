@@ -25,8 +25,12 @@ from torchvision.transforms import functional as TF
 
 from .paths import DATA_DIR_VARIABLE, data_root
 
-DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+CLASS_SUBSETS = ("digits", "fashion-mnist")  # the data sets that take classes=
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # of the training images, in [0, 1]
+#: where Debian's dataset-fashion-mnist package puts the four original files
+FASHION_MNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_DIGITS_SIZE = 16
 HOW_TO_GET = ("Get it with download=True (--download) where the network allows, or point "
@@ -47,12 +51,13 @@ class ImageData:
     test: Dataset
     num_classes: int
     image_size: int
+    source: str | None = None  # where the files came from, when that is worth saying
 
     def describe(self) -> str:
-        """One line: data set, split sizes, image size, classes."""
+        """One line: data set, split sizes, image size, classes (and source)."""
         s = self.image_size
         return (f"{self.name}: {len(self.train)} train / {len(self.test)} test images, "
-                f"3x{s}x{s}, {self.num_classes} classes")
+                f"3x{s}x{s}, {self.num_classes} classes" + (f" (from {self.source})" if self.source else ""))
 
 
 class TensorImages(Dataset):
@@ -96,13 +101,16 @@ def load_data(dataset: str = "digits", *, data_dir: str | Path | None = None,
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    if classes is not None and dataset != "digits":
-        raise ValueError("class subsets (classes=) are available for the digits set only")
+    if classes is not None and dataset not in CLASS_SUBSETS:
+        raise ValueError(f"class subsets (classes=) are available for {' and '.join(CLASS_SUBSETS)} only")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
     if dataset == "digits":
         return load_digits(image_size or DEFAULT_DIGITS_SIZE, augment=augment, classes=classes,
                            split_seed=split_seed, test_fraction=test_fraction)
+    if dataset == "fashion-mnist":
+        return load_fashion_mnist(data_dir, image_size=image_size or 28, download=download,
+                                  augment=augment, classes=classes)
     if dataset.startswith("cifar"):
         return load_cifar(dataset, data_dir, image_size=image_size or 32, download=download,
                           augment=augment)
@@ -200,6 +208,92 @@ def load_cifar(dataset: str = "cifar10", data_dir: str | Path | None = None, *,
                                 f"it on). {how}") from e
     return ImageData(name=dataset, train=train, test=test, num_classes=len(train.classes),
                      image_size=image_size)
+
+
+class Relabeled(Dataset):
+    """The samples of ``dataset`` whose label is in ``classes``, relabelled by their
+    position there (0..len(classes)-1)."""
+
+    def __init__(self, dataset: Dataset, labels: torch.Tensor, classes: Sequence[int]):
+        self.dataset, self.classes = dataset, list(classes)
+        self.indices = torch.nonzero(torch.isin(labels, torch.tensor(self.classes))).flatten().tolist()
+        self.mapping = {c: i for i, c in enumerate(self.classes)}
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        x, y = self.dataset[self.indices[i]]
+        return x, self.mapping[int(y)]
+
+
+def _check_classes(classes, total: int) -> list:
+    classes = [int(c) for c in classes]
+    if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(total)):
+        raise ValueError(f"classes must be distinct labels 0..{total - 1}, got {classes!r}")
+    return classes
+
+
+def load_fashion_mnist(data_dir: str | Path | None = None, *, image_size: int = 28, download: bool = False,
+                       augment: bool = True, classes: Sequence[int] | None = None) -> ImageData:
+    """Fashion-MNIST (Xiao et al. 2017: 60,000 + 10,000 grey 28x28 images of 10 kinds of
+    clothing) through torchvision's ``FashionMNIST``, as 3-channel images.
+
+    Looked for in ``data_dir`` (default ``default_data_dir("fashion-mnist")``) in
+    torchvision's layout (``FashionMNIST/raw/``). When missing, the four original files
+    are taken from Debian's ``dataset-fashion-mnist`` package if it is installed
+    (:data:`FASHION_MNIST_SYSTEM`; unpacked here, since Debian recompressed them and
+    their MD5 sums are not torchvision's; torchvision's reader checks the IDX headers),
+    else downloaded where ``download`` allows. Training augmentation: random crop with
+    padding image_size // 8 and horizontal flip. ``classes``: keep these labels,
+    relabelled 0..len(classes)-1 in the given order.
+    """
+    name = "fashion-mnist"
+    root = Path(data_dir) if data_dir is not None else default_data_dir(name)
+    raw = root / datasets.FashionMNIST.__name__ / "raw"
+    system = FASHION_MNIST_SYSTEM
+    files = [Path(url).name for url, _ in datasets.FashionMNIST.resources]
+    found = all((raw / Path(f).stem).exists() for f in files)
+    from_system = not found and all((system / f).is_file() for f in files)
+    created = [] if root.exists() else [root, *[q for q in root.parents if not q.exists()]]
+    if from_system:  # Debian recompressed them (other MD5 sums than torchvision's): unpack here
+        import gzip
+        import shutil
+        raw.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            with gzip.open(system / f, "rb") as src, open(raw / Path(f).stem, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    resize = [transforms.Resize(image_size, antialias=True)] if image_size != 28 else []
+    final = [transforms.ToTensor(), transforms.Normalize((FASHION_MEAN,) * 3, (FASHION_STD,) * 3)]
+    crop = [transforms.RandomCrop(image_size, padding=max(1, image_size // 8)),
+            transforms.RandomHorizontalFlip()] if augment else []
+    grey3 = [transforms.Grayscale(num_output_channels=3)]
+    how = (f"Get it where the network allows (--download, or python -c \"from mresnet_core.data import "
+           f"load_data; load_data('fashion-mnist', download=True)\"), install Debian's "
+           f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist: the original files in "
+           f"{system}), or point --data-dir (or ${DATA_DIR_VARIABLE}) at a copy; offline, the embedded "
+           "digits (--dataset digits) train anywhere.")
+    try:
+        train = datasets.FashionMNIST(str(root), train=True, download=download,
+                                      transform=transforms.Compose(grey3 + resize + crop + final))
+        test = datasets.FashionMNIST(str(root), train=False, download=download,
+                                     transform=transforms.Compose(grey3 + resize + final))
+    except (RuntimeError, OSError) as e:
+        for q in created:
+            with contextlib.suppress(OSError):
+                q.rmdir()
+        raise DataNotFoundError(f"Fashion-MNIST is not in {root} and could not be had "
+                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__}). {how}") from e
+    num_classes = len(train.classes)
+    source = "Debian's dataset-fashion-mnist" if from_system else str(root)
+    label = name
+    if classes is not None:
+        classes = _check_classes(classes, num_classes)
+        train, test = Relabeled(train, train.targets, classes), Relabeled(test, test.targets, classes)
+        num_classes = len(classes)
+        label = f"{name} {'/'.join(datasets.FashionMNIST.classes[c] for c in classes)}"
+    return ImageData(name=label, train=train, test=test, num_classes=num_classes, image_size=image_size,
+                     source=source)
 
 
 def load_image_folder(data_dir: str | Path | None, *, image_size: int = 224,

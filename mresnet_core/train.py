@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ._torch_private import BatchNormBase
-from .data import DATASETS, ImageData, load_data, make_loader, start_epoch
+from .data import CLASS_SUBSETS, DATASETS, ImageData, load_data, make_loader, start_epoch
 from .models import (INIT_VELOCITIES, MODEL_NAMES, STEMS, build_model, check_gamma,
                      momentum_stacks, parse_name)
 from .modes import DEFAULT_MEMORY_MODE, MODE_NAMES, memory_mode
@@ -136,8 +136,8 @@ class TrainConfig:
             raise ConfigError("need lr > 0, weight_decay >= 0 and momentum in [0, 1)")
         if any(m < 1 for m in self.lr_milestones):
             raise ConfigError(f"lr_milestones are epochs >= 1, got {list(self.lr_milestones)}")
-        if self.classes is not None and self.dataset != "digits":
-            raise ConfigError("class subsets (classes / --classes) exist for the digits set only")
+        if self.classes is not None and self.dataset not in CLASS_SUBSETS:
+            raise ConfigError(f"class subsets (classes / --classes) exist for {' and '.join(CLASS_SUBSETS)} only")
         if self.resume and self.out is None:
             raise ConfigError("resume needs the output folder (out / --out) of the run to continue")
 
@@ -633,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training augmentation (CIFAR: random crop, padding 4, and flip; digits: "
                         "random shifts; image folders: random resized crop and flip)")
     p.add_argument("--classes", type=int, nargs="+", default=d.classes,
-                   help="digits only: keep these digits, relabelled 0..k-1")
+                   help="digits and fashion-mnist: keep these labels, relabelled 0..k-1")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs; the paper: 220")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="global batch size, split evenly over torchrun processes; the paper: 128")

@@ -68,3 +68,18 @@ def write_image_folder(root: Path, classes=("ants", "bees"), per_class: int = 6,
             for i in range(per_class):
                 Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     return Path(root)
+
+
+def write_fashion_mnist(root: Path, train: int = 30, test: int = 20, seed: int = 0) -> Path:
+    """``root/FashionMNIST/raw/`` with the four files unpacked, in the original IDX format
+    (big-endian magic 2051 for images, 2049 for labels), random 28x28 images."""
+    rng = np.random.default_rng(seed)
+    raw = Path(root) / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", train), ("t10k", test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            np.array([2051, n, 28, 28], dtype=">i4").tobytes() + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, n], dtype=">i4").tobytes() + labels.tobytes())
+    return raw

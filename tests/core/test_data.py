@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_data import bypass_checksums, write_cifar  # tests/: on the path through its conftest.py
+from fake_data import bypass_checksums, write_cifar, write_fashion_mnist  # tests/: on the path through its conftest.py
 
 from mresnet_core.data import DataNotFoundError, default_data_dir, load_data, make_loader, start_epoch
 
@@ -111,7 +111,7 @@ def test_missing_image_folder_says_what_it_needs(tmp_path):
 
 
 def test_unknown_dataset_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="digits, cifar10, cifar100, imagefolder"):
+    with pytest.raises(ValueError, match="digits, fashion-mnist, cifar10, cifar100, imagefolder"):
         load_data("mnist")
 
 
@@ -155,3 +155,36 @@ def test_image_folder_reads_train_and_val_class_folders(digits, tmp_path):
     assert x.shape == (3, 32, 32) and y == 1
     assert data.train[0][0].shape == (3, 32, 32)
     assert data.describe() == f"imagefolder {tmp_path.name}: 6 train / 6 test images, 3x32x32, 2 classes"
+
+
+def test_fashion_mnist_in_the_real_format_loads_as_three_channel_images(tmp_path):
+    write_fashion_mnist(tmp_path, train=30, test=20)
+    data = load_data("fashion-mnist", data_dir=tmp_path, image_size=16)
+    assert (len(data.train), len(data.test), data.num_classes) == (30, 20, 10)
+    x, y = data.train[3]
+    assert x.shape == (3, 16, 16) and torch.equal(x[0], x[1]) and y == 3
+    shirts = load_data("fashion-mnist", data_dir=tmp_path, classes=(6, 0), augment=False)
+    assert shirts.num_classes == 2 and len(shirts.train) == 6 and {y for _, y in shirts.train} == {0, 1}
+    assert shirts.name == "fashion-mnist Shirt/T-shirt/top"
+    with pytest.raises(ValueError, match="distinct labels 0..9"):
+        load_data("fashion-mnist", data_dir=tmp_path, classes=(3, 3))
+
+
+def test_fashion_mnist_missing_offline_says_how_to_get_it(tmp_path, monkeypatch):
+    import mresnet_core.data as data_module
+
+    monkeypatch.setattr(data_module, "FASHION_MNIST_SYSTEM", tmp_path / "no-package")
+    with pytest.raises(DataNotFoundError, match="Fashion-MNIST is not in .*dataset-fashion-mnist.*--dataset digits"):
+        load_data("fashion-mnist", data_dir=tmp_path / "none", download=False)
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_comes_from_the_debian_package_offline(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    data = load_data("fashion-mnist", data_dir=tmp_path / "fm", download=False, augment=False)
+    assert (len(data.train), len(data.test)) == (60000, 10000)
+    assert "from Debian's dataset-fashion-mnist" in data.describe()
+    again = load_data("fashion-mnist", data_dir=tmp_path / "fm", download=False)  # unpacked: found as is
+    assert again.source == str(tmp_path / "fm")

@@ -177,7 +177,7 @@ def _snapshot(folder: Path) -> dict:
     (["--resume", "--lr", "0.1"], "lr: checkpoint 0.05 vs now 0.1"),
     ([], "already holds a run"),
     (["--resume", "--epochs", "0"], "epochs must be a positive integer"),
-    (["--dataset", "cifar10"], "class subsets .* digits set only"),
+    (["--dataset", "cifar10"], "class subsets .* exist for digits and fashion-mnist only"),
     (["--resume", "--no-augment"], "augment: checkpoint True vs now False"),
     (["--resume", "--out", "{tmp}/empty"], "nothing to resume"),
     (["--threads", "0", "--out", "{tmp}/new"], "threads must be a positive integer"),
