@@ -226,6 +226,17 @@ def _measure(model, x, loss, device):
     return training_step_memory(model, x, loss=loss, device=device, warmup=0)
 
 
+def _timed_step(model, x, loss, sync) -> float:
+    """Seconds of one training step (gradients set to None first, the device synchronised)."""
+    gc.collect()
+    model.zero_grad(set_to_none=True)
+    sync()
+    t0 = time.perf_counter()
+    loss(model(x)).backward()
+    sync()
+    return time.perf_counter() - t0
+
+
 def _modes(model) -> str:
     from mresnet_core.memory import describe
     return "+".join(sorted({r["mode"] + (f" (last {r['kept']} of {r['depth']} graphs kept)" if r["kept"] else "")
@@ -249,7 +260,7 @@ def run_config(cfg: dict, contenders, device_name: str, threads: int) -> list:
     for c in contenders:
         try:
             model, x, loss = build(cfg, c, device)
-            small = x[:min(2, len(x) - 1)] if len(x) > 1 else x
+            small = x[:2] if len(x) > 2 else x[:1]  # another shape than the measured batch where possible
             model.zero_grad(set_to_none=True)
             loss(model(small)).backward()
             first = _measure(model, x, loss, device)
@@ -268,13 +279,7 @@ def run_config(cfg: dict, contenders, device_name: str, threads: int) -> list:
         # state, caches) then falls on every contender alike, not always on the same one
         shift = r % len(order)
         for c, (model, x, loss) in order[shift:] + order[:shift]:
-            gc.collect()
-            model.zero_grad(set_to_none=True)
-            sync()
-            t0 = time.perf_counter()
-            loss(model(x)).backward()
-            sync()
-            rows[c]["times"].append(time.perf_counter() - t0)
+            rows[c]["times"].append(_timed_step(model, x, loss, sync))
     for c in built:
         rows[c]["time_s"] = statistics.median(rows[c].pop("times"))
     for r in rows.values():
@@ -325,14 +330,7 @@ def run_fit_config(cfg: dict, contenders, device_name: str, threads: int) -> lis
                            gradient_bytes=later.gradients, modes=_modes(model))
                 if row["whole_step_bytes"] > budget:  # a later step above the first: one fewer
                     row["status"] = f"later step above the budget at {fits}"
-                times = []
-                for _ in range(cfg["repeats"]):
-                    model.zero_grad(set_to_none=True)
-                    sync()
-                    t0 = time.perf_counter()
-                    loss(model(batch)).backward()
-                    sync()
-                    times.append(time.perf_counter() - t0)
+                times = [_timed_step(model, batch, loss, sync) for _ in range(cfg["repeats"])]
                 row.update(time_s=statistics.median(times), sample_time_s=statistics.median(times) / fits)
             del model
             gc.collect()

@@ -14,6 +14,8 @@ on 3 channels, split once into stratified train/test sets (``split_seed``).
 from __future__ import annotations
 
 import contextlib
+import gzip
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,9 +35,6 @@ FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # of the training images, in [0, 1]
 FASHION_MNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DEFAULT_DIGITS_SIZE = 16
-HOW_TO_GET = ("Get it with download=True (--download) where the network allows, or point "
-              "data_dir (--data-dir) to an existing copy; offline, use the embedded "
-              "handwritten digits (dataset 'digits', --dataset digits).")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -130,9 +129,7 @@ def load_digits(image_size: int = DEFAULT_DIGITS_SIZE, *, augment: bool = True,
     source = torch.arange(len(labels))
     name = "digits"
     if classes is not None:
-        classes = [int(c) for c in classes]
-        if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(10)):
-            raise ValueError(f"classes must be distinct digits 0..9, got {classes!r}")
+        classes = _check_classes(classes, 10, "digits")
         keep = torch.isin(labels, torch.tensor(classes))
         images, source = images[keep], source[keep]
         labels = torch.tensor([classes.index(int(y)) for y in labels[keep]], dtype=torch.int64)
@@ -156,6 +153,24 @@ def load_digits(image_size: int = DEFAULT_DIGITS_SIZE, *, augment: bool = True,
 
 
 CIFAR_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
+@contextlib.contextmanager
+def _no_folder_left_on_failure(root: Path):
+    """Remove again the (empty) folders up to ``root`` that did not exist before the
+    block, if it fails: a download that failed leaves nothing behind."""
+    created = [] if root.exists() else [root, *[q for q in root.parents if not q.exists()]]
+    try:
+        yield
+    except BaseException:
+        for q in created:  # children first
+            with contextlib.suppress(OSError):
+                q.rmdir()
+        raise
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def default_data_dir(dataset: str) -> Path:
@@ -182,30 +197,27 @@ def load_cifar(dataset: str = "cifar10", data_dir: str | Path | None = None, *,
             transforms.RandomHorizontalFlip()] if augment else []
     folder = root / cls.base_folder
     present = folder.is_dir() and any(folder.iterdir())
-    created = [] if root.exists() else [root, *[q for q in root.parents if not q.exists()]]
     how = (f"Get it where the network allows (python -c \"from mresnet_core.data import load_data; "
            f"load_data('{dataset}', data_dir='{root}', download=True)\", or {cls.url} unpacked) "
            f"and put {cls.base_folder}/ in {root}, or point --data-dir (or ${DATA_DIR_VARIABLE}) at "
            "a copy; offline, the embedded digits (--dataset digits) train anywhere.")
-    try:
-        train = cls(root=str(root), train=True, download=download,
-                    transform=transforms.Compose(resize + crop + final))
-        test = cls(root=str(root), train=False, download=download,
-                   transform=transforms.Compose(resize + final))
-    except (RuntimeError, OSError) as e:  # torchvision: not found / corrupted; download failed
-        for q in created:  # leave no empty folder behind (children first)
-            with contextlib.suppress(OSError):
-                q.rmdir()
-        if present:
-            raise DataNotFoundError(
-                f"{name}: {folder} holds files that fail torchvision's checksum (corrupt, "
-                f"incomplete or not {name}); delete that folder to download it again, or "
-                f"replace it with a good copy. {how}") from e
-        if download:
-            raise DataNotFoundError(f"{name} is not in {root} and could not be downloaded "
-                                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__}). {how}") from e
-        raise DataNotFoundError(f"{name} is not in {root} (downloading is off: --download turns "
-                                f"it on). {how}") from e
+    with _no_folder_left_on_failure(root):
+        try:
+            train = cls(root=str(root), train=True, download=download,
+                        transform=transforms.Compose(resize + crop + final))
+            test = cls(root=str(root), train=False, download=download,
+                       transform=transforms.Compose(resize + final))
+        except (RuntimeError, OSError) as e:  # torchvision: not found / corrupted; download failed
+            if present:
+                raise DataNotFoundError(
+                    f"{name}: {folder} holds files that fail torchvision's checksum (corrupt, "
+                    f"incomplete or not {name}); delete that folder to download it again, or "
+                    f"replace it with a good copy. {how}") from e
+            if download:
+                raise DataNotFoundError(f"{name} is not in {root} and could not be downloaded "
+                                        f"({_first_line(e)}). {how}") from e
+            raise DataNotFoundError(f"{name} is not in {root} (downloading is off: --download turns "
+                                    f"it on). {how}") from e
     return ImageData(name=dataset, train=train, test=test, num_classes=len(train.classes),
                      image_size=image_size)
 
@@ -227,10 +239,11 @@ class Relabeled(Dataset):
         return x, self.mapping[int(y)]
 
 
-def _check_classes(classes, total: int) -> list:
+def _check_classes(classes, total: int, what: str = "labels") -> list:
+    """``classes`` as a list of distinct labels 0..total-1 (a ValueError otherwise)."""
     classes = [int(c) for c in classes]
     if not classes or len(set(classes)) != len(classes) or not set(classes) <= set(range(total)):
-        raise ValueError(f"classes must be distinct labels 0..{total - 1}, got {classes!r}")
+        raise ValueError(f"classes must be distinct {what} 0..{total - 1}, got {classes!r}")
     return classes
 
 
@@ -255,14 +268,6 @@ def load_fashion_mnist(data_dir: str | Path | None = None, *, image_size: int = 
     files = [Path(url).name for url, _ in datasets.FashionMNIST.resources]
     found = all((raw / Path(f).stem).exists() for f in files)
     from_system = not found and all((system / f).is_file() for f in files)
-    created = [] if root.exists() else [root, *[q for q in root.parents if not q.exists()]]
-    if from_system:  # Debian recompressed them (other MD5 sums than torchvision's): unpack here
-        import gzip
-        import shutil
-        raw.mkdir(parents=True, exist_ok=True)
-        for f in files:
-            with gzip.open(system / f, "rb") as src, open(raw / Path(f).stem, "wb") as dst:
-                shutil.copyfileobj(src, dst)
     resize = [transforms.Resize(image_size, antialias=True)] if image_size != 28 else []
     final = [transforms.ToTensor(), transforms.Normalize((FASHION_MEAN,) * 3, (FASHION_STD,) * 3)]
     crop = [transforms.RandomCrop(image_size, padding=max(1, image_size // 8)),
@@ -273,17 +278,20 @@ def load_fashion_mnist(data_dir: str | Path | None = None, *, image_size: int = 
            f"dataset-fashion-mnist (apt-get install dataset-fashion-mnist: the original files in "
            f"{system}), or point --data-dir (or ${DATA_DIR_VARIABLE}) at a copy; offline, the embedded "
            "digits (--dataset digits) train anywhere.")
-    try:
-        train = datasets.FashionMNIST(str(root), train=True, download=download,
-                                      transform=transforms.Compose(grey3 + resize + crop + final))
-        test = datasets.FashionMNIST(str(root), train=False, download=download,
-                                     transform=transforms.Compose(grey3 + resize + final))
-    except (RuntimeError, OSError) as e:
-        for q in created:
-            with contextlib.suppress(OSError):
-                q.rmdir()
-        raise DataNotFoundError(f"Fashion-MNIST is not in {root} and could not be had "
-                                f"({str(e).splitlines()[0] if str(e) else type(e).__name__}). {how}") from e
+    with _no_folder_left_on_failure(root):
+        if from_system:  # Debian recompressed them (other MD5 sums than torchvision's): unpack here
+            raw.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                with gzip.open(system / f, "rb") as src, open(raw / Path(f).stem, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        try:
+            train = datasets.FashionMNIST(str(root), train=True, download=download,
+                                          transform=transforms.Compose(grey3 + resize + crop + final))
+            test = datasets.FashionMNIST(str(root), train=False, download=download,
+                                         transform=transforms.Compose(grey3 + resize + final))
+        except (RuntimeError, OSError) as e:
+            raise DataNotFoundError(f"Fashion-MNIST is not in {root} and could not be had "
+                                    f"({_first_line(e)}). {how}") from e
     num_classes = len(train.classes)
     source = "Debian's dataset-fashion-mnist" if from_system else str(root)
     label = name

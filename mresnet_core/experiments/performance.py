@@ -124,10 +124,9 @@ def plot_ratios(df, workload: str = "toy"):
     return fig
 
 
-def plot_largest_batch(df, paper: dict | None = None):
+def plot_largest_batch(df):
     """Figure 7's regime: the largest batch each contender fits in the budget (bars, log
-    scale) and its time per sample there; ``paper``: {label: batch} drawn as reference
-    lines (the paper's own figures, on its GPU and budget). Returns the figure."""
+    scale) and its time per sample there. Returns the figure."""
     import matplotlib.pyplot as plt
 
     data = df[df["budget_bytes"].notna()] if "budget_bytes" in df else df.iloc[0:0]
@@ -142,9 +141,6 @@ def plot_largest_batch(df, paper: dict | None = None):
     axes[0].set_xscale("log", base=2)
     axes[0].set_xlim(1, 2 * ok["largest_batch"].max())
     axes[0].set_xlabel("largest batch within the budget")
-    for label, batch in (paper or {}).items():
-        axes[0].axvline(batch, color="grey", ls="--", lw=0.8)
-        axes[0].text(batch, -0.6, label, fontsize=7, rotation=90, va="bottom", ha="right")
     axes[1].barh([LABELS[n] for n in names], ok["sample_time_s"] * 1e3, color="C1")
     axes[1].set_xlabel("ms per sample at that batch")
     axes[1].set_yticklabels([])
