@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets, transforms
 from torchvision.transforms import functional as TF
 
-from .paths import DATA_DIR_VARIABLE, data_root
+from .paths import DATA_DIR_VARIABLE, data_root, project_root
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
 CLASS_SUBSETS = ("digits", "fashion-mnist")  # the data sets that take classes=
@@ -78,7 +78,8 @@ class TensorImages(Dataset):
 def load_data(dataset: str = "digits", *, data_dir: str | Path | None = None,
               image_size: int | None = None, download: bool = False, augment: bool = True,
               classes: Sequence[int] | None = None, split_seed: int = 0,
-              test_fraction: float = 0.25) -> ImageData:
+              test_fraction: float = 0.25, train_images: int | None = None,
+              test_images: int | None = None) -> ImageData:
     """Train and test sets of ``dataset`` (one of :data:`DATASETS`).
 
     Args:
@@ -97,6 +98,8 @@ def load_data(dataset: str = "digits", *, data_dir: str | Path | None = None,
         classes: digits only: keep these digits, relabelled 0..len(classes)-1 in the given
             order (e.g. (0, 1, 2, 3, 4) and (5, 6, 7, 8, 9) for a fine-tuning experiment).
         split_seed, test_fraction: digits only: the fixed stratified train/test split.
+        train_images, test_images: keep a fixed class-balanced subset of this many images
+            of the training (test) set (:func:`balanced_subset`), to fit a time budget.
     """
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -104,16 +107,63 @@ def load_data(dataset: str = "digits", *, data_dir: str | Path | None = None,
         raise ValueError(f"class subsets (classes=) are available for {' and '.join(CLASS_SUBSETS)} only")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
         raise ValueError(f"image_size must be an integer >= 8, got {image_size!r}")
+    for what, n in (("train_images", train_images), ("test_images", test_images)):
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ValueError(f"{what} must be a positive integer (or None: the whole set), got {n!r}")
     if dataset == "digits":
-        return load_digits(image_size or DEFAULT_DIGITS_SIZE, augment=augment, classes=classes,
+        data = load_digits(image_size or DEFAULT_DIGITS_SIZE, augment=augment, classes=classes,
                            split_seed=split_seed, test_fraction=test_fraction)
-    if dataset == "fashion-mnist":
-        return load_fashion_mnist(data_dir, image_size=image_size or 28, download=download,
+    elif dataset == "fashion-mnist":
+        data = load_fashion_mnist(data_dir, image_size=image_size or 28, download=download,
                                   augment=augment, classes=classes)
-    if dataset.startswith("cifar"):
-        return load_cifar(dataset, data_dir, image_size=image_size or 32, download=download,
+    elif dataset.startswith("cifar"):
+        data = load_cifar(dataset, data_dir, image_size=image_size or 32, download=download,
                           augment=augment)
-    return load_image_folder(data_dir, image_size=image_size or 224, augment=augment)
+    else:
+        data = load_image_folder(data_dir, image_size=image_size or 224, augment=augment)
+    if train_images is None and test_images is None:
+        return data
+    whole = f"{len(data.train)} train / {len(data.test)} test"
+    if train_images is not None:
+        data.train = balanced_subset(data.train, train_images, split_seed, "train_images")
+    if test_images is not None:
+        data.test = balanced_subset(data.test, test_images, split_seed, "test_images")
+    data.name = f"{data.name} (class-balanced subset of {whole})"
+    return data
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """The labels of every sample of ``dataset``, without loading its images."""
+    if isinstance(dataset, TensorImages):
+        return dataset.labels
+    if isinstance(dataset, Relabeled):
+        return torch.tensor([dataset.mapping[int(y)] for y in labels_of(dataset.dataset)[dataset.indices]])
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise TypeError(f"cannot read the labels of a {type(dataset).__name__} without loading it")
+    return torch.as_tensor(targets)
+
+
+def balanced_subset(dataset: Dataset, n: int, seed: int = 0, what: str = "n") -> Subset:
+    """``n`` samples of ``dataset`` with the classes as equally represented as ``n``
+    allows (earlier classes get the remainder), drawn by a fixed permutation (``seed``)
+    and kept in the data set's order: the same subset on every call."""
+    labels = labels_of(dataset)
+    if n > len(labels):
+        raise ValueError(f"{what}={n} exceeds the {len(labels)} images of the set")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    classes = labels.unique().tolist()
+    share, extra = divmod(n, len(classes))
+    chosen = []
+    for k, c in enumerate(classes):
+        members = order[labels[order] == c]
+        want = share + (k < extra)
+        if want > len(members):
+            raise ValueError(f"{what}={n}: class {c} has only {len(members)} images, {want} asked for")
+        chosen.append(members[:want])
+    return Subset(dataset, sorted(torch.cat(chosen).tolist()))
 
 
 def load_digits(image_size: int = DEFAULT_DIGITS_SIZE, *, augment: bool = True,
@@ -171,6 +221,15 @@ def _no_folder_left_on_failure(root: Path):
 
 def _first_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _shown(path: Path) -> str:
+    """``path`` as printed: relative to the repository when inside it (the same on every
+    clone), else as given."""
+    try:
+        return str(path.resolve().relative_to(project_root()))
+    except ValueError:
+        return str(path)
 
 
 def default_data_dir(dataset: str) -> Path:
@@ -293,7 +352,7 @@ def load_fashion_mnist(data_dir: str | Path | None = None, *, image_size: int = 
             raise DataNotFoundError(f"Fashion-MNIST is not in {root} and could not be had "
                                     f"({_first_line(e)}). {how}") from e
     num_classes = len(train.classes)
-    source = "Debian's dataset-fashion-mnist" if from_system else str(root)
+    source = "Debian's dataset-fashion-mnist" if from_system else _shown(root)
     label = name
     if classes is not None:
         classes = _check_classes(classes, num_classes)
@@ -333,6 +392,29 @@ def load_image_folder(data_dir: str | Path | None, *, image_size: int = 224,
                      num_classes=len(train.classes), image_size=image_size)
 
 
+class SeededAugmentation(Dataset):
+    """``dataset`` with the random augmentation of sample ``i`` in epoch ``e`` drawn from
+    its own seed (``seed``, ``e``, ``i``), whichever process loads it: a run gives the same
+    batches with any number of DataLoader workers (and resumed mid-way), and loading leaves
+    the caller's random state untouched. :func:`start_epoch` sets the epoch."""
+
+    def __init__(self, dataset: Dataset, seed: int = 0):
+        self.dataset, self.seed, self.epoch = dataset, int(seed), 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample_seed(self, i: int) -> int:
+        """The augmentation seed of sample ``i`` in the current epoch (a fixed mix of the
+        three numbers, below 2**63)."""
+        return (self.seed * 1_000_003 + self.epoch) * 2_147_483_659 + int(i) & (2**63 - 1)
+
+    def __getitem__(self, i):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.sample_seed(i))
+            return self.dataset[i]
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0,
                 workers: int = 0, rank: int = 0, world_size: int = 1,
                 pin_memory: bool = False) -> DataLoader:
@@ -342,23 +424,27 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
     epoch (call :func:`start_epoch` before each epoch) and gives each of the
     ``world_size`` processes every ``world_size``-th sample of the permutation, so the
     processes' batch ``k`` together are the single-process batch ``k`` when
-    ``batch_size`` is the per-process batch. Evaluation: rank ``r`` gets samples
-    r, r + world_size, ... in order (no padding, every sample counted once).
+    ``batch_size`` is the per-process batch; each sample's augmentation has its own seed
+    (:class:`SeededAugmentation`), so ``workers`` changes nothing but speed. Evaluation:
+    rank ``r`` gets samples r, r + world_size, ... in order (no padding, every sample
+    counted once).
     """
     if train:
+        dataset = SeededAugmentation(dataset, seed)
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                      seed=seed)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          generator=torch.Generator(), pin_memory=pin_memory)
+                          pin_memory=pin_memory)
     if world_size > 1:
         dataset = Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=pin_memory)
 
 
-def start_epoch(loader: DataLoader, epoch: int, seed: int = 0) -> None:
-    """Fix the shuffle and worker seeds of ``epoch`` (deterministic, resumable)."""
+def start_epoch(loader: DataLoader, epoch: int) -> None:
+    """Fix the shuffle and augmentation of ``epoch`` (deterministic, resumable, the same
+    with any number of workers; the seed is the one given to :func:`make_loader`)."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
-    if loader.generator is not None:
-        loader.generator.manual_seed(seed * 100_003 + epoch)
+    if isinstance(loader.dataset, SeededAugmentation):
+        loader.dataset.epoch = epoch

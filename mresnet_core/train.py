@@ -79,6 +79,8 @@ class TrainConfig:
     image_size: int | None = None
     augment: bool = True
     classes: tuple[int, ...] | None = None
+    train_images: int | None = None
+    test_images: int | None = None
     epochs: int = 220
     batch_size: int = 128
     lr: float = 0.01
@@ -115,6 +117,10 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "width"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("train_images", "test_images"):
+            n = getattr(self, name)
+            if n is not None and (not isinstance(n, int) or n < 1):
+                raise ConfigError(f"{name} must be a positive integer (or unset: the whole set), got {n!r}")
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0, got {self.workers}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -412,7 +418,8 @@ def _load_data_once(config: TrainConfig, rank: int, world: int) -> ImageData:
     def load():
         return load_data(config.dataset, data_dir=config.data_dir, image_size=config.image_size,
                          download=config.download and rank == 0, augment=config.augment,
-                         classes=config.classes)
+                         classes=config.classes, train_images=config.train_images,
+                         test_images=config.test_images)
     if world == 1:
         return load()
     data = load() if rank == 0 else None
@@ -521,7 +528,7 @@ def train(config: TrainConfig, *, model: nn.Module | None = None, data: ImageDat
     for epoch in range(start + 1, config.epochs + 1):
         t0 = time.perf_counter()
         memory.start()
-        start_epoch(train_loader, epoch, config.seed)
+        start_epoch(train_loader, epoch)
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_acc = _train_epoch(trained, train_loader, optimizer, scaler, device, config,
                                              progress=progress and rank == 0, epoch=epoch,
@@ -634,6 +641,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "random shifts; image folders: random resized crop and flip)")
     p.add_argument("--classes", type=int, nargs="+", default=d.classes,
                    help="digits and fashion-mnist: keep these labels, relabelled 0..k-1")
+    p.add_argument("--train-images", type=int, default=d.train_images,
+                   help="train on a fixed class-balanced subset of this many images (default: all)")
+    p.add_argument("--test-images", type=int, default=d.test_images,
+                   help="evaluate on a fixed class-balanced subset of this many images (default: all)")
     p.add_argument("--epochs", type=int, default=d.epochs, help="epochs; the paper: 220")
     p.add_argument("--batch-size", type=int, default=d.batch_size,
                    help="global batch size, split evenly over torchrun processes; the paper: 128")
@@ -717,7 +728,8 @@ def test_only(config: TrainConfig) -> tuple[float, float]:
     device = _device(config, 0)
     saved = run.config
     data = load_data(saved.dataset, data_dir=config.data_dir or saved.data_dir, image_size=saved.image_size,
-                     download=config.download, augment=False, classes=saved.classes)
+                     download=config.download, augment=False, classes=saved.classes,
+                     test_images=saved.test_images)
     loader = make_loader(data.test, config.batch_size, train=False, workers=config.workers)
     loss, acc = evaluate(run.model.to(device), loader, device)
     print(f"{config.out}: after epoch {len(run.history)}, test loss {loss:.4f}, accuracy {acc:.2f}% "

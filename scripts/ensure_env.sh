@@ -30,3 +30,15 @@ else
     _ready "$PY" || { echo "[setup] installation failed: see the pip messages above" >&2; exit 1; }
 fi
 export PY
+# Fashion-MNIST, the quick profile's real images (notebooks 09-12): where it is neither in
+# the data folder nor installed, Debian's dataset-fashion-mnist package holds its four
+# original files; installed here when apt-get can (as root), else the loader's own message
+# says how to get it.
+_fmnist=/usr/share/datasets/fashion-mnist
+if [ ! -e "$_fmnist/train-images-idx3-ubyte.gz" ] \
+   && [ ! -e "${MRESNET_DATA_DIR:-$_root/data}/fashion-mnist/FashionMNIST/raw/train-images-idx3-ubyte" ] \
+   && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing Debian's dataset-fashion-mnist (the Fashion-MNIST files, for notebooks 09-12)" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } >&2 \
+        || echo "[setup] could not install dataset-fashion-mnist; notebooks 09-12 will say how to get Fashion-MNIST" >&2
+fi

@@ -27,11 +27,13 @@ from ..plotting import use_style
 def setup_notebook(threads: int | None = 1, seed: int | None = 0) -> float:
     """The set-up cell of every notebook: ``torch.set_num_threads(threads)`` (0 or None
     keeps torch's default), ``torch.manual_seed(seed)``, the figure style, wide pandas
-    tables. Returns ``time.monotonic()``, the notebook's start time."""
+    tables, and a line naming the versions and the machine the results come from.
+    Returns ``time.monotonic()``, the notebook's start time."""
     if threads:
         torch.set_num_threads(int(threads))
     if seed is not None:
         torch.manual_seed(seed)
+    print(environment_line())
     use_style()
     try:
         import pandas as pd
@@ -41,6 +43,34 @@ def setup_notebook(threads: int | None = 1, seed: int | None = 0) -> float:
     except ImportError:  # pragma: no cover - pandas comes with the notebook extra
         pass
     return time.monotonic()
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else ``platform.processor()``."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def environment_line() -> str:
+    """Versions (Python, torch, torchvision, numpy, mresnet_core's code version) and the
+    machine (CPU, cores, torch threads, GPU): what a result printed below was produced with."""
+    import platform
+
+    import numpy
+    import torchvision
+
+    gpu = (", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+           if torch.cuda.is_available() else "none")
+    return (f"ran with Python {platform.python_version()}, torch {torch.__version__}, torchvision "
+            f"{torchvision.__version__}, numpy {numpy.__version__}, mresnet_core code {code_version()}; "
+            f"on {cpu_name()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads), GPU: {gpu}")
 
 
 # ---------------------------------------------------------------------- small helpers
@@ -121,13 +151,18 @@ def results_dir(profile: str) -> Path:
     return (Path(base) if base else project_root() / "results") / profile
 
 
+#: the files whose content a cached result depends on: the Python sources and the C
+#: kernels (the CPU's default exact backend), not the compiled library built from them
+SOURCE_SUFFIXES = (".py", ".c", ".h")
+
+
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """A digest of every source file of the installed ``mresnet_core``: any change to
-    the code that builds or trains a model gives another digest (and so retrains)."""
+    """A digest of every source file of the installed ``mresnet_core`` (``SOURCE_SUFFIXES``):
+    any change to the code that builds or trains a model gives another digest (and so retrains)."""
     package = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for path in sorted(package.rglob("*.py")):
+    for path in sorted(p for p in package.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]

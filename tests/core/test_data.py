@@ -116,7 +116,7 @@ def test_unknown_dataset_lists_the_valid_ones():
 
 
 def _batches(loader, epoch):
-    start_epoch(loader, epoch, seed=0)
+    start_epoch(loader, epoch)
     return [x for x, _ in loader]  # the test set has no random transform: images identify samples
 
 
@@ -188,3 +188,33 @@ def test_fashion_mnist_comes_from_the_debian_package_offline(tmp_path, monkeypat
     assert "from Debian's dataset-fashion-mnist" in data.describe()
     again = load_data("fashion-mnist", data_dir=tmp_path / "fm", download=False)  # unpacked: found as is
     assert again.source == str(tmp_path / "fm")
+
+
+def test_balanced_subsets_are_fixed_and_balanced(digits):
+    from mresnet_core.data import balanced_subset, labels_of
+
+    sub = balanced_subset(digits.train, 53, seed=0)
+    counts = labels_of(sub).bincount()
+    assert len(sub) == 53 and counts.max() - counts.min() <= 1
+    assert sub.indices == balanced_subset(digits.train, 53, seed=0).indices  # the same on every call
+    assert sub.indices != balanced_subset(digits.train, 53, seed=1).indices
+    two = load_data("digits", classes=(7, 2), train_images=40, test_images=10)
+    assert len(two.train) == 40 and labels_of(two.train).bincount().tolist() == [20, 20]
+    assert len(two.test) == 10 and "class-balanced subset" in two.describe()
+    with pytest.raises(ValueError, match="exceeds"):
+        load_data("digits", train_images=10**6)
+    with pytest.raises(ValueError, match="positive integer"):
+        load_data("digits", test_images=0)
+
+
+def test_augmentation_is_seeded_per_sample_and_epoch(digits):
+    from mresnet_core.data import SeededAugmentation
+
+    aug = SeededAugmentation(digits.train, seed=5)
+    state = torch.get_rng_state()
+    first = aug[3][0]
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
+    torch.manual_seed(123)  # and does not matter
+    assert torch.equal(aug[3][0], first)
+    shifted = [not torch.equal(aug[3][0], first) for aug.epoch in range(1, 6)]
+    assert any(shifted)  # other epochs, other shifts

@@ -1,5 +1,6 @@
 """experiments.common: the helpers every notebook shares."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +63,32 @@ def test_cache_key_follows_settings_and_code_version(tmp_path, monkeypatch):
     assert common.checkpoint_path("quick", "run", {"steps": 10}) != first
     with pytest.raises(ValueError, match="plain name"):
         common.results_dir("../up")
+
+
+def test_code_version_covers_the_c_kernels(tmp_path, monkeypatch):
+    """The default exact backend is C: editing exact_kernels.c must change the cache key."""
+    import shutil
+
+    package = Path(common.__file__).resolve().parents[1]
+    copy = tmp_path / "mresnet_core"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    monkeypatch.setattr(common, "__file__", str(copy / "experiments" / "common.py"))
+    common.code_version.cache_clear()
+    try:
+        before = common.code_version()
+        (copy / "exact_kernels.c").write_text((copy / "exact_kernels.c").read_text() + "\n/* edited */\n")
+        common.code_version.cache_clear()
+        assert common.code_version() != before
+    finally:
+        common.code_version.cache_clear()
+
+
+def test_environment_line_names_versions_and_machine():
+    import torchvision
+
+    line = common.environment_line()
+    for part in (torch.__version__, torchvision.__version__, common.code_version(), "cores", "torch threads", "GPU"):
+        assert part in line
 
 
 def test_cached_training_is_reused_only_for_the_same_length(tmp_path):
