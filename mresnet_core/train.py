@@ -671,6 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (same settings; "
                         "--epochs may grow)")
+    p.add_argument("--resume-if-present", action="store_true",
+                   help="--resume when --out holds a checkpoint, else start: one command that "
+                        "starts, continues or (when finished) just re-reports a run, as sweeps need")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bar per epoch when the output is a terminal (the epoch "
                         "lines are printed either way)")
@@ -684,6 +687,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["classes"] = tuple(args.classes) if args.classes else None
     if values["out"] is None:
         values["out"] = default_out(TrainConfig(**values))
+    if getattr(args, "resume_if_present", False):
+        values["resume"] = (Path(values["out"]) / CHECKPOINT).is_file()
     return TrainConfig(**values)
 
 
