@@ -10,7 +10,10 @@ trained on fresh generated batches at every step.
   constant mean). A Momentum ResNet (second-order) can cross trajectories and reverse
   the order of the inputs.
 * Figure 5: separate 4 nested rings with alternating labels (:func:`rings_batch`;
-  cross-entropy on the 2-D output used as logits, Adam).
+  cross-entropy on the 2-D output used as logits, Adam), at the reference script's
+  settings (:data:`RINGS_REFERENCE`) over several seeds, the runs spread over worker
+  processes (:func:`train_rings_runs`); :func:`separation_summary` counts the seeds that
+  separate and gives the mean accuracy with its t-interval.
 
 Trained weights are cached (``common.train_steps(checkpoint=...)``) under the profile's
 results folder, in a file whose name depends on every training setting and on the code
@@ -19,7 +22,7 @@ version, so a figure is redrawn without retraining and a change of either retrai
 from __future__ import annotations
 
 import copy
-import sys
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -185,6 +188,19 @@ def plot_dynamics(runs: dict, targets: bool = True):
 
 
 # ---------------------------------------------------------------------- Figure 5
+#: The reference script's settings (examples_paper/run_separation_nested_rings.py of the
+#: authors' repository, with the 4-ring data its toy_datasets generated at the paper's time).
+RINGS_REFERENCE = dict(depth=15, hidden=16, gamma=0.99, points_per_ring=2000, momentum_steps=1500,
+                       momentum_lr=0.2, resnet_steps=5000, resnet_lr=0.01)
+
+
+def rings_cuts(settings: dict) -> list:
+    """What ``settings`` change from :data:`RINGS_REFERENCE`: one "name value (reference
+    value)" string per differing key (an empty list: the reference settings)."""
+    return [f"{key} {settings[key]} (reference {ref})" for key, ref in RINGS_REFERENCE.items()
+            if key in settings and settings[key] != ref]
+
+
 def rings_lr_factor(resnet: bool, steps: int):
     """Learning-rate multiplier per step: constant for the Momentum ResNet; for the ResNet
     halved at steps // 2 and divided by 10 more at 3 * steps // 4 (reference script)."""
@@ -193,28 +209,87 @@ def rings_lr_factor(resnet: bool, steps: int):
     return lambda step: 1.0 if step < steps // 2 else (0.5 if step < 3 * steps // 4 else 0.05)
 
 
+def _rings_checkpoint(gamma: float, steps: int, lr: float, *, points_per_ring: int = 2000, depth: int = 15,
+                      hidden: int = 16, seed: int = 1, profile: str | None = None, nudge: bool = False):
+    """The cache file of one :func:`train_rings` run (None without a profile)."""
+    if not profile:
+        return None
+    settings = dict(task="rings", gamma=gamma, steps=steps, lr=lr, points_per_ring=points_per_ring,
+                    depth=depth, hidden=hidden, seed=seed, schedule="step" if gamma == 0 else "constant")
+    if nudge:
+        settings["nudge"] = True
+    return checkpoint_path(profile, f"figure5_{_model_name(gamma)}", settings)
+
+
 def train_rings(gamma: float, steps: int, lr: float, *, points_per_ring: int = 2000,
                 depth: int = 15, hidden: int = 16, seed: int = 1, profile: str | None = None,
-                progress: bool = True):
+                nudge: bool = False, progress: bool = True):
     """Separate the nested rings with a tied 2-D stack (Adam, cross-entropy on the output).
 
-    gamma = 0 (ResNet) uses the step schedule of :func:`rings_lr_factor`. Returns
-    (model, losses); with ``profile`` the weights are cached under results/<profile>/.
+    gamma = 0 (ResNet) uses the step schedule of :func:`rings_lr_factor`. ``nudge``
+    moves one initial weight to the next float32 (a rounding-sized change, to show how
+    much the result depends on rounding). Returns (model, losses); with ``profile`` the
+    weights are cached under results/<profile>/.
     """
     resnet = gamma == 0
-    settings = dict(task="rings", gamma=gamma, steps=steps, lr=lr, points_per_ring=points_per_ring,
-                    depth=depth, hidden=hidden, seed=seed, schedule="step" if resnet else "constant")
+    ckpt = _rings_checkpoint(gamma, steps, lr, points_per_ring=points_per_ring, depth=depth, hidden=hidden,
+                             seed=seed, profile=profile, nudge=nudge)
     torch.manual_seed(seed)
     model = toy_network(2, depth, gamma, hidden)
+    if nudge:
+        with torch.no_grad():
+            w = model.functions[0][0].weight
+            w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(float("inf")))
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rings_lr_factor(resnet, steps))
-    ckpt = checkpoint_path(profile, f"figure5_{_model_name(gamma)}", settings) if profile else None
     losses = train_steps(model, lambda step: rings_batch(points_per_ring, gen), F.cross_entropy,
                          optimizer, steps, scheduler=scheduler, checkpoint=ckpt,
                          desc=f"{_model_name(gamma)} (rings)", progress=progress)
     model.eval()
     return model, losses
+
+
+def _rings_job(job: dict):
+    """One :func:`train_rings` run in a worker process: (state_dict, losses)."""
+    torch.set_num_threads(job.pop("threads"))
+    model, losses = train_rings(**job, progress=False)
+    return model.state_dict(), losses
+
+
+def train_rings_runs(jobs: list, workers: int = 1, threads: int = 1) -> list:
+    """Run :func:`train_rings` for each job (a dict of all its keyword arguments but
+    ``progress``); returns [(model, losses)] in the order of ``jobs``.
+
+    With ``workers`` > 1 the runs not yet cached are spread over that many fresh
+    processes of ``threads`` torch threads each, longest first (these tiny models keep
+    one core busy each; a second thread does not help them). Every run seeds itself, so
+    where it runs does not change its result.
+    """
+    def cached(job):
+        ckpt = _rings_checkpoint(**job)
+        return ckpt is not None and ckpt.exists()
+
+    results = [None] * len(jobs)
+    pending = [i for i, job in enumerate(jobs) if not cached(job)] if workers > 1 else []
+    if len(pending) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # costliest first (steps x points), so that the last runs to start are short ones
+        pending.sort(key=lambda i: -jobs[i]["steps"] * jobs[i]["points_per_ring"])
+        context = multiprocessing.get_context("spawn")  # no forked copy of this process's threads
+        with ProcessPoolExecutor(min(workers, len(pending)), mp_context=context) as pool:
+            futures = {i: pool.submit(_rings_job, {**jobs[i], "threads": threads}) for i in pending}
+            for i, future in futures.items():
+                state, losses = future.result()
+                model = toy_network(2, jobs[i]["depth"], jobs[i]["gamma"], jobs[i]["hidden"])
+                model.load_state_dict(state)
+                results[i] = (model.eval(), losses)
+    for i, job in enumerate(jobs):
+        if results[i] is None:  # cached, or run here
+            results[i] = train_rings(**job, progress=False)
+    return results
 
 
 def rings_eval_set(points_per_ring: int = 500, seed: int = 12345):
@@ -298,43 +373,93 @@ def plot_rings(rows: dict, labels, titles: dict | None = None):
     return fig
 
 
+class RingRuns(NamedTuple):
+    """What :func:`rings_over_seeds` returns."""
+
+    table: "pandas.DataFrame"  # one row per seed: both accuracies, the ResNet's fold fraction
+    models: dict  # seed -> (resnet, momentum)
+    nudged: MomentumNet | None  # the nudged Momentum ResNet of ``nudged_seed``, if asked for
+
+
 def rings_over_seeds(seeds, *, gamma: float, momentum_steps: int, momentum_lr: float, resnet_steps: int,
                      resnet_lr: float, points_per_ring: int, depth: int = 15, hidden: int = 16,
-                     eval_points_per_ring: int = 500, profile: str | None = None, progress: bool = True):
-    """Train both models of Figure 5 at every seed; accuracy on the fixed evaluation sample
-    (:func:`rings_eval_set`) and the ResNet's fold fraction. Returns (a pandas DataFrame
-    with one row per seed, {seed: (resnet, momentum)} of the trained models)."""
+                     eval_points_per_ring: int = 500, profile: str | None = None, workers: int = 1,
+                     threads: int = 1, nudged_seed: int | None = None) -> RingRuns:
+    """Train both models of Figure 5 at every seed (:func:`train_rings_runs`); accuracy on
+    the fixed evaluation sample (:func:`rings_eval_set`) and the ResNet's fold fraction.
+    With ``nudged_seed``, also that seed's Momentum ResNet with ``nudge=True`` (one initial
+    weight moved by one float32 step), trained alongside the others."""
     import pandas as pd
-    from tqdm import tqdm
 
+    seeds = list(seeds)
+    common = dict(points_per_ring=points_per_ring, depth=depth, hidden=hidden, profile=profile)
+    jobs = [dict(gamma=gamma, steps=momentum_steps, lr=momentum_lr, seed=seed, **common) for seed in seeds]
+    jobs += [dict(gamma=0.0, steps=resnet_steps, lr=resnet_lr, seed=seed, **common) for seed in seeds]
+    if nudged_seed is not None:
+        jobs.append(dict(gamma=gamma, steps=momentum_steps, lr=momentum_lr, seed=nudged_seed, nudge=True, **common))
+    runs = train_rings_runs(jobs, workers=workers, threads=threads)
     points, labels = rings_eval_set(eval_points_per_ring)
     rows, models = [], {}
-    for seed in tqdm(list(seeds), desc="seeds", disable=not progress, file=sys.stdout):
-        common = dict(points_per_ring=points_per_ring, depth=depth, hidden=hidden, seed=seed, profile=profile,
-                      progress=False)
-        momentum, _ = train_rings(gamma, momentum_steps, momentum_lr, **common)
-        resnet, _ = train_rings(0.0, resnet_steps, resnet_lr, **common)
+    for k, seed in enumerate(seeds):
+        momentum, resnet = runs[k][0], runs[len(seeds) + k][0]
         models[seed] = (resnet, momentum)
         rows.append({"seed": seed, "ResNet accuracy": rings_accuracy(resnet, points, labels),
                      "Momentum ResNet accuracy": rings_accuracy(momentum, points, labels),
                      "ResNet folds (% of visited points)": 100 * fold_fraction(resnet, points)})
-    return pd.DataFrame(rows).set_index("seed"), models
+    nudged = runs[-1][0] if nudged_seed is not None else None
+    return RingRuns(pd.DataFrame(rows).set_index("seed"), models, nudged)
 
 
-def plot_accuracy_over_seeds(table, threshold: float = 0.95):
-    """Final accuracy of each model at each seed (one dot per seed, medians as bars)."""
+def t_interval(values, level: float = 0.95) -> tuple:
+    """(mean, low, high): the two-sided Student-t confidence interval of the mean of
+    ``values`` (at least two), from their sample standard deviation."""
+    from scipy import stats
+
+    values = np.asarray(values, dtype=np.float64)
+    if values.size < 2:
+        raise ValueError(f"a t-interval needs at least two values, got {values.size}")
+    mean = float(values.mean())
+    half = float(stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size))
+    return mean, mean - half, mean + half
+
+
+def separation_summary(table, separated: float):
+    """One row per model of ``rings_over_seeds``' table: seeds, mean accuracy with its 95 %
+    t-interval, min, max, and the seeds whose accuracy is at least ``separated`` (count
+    and fraction)."""
+    import pandas as pd
+
+    rows = []
+    for model in ("ResNet", "Momentum ResNet"):
+        acc = table[f"{model} accuracy"].to_numpy(dtype=np.float64)
+        mean, low, high = t_interval(acc)
+        hits = int((acc >= separated).sum())
+        rows.append({"model": model, "seeds": acc.size, "mean accuracy": mean, "95 % t-interval low": low,
+                     "95 % t-interval high": high, "min": float(acc.min()), "max": float(acc.max()),
+                     "seeds separated": hits, "fraction separated": hits / acc.size})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def plot_accuracy_over_seeds(table, threshold: float = 0.99, floor: float | None = None):
+    """Final accuracy of each model at each seed (one dot per seed), the mean with its 95 %
+    t-interval beside them, the level ``threshold`` that counts as separated and, if
+    given, a lower reference level ``floor``."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for i, (column, key) in enumerate((("ResNet accuracy", "resnet"), ("Momentum ResNet accuracy", "momentum"))):
         values = table[column].to_numpy()
         ax.plot(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, "o",
                 color=PALETTE[key], ms=7, label=f"{column.split(' accuracy')[0]}: one dot per seed")
-        ax.hlines(np.median(values), i - 0.25, i + 0.25, color=PALETTE[key], lw=2.5)
-    ax.plot([], [], color="0.3", lw=2.5, label="median over seeds (bars)")
+        mean, low, high = t_interval(values)
+        ax.errorbar(i + 0.3, mean, yerr=[[mean - low], [high - mean]], fmt="s", color=PALETTE[key], ms=6,
+                    capsize=4, lw=1.8)
+    ax.errorbar([], [], yerr=[], fmt="s", color="0.3", capsize=4, label="mean, 95 % t-interval")
     ax.axhline(threshold, color=PALETTE["theory"], ls="--", lw=1, label=f"separated: accuracy >= {threshold}")
+    if floor is not None:
+        ax.axhline(floor, color=PALETTE["theory"], ls=":", lw=1, label=f"one circular cut: {floor}")
     ax.set(xticks=[0, 1], xticklabels=["ResNet", "Momentum ResNet"], xlim=(-0.6, 1.6), ylabel="accuracy",
            title=f"Figure 5 over {len(table)} seeds")
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, -0.55), ncol=2)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, -0.62), ncol=2)
     fig.tight_layout()
     return fig

@@ -93,7 +93,11 @@ def test_figure1_needs_momentum_and_a_stale_cache_cannot_hide_it(tmp_path, monke
 
 @pytest.mark.slow
 def test_figure5_needs_momentum(tmp_path, monkeypatch):
-    assert_claims_fail("04_figure5_rings", tmp_path, monkeypatch, "momentum off", {}, "Momentum ResNet")
+    """The asserted claim is about the Momentum ResNet alone: a token ResNet keeps the run
+    short; the Momentum ResNets are the committed runs, where the claim holds."""
+    params = {"resnet_steps": 10}
+    assert_claims_fail("04_figure5_rings", tmp_path, monkeypatch, "momentum off", params,
+                       "Momentum ResNet: 95 % t-interval of the mean accuracy over the seeds above 0.75")
 
 
 @pytest.mark.slow
