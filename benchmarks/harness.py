@@ -345,7 +345,10 @@ def run_fit_config(cfg: dict, contenders, device_name: str, threads: int) -> lis
 def run_in_fresh_process(cfg: dict, contenders, device: str, threads: int, timeout: float) -> list:
     """run_config in a new interpreter; failures come back as rows with the error."""
     spec = json.dumps(dict(cfg=cfg, contenders=list(contenders), device=device, threads=threads))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    # PYTHONPATH first: a caller that put a package there (the notebook's own, a patched
+    # copy in the trip tests) benchmarks that one; this checkout otherwise
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + [str(HERE.parent)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     try:
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", spec],
                               capture_output=True, text=True, timeout=timeout, env=env)

@@ -20,6 +20,9 @@ From the most to the least deterministic:
 * :func:`peak_rss_in_fresh_process`: the peak resident set size of a fresh Python
   process running one step (``VmHWM`` on Linux, ``ru_maxrss`` elsewhere); the coarsest,
   whole-process view (interpreter, torch, allocator caching), a sanity check on the CPU.
+  :func:`peak_rss_in_forked_processes` measures several steps the same way, each in a
+  child forked from one fresh interpreter that has imported the factory's module (the
+  import, most of a fresh process's cost, is paid once).
 
 :func:`describe` (from ``momentum.py``, exported here too) lists how each momentum stack
 of a model is trained and the estimates behind it. The information buffer of the
@@ -70,6 +73,7 @@ __all__ = [
     "training_step_memory",
     "describe",
     "peak_rss_in_fresh_process",
+    "peak_rss_in_forked_processes",
     "allocation_step",
 ]
 
@@ -436,6 +440,95 @@ def peak_rss_in_fresh_process(factory: str, kwargs: dict | None = None, *,
             return rss
     raise RuntimeError(f"the child process for {factory!r} failed (exit {done.returncode}):\n"
                        f"{done.stderr[-2000:]}")
+
+
+_FORK_SERVER = textwrap.dedent(
+    """
+    import importlib, json, os, sys
+
+    def status(field):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+
+    spec, calls, prepare = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+    module, _, name = spec.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    if prepare is not None:
+        prepare_module, _, prepare_name = prepare[0].partition(":")
+        getattr(importlib.import_module(prepare_module), prepare_name)(**prepare[1])
+    sys.stdout.flush()
+    for kwargs in calls:
+        pid = os.fork()
+        if pid == 0:  # the child: one step, nothing of the other steps in its heap
+            code = 1
+            try:
+                step = factory(**kwargs)
+                with open("/proc/self/clear_refs", "w") as fh:
+                    fh.write("5")  # Linux >= 4.0: VmHWM reset to the current RSS
+                before = status("VmRSS")
+                step()
+                peak = status("VmHWM")
+                print("MRESNET_RSS " + json.dumps({"before": before, "peak": peak, "method": "VmHWM (forked)"}))
+                code = 0
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, wait_status = os.waitpid(pid, 0)
+        if wait_status != 0:
+            print("MRESNET_RSS_FAILED " + json.dumps(kwargs))
+            sys.stdout.flush()
+    """
+)
+
+
+def peak_rss_in_forked_processes(factory: str, calls: Iterable[dict], *, prepare: str | None = None,
+                                 prepare_kwargs: dict | None = None, env: dict | None = None,
+                                 timeout: float | None = 600) -> list:
+    """:func:`peak_rss_in_fresh_process` for several steps at the cost of one interpreter start.
+
+    A fresh Python process (the current environment plus ``env``, read at its start, so
+    allocator settings such as ``MALLOC_MMAP_THRESHOLD_`` hold in every child) imports
+    the factory's module and runs ``prepare(**prepare_kwargs)`` if given (``"module:function"``:
+    a warm-up every step would otherwise repeat, such as torch's first-use initialisation);
+    then, one at a time, a child forked from it runs ``factory(**kwargs)``, resets its
+    high-water mark and runs the step. Each child starts from the same prepared heap and
+    never holds another step's memory; only importing and preparing are shared. Returns
+    one dict per call, in order, like :func:`peak_rss_in_fresh_process` (method
+    "VmHWM (forked)"). A forked child's RSS counts only the pages it has touched itself
+    (its page tables start without the libraries' pages), so its ``before`` is lower than
+    a fresh process's, and a step that runs code the child has not run yet counts those
+    pages too: let the factory run a warm-up of its own (cheap once ``prepare`` has done
+    the first-use work). Linux only (``fork`` and ``/proc/self/clear_refs``); elsewhere each call
+    runs in its own fresh process (``prepare`` is then not run). Neither the import nor
+    ``prepare`` may start threads (an OpenMP pool does not survive ``fork``): prepare
+    with one torch thread.
+    """
+    calls = [dict(c) for c in calls]
+    if not sys.platform.startswith("linux"):
+        return [peak_rss_in_fresh_process(factory, c, env=env, timeout=timeout) for c in calls]
+    prep = None if prepare is None else [prepare, dict(prepare_kwargs or {})]
+    cmd = [sys.executable, "-c", _FORK_SERVER, factory, json.dumps(calls), json.dumps(prep)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **(env or {})),
+                          timeout=timeout)
+    results = []
+    for line in done.stdout.splitlines():
+        if line.startswith("MRESNET_RSS_FAILED "):
+            raise RuntimeError(f"the forked child for {factory!r} with {line.split(' ', 1)[1]} failed:\n"
+                               f"{done.stderr[-2000:]}")
+        if line.startswith("MRESNET_RSS "):
+            rss = json.loads(line[len("MRESNET_RSS "):])
+            rss["step"] = rss["peak"] - rss["before"]
+            results.append(rss)
+    if done.returncode != 0 or len(results) != len(calls):
+        raise RuntimeError(f"the fork server for {factory!r} failed (exit {done.returncode}, "
+                           f"{len(results)} of {len(calls)} steps measured):\n{done.stderr[-2000:]}")
+    return results
 
 
 def allocation_step(nbytes: int) -> Callable[[], float]:

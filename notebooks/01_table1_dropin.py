@@ -30,9 +30,8 @@
 # original under the documented name mapping; at $\gamma = 0$ (`memory_efficient=False`)
 # the original's outputs; at $\gamma = 0.9$ (memory-free) the momentum stack of `layer3`
 # run back to its input bit for bit by `net.inverse(state)`; unconstrained training,
-# measured by training a converted ResNet-18 with plain SGD (no constraint on its blocks,
-# whose Lipschitz constant ends above 1, which an i-ResNet forbids) and inverting it
-# exactly afterwards; memory-free gradients equal ordinary autograd; and the activation
+# measured by training a converted ResNet-18 with plain SGD (no constraint on its blocks)
+# and inverting it exactly afterwards; memory-free gradients equal ordinary autograd; and the activation
 # memory saved for backward, per momentum stack against its depth and per model.
 #
 # **Quick profile** (default, CPU, about a minute): ImageNet-pretrained weights only if
@@ -54,7 +53,7 @@ import pandas as pd
 import torch
 
 from mresnet_core.experiments import table1 as dropin
-from mresnet_core.experiments.common import check_claims, paper_vs_this_run, setup_notebook
+from mresnet_core.experiments.common import check_claims, format_this_run, paper_vs_this_run, setup_notebook
 from mresnet_core.plotting import PALETTE, save_figure
 
 # %% tags=["parameters"]
@@ -151,15 +150,26 @@ print(f"{stack_arch} layer3 momentum stack, batch {batch} at {image_size}x{image
 # A converted ResNet-18 (memory-free, $\gamma$ = 0.9) trained with plain SGD, nothing
 # constraining its blocks, on one fixed batch of random images with random labels: a
 # check of the training mechanics (it fits the batch), not of a data set. After
-# training, the first momentum block of `layer3` has a Lipschitz constant above 1 (a
-# power-iteration lower bound), and the stack still runs back to its input bit for bit.
+# training, the momentum stack of `layer3` still runs back to its input bit for bit:
+# whatever weights plain SGD produced, nothing had to keep them invertible.
+#
+# **No Lipschitz claim.** An i-ResNet stays invertible only while each residual branch
+# has Lipschitz constant below 1, which it enforces by spectral normalisation at every
+# step: that is the constraint Table 1's "unconstrained training" is about. A Lipschitz
+# bound measured on our trained block would say nothing about training, though: a
+# torchvision block ends with a ReLU after the skip addition, so its residual function
+# f(x) = ReLU(g(x) + x) - x equals -x on every coordinate where g(x) + x < 0, and
+# Lip(f) >= 1 holds for any weights, the initial ones included. The power-iteration
+# lower bound is printed below at initialisation and after training for that reason
+# only; no check rests on it.
 
 # %%
 trained = dropin.unconstrained_training(train_arch, steps=train_steps, batch=train_batch, size=train_size,
                                         gamma=gamma, seed=seed)
 print(f"{train_arch}, memory-free, SGD: loss per step " + ", ".join(f"{v:.3g}" for v in trained["losses"]))
-print(f"after training: Lip(f) of layer3's first momentum block >= {trained['lipschitz']:.3f}; "
-      f"exact inverse bit for bit: {trained['inverse_ok']}")
+print(f"after training: layer3's momentum stack inverts bit for bit: {trained['inverse_ok']}")
+print(f"Lip(f) of layer3's first momentum block (power-iteration lower bound): >= {trained['lipschitz_init']:.3f} "
+      f"at initialisation, >= {trained['lipschitz']:.3f} after training (>= 1 for any weights: see above)")
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -208,8 +218,7 @@ evidence = {
     "unconstrained training":
         f"measured: a memory-free Momentum {train_arch} trained by plain SGD (no constraint on its blocks) fits a "
         f"fixed batch (loss {trained['losses'][0]:.3g} -> {trained['losses'][-1]:.3g}); afterwards its layer3 "
-        f"block has Lip(f) >= {trained['lipschitz']:.3f} (an i-ResNet needs < 1) and the stack inverts bit for bit: "
-        f"{trained['inverse_ok']}",
+        f"momentum stack inverts bit for bit: {trained['inverse_ok']}",
 }
 mark = {True: "yes", False: "no"}
 table1 = pd.DataFrame({col: [mark[v[i]] for v in dropin.TABLE1.values()]
@@ -227,7 +236,7 @@ print("\nOther rows: quoted from the paper, not measured here.")
 err = max(resnets["gamma=0 rel. error"].max(), tr["gamma=0 rel. error"])
 saved = resnets["saved MiB (original)"]
 free = resnets["saved MiB (Momentum, memory-free)"]
-paper_vs_this_run([
+format_this_run(paper_vs_this_run([
     {"claim": "same parameters as the ResNet (Table 1): all counts identical, all tensors equal", "paper": "yes",
      "this run": all_params_same and all_equal},
     {"claim": "gamma = 0 is the ResNet (Eq. 2): largest relative output error, float32", "paper": "same outputs",
@@ -236,20 +245,26 @@ paper_vs_this_run([
      "this run": all_inverse},
     {"claim": f"unconstrained training (Table 1): final / first loss of SGD on {train_arch}", "paper": "yes",
      "this run": float(f"{trained['losses'][-1] / trained['losses'][0]:.2g}")},
-    {"claim": f"unconstrained training: Lip(f) lower bound of a trained block (inverted exactly)", "paper": "yes (> 1 allowed)",
-     "this run": round(trained["lipschitz"], 3)},
+    {"claim": f"unconstrained training: the trained {train_arch}'s layer3 stack inverts bit for bit", "paper": "yes",
+     "this run": trained["inverse_ok"]},
     {"claim": f"a momentum stack's memory does not grow with its depth: bytes per added layer, "
               f"memory-free / ordinary ({stack_arch} layer3)", "paper": "yes (Sec. 3; no numbers here)",
      "this run": float(f"{slope_free / slope_ordinary:.3f}")},
-])
+]))
 
 # %% [markdown]
 # ## Checks
-# Each fails if its claim does: a tensor that differs from the original's, outputs at
-# $\gamma = 0$ that leave the original's, an inverse that is not bit for bit, a stack
-# whose memory-free footprint grows like ordinary backprop's (the check asks for less
-# than 5 % of ordinary's growth per layer: what remains are the per-layer BatchNorm
-# replay records), training that does not fit, or gradients that leave autograd's.
+# **The paper's expectations**: Table 1 (the Momentum Net has a closed-form inverse, the
+# same parameters as the ResNet, and trains without constraint), Eq. 2 (at $\gamma = 0$
+# it is the ResNet) and Sec. 3 (a momentum stack's activation memory does not grow with
+# its depth; the memory-free gradients are those of backprop). **Criteria, fixed before
+# the run**: tensors `torch.equal` and inverses bit for bit (exact, no tolerance);
+# outputs at $\gamma = 0$ within a relative 1e-5 (float32 rounding over a deep network)
+# and memory-free gradients within a relative 1e-4 of autograd; ordinary backprop's
+# saved bytes exact multiples of one layer's; the memory-free stack's growth per layer
+# under 5 % of ordinary backprop's (what may remain are the per-layer BatchNorm replay
+# records, a few channels' statistics against a whole feature map); and plain SGD
+# bringing the loss on its fixed batch down at least 10x. Each fails if its claim does.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -265,7 +280,7 @@ check_claims({
             for k in stack_depths),
     "per-stack memory: memory-free grows by under 5 % of ordinary's bytes per layer": slope_free < 0.05 * slope_ordinary,
     f"unconstrained SGD on memory-free {train_arch}: loss falls 10x": fits,
-    "after training: a block with Lip(f) > 1, inverted exactly": trained["lipschitz"] > 1 and trained["inverse_ok"],
+    f"after SGD: the trained {train_arch}'s layer3 momentum stack inverts bit for bit": trained["inverse_ok"],
     "memory-free Transformer gradients = autograd (rel. error <= 1e-4)": tr["memory-free gradient rel. error"] <= 1e-4,
 })
 

@@ -39,12 +39,15 @@
 # process (CPU profiler allocation events, or the CUDA allocator on a GPU), and the peak
 # RSS of a fresh Python process per point, which is what the paper measured.
 #
-# **Quick profile** (default, CPU, 1 thread, about two minutes): depths 1, 10, 50, 100,
-# 200, 400, fresh processes at depths 1, 100 and 400 only (each costs a new interpreter).
-# **Paper profile** (`notebooks/params/paper.yaml`): depths 1 to 900 in steps of 50, fresh
-# processes at six of them, and on a machine with a GPU the CUDA allocator peak in place
-# of the profiler. Checked (nbval): the deterministic byte counts and how they grow;
-# RSS and timings are printed, never compared.
+# **Quick profile** (default, CPU, 1 thread, under a minute): the `depths` of the
+# parameters cell in this process and the RSS at its `rss_depths` (a few depths, up to
+# less than half of the paper's deepest, about 900). Each RSS point runs in a child forked
+# from one fresh interpreter per allocator setting, which has imported torch and this
+# package and done nothing else: a new heap per point, one interpreter start per setting.
+# **Paper profile** (`notebooks/params/paper.yaml`): depths 1 to 900 in steps of 50, RSS
+# at six of them, and on a machine with a GPU the CUDA allocator peak in place of the
+# profiler. Checked (nbval): the deterministic byte counts and how they grow, and the
+# step peaks against criteria with a wide margin; RSS and timings are printed, never compared.
 
 # %%
 # %matplotlib inline
@@ -95,23 +98,25 @@ print(f"profile {profile}, device {device}, {torch.get_num_threads()} thread(s),
 #   additions need no saved input. The weights are parameters (counted once, not per
 #   layer, and not activation memory).
 #
-# So the saved bytes are **L · B · (d + h) · 4** = L · 500 · 508 · 4 = L × 1 016 000 bytes
-# (about 0.97 MiB per layer): linear in the depth L, whatever γ. The loss adds out² and
-# the backward pass its temporaries on top, a constant.
+# So the saved bytes are **L · B · (d + h) · 4**: linear in the depth L, whatever γ (the
+# bytes per layer at this run's sizes are printed below). The loss adds out² and the
+# backward pass its temporaries on top, a constant.
 #
 # **Memory-free backward.** The forward pass runs without a graph in exact int64 fixed
 # point and keeps, whatever L:
 #
 # - x_L and v_L as int64: 2 · 8 bytes per element;
-# - the information buffer: one 64-bit state per element (8 bytes), plus the 32-bit words
-#   it spills. Multiplying v by γ = n/2¹⁶ exactly pushes log₂(2¹⁶/n) = log₂(1/γ) bits per
-#   element per layer into it, so after L layers each element has spilled
-#   ⌊L log₂(1/γ) / 32⌋ words (4 bytes each).
+# - the information buffer: a live state of s bytes per element, plus the w-bit words it
+#   spills (s and w come from `exact.buffer_layout` and depend on γ; printed below).
+#   Multiplying v by γ = n/2¹⁶ exactly pushes log₂(2¹⁶/n) = log₂(1/γ) bits per element per
+#   layer into the state, so after L layers each element has spilled ⌊L log₂(1/γ) / w⌋
+#   words.
 #
-# So **B·d · (24 + 4 ⌊L log₂(1/γ) / 32⌋)** bytes. With Figure 2's γ = 1 - 1/(50 L),
-# L log₂(1/γ) ≈ 1/(50 ln 2) ≈ 0.03 bits per element at every depth: no word is ever
-# spilled and the memory-free path keeps 24 · 250 000 = 6 000 000 bytes (5.7 MiB) at
-# every depth. It keeps less than ordinary backprop from L = 6 on (6 × 1 016 000 > 6 000 000).
+# So **B·d · (16 + s + (w/8) ⌊L log₂(1/γ) / w⌋)** bytes. With Figure 2's γ = 1 - 1/(50 L),
+# L log₂(1/γ) ≈ 1/(50 ln 2) bits per element at every depth, far less than a word: no
+# word is ever spilled and the memory-free path keeps B·d·(16 + s) bytes at every depth.
+# It keeps less than ordinary backprop from the first depth L where
+# L·(d + h)·4 > d·(16 + s) (computed and printed below).
 # (At a fixed γ the buffer would grow by log₂(1/γ) bits per element per layer, the
 # paper's O(L · B · d · log(1/γ)) bits, still far below ordinary backprop's 32 · (d+h)/d
 # bits per element per layer.)
@@ -120,8 +125,12 @@ print(f"profile {profile}, device {device}, {torch.get_num_threads()} thread(s),
 # NBVAL_CHECK_OUTPUT
 per_layer = dm.toy_ordinary_saved_bytes(1, batch, dim, hidden)
 deepest = max(depths)
-print(f"ordinary backprop: {per_layer} bytes per layer ({per_layer / MiB:.3f} MiB)")
-print(f"memory-free: {dm.memory_free_saved_bytes(deepest, batch * dim, problem.gamma(deepest))} bytes "
+state_bytes, word_bits = dm.buffer_layout_bytes(problem.gamma(deepest))
+free_bytes = dm.memory_free_saved_bytes(deepest, batch * dim, problem.gamma(deepest))
+print(f"ordinary backprop: B (d + h) 4 = {batch} x {dim + hidden} x 4 = {per_layer} bytes per layer "
+      f"({per_layer / MiB:.3f} MiB)")
+print(f"information buffer at Figure 2's gamma: a {state_bytes}-byte state per element, {word_bits}-bit words")
+print(f"memory-free: {free_bytes} bytes ({free_bytes / MiB:.2f} MiB, {free_bytes // (batch * dim)} bytes per element) "
       f"at depth {deepest} (information buffer "
       f"{dm.information_buffer_bytes(deepest, batch * dim, problem.gamma(deepest))} bytes, "
       f"{dm.buffer_words_per_element(deepest, problem.gamma(deepest))} spilled words per element)")
@@ -141,9 +150,9 @@ print("memory-free keeps fewer bytes than ordinary backprop from depth",
 # events or the CUDA allocator.
 
 # %%
-start = time.monotonic()
+t0 = time.monotonic()
 measured = dm.measure_depths(depths, problem, device=device)
-print(f"in-process measurements: {time.monotonic() - start:.1f} s")
+print(f"in-process measurements: {time.monotonic() - t0:.1f} s")
 table = measured.assign(**{
     "saved (MiB)": measured["saved"] / MiB,
     "theory (MiB)": measured["theory"] / MiB,
@@ -152,6 +161,23 @@ table = measured.assign(**{
 })[["depth", "path", "gamma", "saved (MiB)", "theory (MiB)", "info buffer (MiB)", "step peak (MiB)",
     "peak_method"]]
 table.round(3)
+
+# %% [markdown]
+# ## Checks
+#
+# **The paper's expectation** (Fig. 2): the ResNet's memory grows linearly with depth, the
+# Momentum ResNet's stays flat. **Criteria, fixed before the run from the shape theory
+# above** (the byte counts are deterministic, so they are compared exactly): saved bytes
+# equal to the theory at every depth on both paths; ordinary backprop growing by exactly
+# B·(d+h)·4 bytes per layer; the memory-free path growing by no more than its information
+# buffer between the shallowest and the deepest depth, and keeping less than ordinary
+# backprop from the theory's crossover depth on. The step peaks (allocation events,
+# gradients and temporaries included) are judged with a wide margin: the memory-free
+# peak below twice its depth-1 value at every depth (a path that kept one layer's
+# activations per layer would exceed it by far before the deepest depth), and ordinary
+# backprop's peak growing at least as much as its saved bytes. That the reference
+# script's ResNet (γ = 0) saves what ordinary backprop of the momentum stack saves is a
+# consistency check: the momentum update saves nothing for backward.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -185,9 +211,10 @@ check_claims({
     f"ordinary backprop: saved bytes grow linearly, {per_layer} bytes per layer": linear,
     f"memory-free: saved bytes grow from depth {shallow} to {deep} by at most the information buffer": flat,
     f"memory-free saves less than ordinary backprop at every measured depth >= {cross}": below,
-    "the reference script's ResNet (gamma = 0) saves what ordinary backprop of the momentum stack saves": same,
     "step peak (gradients included): memory-free stays below twice its depth-1 value": peaks_flat,
     "step peak: ordinary grows at least as fast as its saved bytes": peaks_grow,
+}, identities={
+    "the reference script's ResNet (gamma = 0) saves what ordinary backprop of the momentum stack saves": same,
 })
 
 # %% [markdown]
@@ -195,22 +222,27 @@ check_claims({
 #
 # The paper's `memory_profiler` samples the resident set size (RSS) of the whole process:
 # the interpreter, torch and its libraries, the model, and every page the C allocator
-# holds, freed or not. Here one fresh Python process per point builds the model, runs one
-# warm-up step of a one-layer stack (so that building the exact kernels is not part of
-# the step), resets the kernel's high-water mark and runs the step
-# (`memory.peak_rss_in_fresh_process`). Every process warms up *both* paths on a one-layer
-# stack first, so both load the same libraries (the memory-free path's exact kernels
-# included) before the measured step: their RSS baselines differ only by what the step
-# itself holds, and building them is outside the measured interval. Each point runs twice: with glibc's default
+# holds, freed or not. Here each point runs in its own process: per allocator setting, one
+# fresh interpreter imports torch and this package and nothing else, and each point runs
+# in a child forked from it (`memory.peak_rss_in_forked_processes`), so every point starts
+# from the same freshly imported heap and none sees another's memory; only the import is
+# shared, which costs a few seconds per interpreter. The child builds the model, runs one
+# warm-up step of a one-layer stack on *both* paths (so both load the same libraries, the
+# memory-free path's exact kernels included, before the measured step: their RSS baselines
+# differ only by what the step itself holds, and building the kernels is outside the
+# measured interval), resets the kernel's high-water mark and runs the step. A forked
+# child counts only the pages it has touched itself, so its RSS before the step is below
+# a fresh interpreter's (library pages it never uses are not counted); what the step adds
+# is the same. Each point runs twice: with glibc's default
 # `malloc`, and with `MALLOC_MMAP_THRESHOLD_=131072`, under which every block above
 # 128 KiB is returned to the system when freed, so the RSS follows the live tensors.
 # By default glibc raises that threshold to the largest block freed so far, after which
 # 1 MB tensors come from the heap, where freed pages can stay resident.
 
 # %%
-start = time.monotonic()
+t0 = time.monotonic()
 rss = dm.measure_rss(rss_depths, problem, threads=threads or torch.get_num_threads())
-print(f"{len(rss)} fresh processes: {time.monotonic() - start:.1f} s")
+print(f"{len(rss)} processes forked from {rss['malloc'].nunique()} fresh interpreters: {time.monotonic() - t0:.1f} s")
 rss.assign(**{"before (MiB)": rss["before"] / MiB, "peak (MiB)": rss["peak"] / MiB,
               "step (MiB)": rss["step"] / MiB})[
     ["depth", "path", "malloc", "before (MiB)", "peak (MiB)", "step (MiB)", "method"]].round(1)
@@ -225,8 +257,8 @@ save_figure(fig, "figure2_memory")
 # The paper's numbers are two points per curve read off its Figure 2 (log scale, so
 # roughly), and they are the RSS of the whole process: the ~1.2e2 MiB at depth 0 is the
 # Python process with torch loaded (torch 1.x in 2021), not activations. This run's RSS
-# baseline is that of a current torch, larger. The quick profile stops at depth 400;
-# the theory gives the saved bytes at depth 900 (printed below the table).
+# baseline is that of a current torch, larger. The quick profile stops at the deepest of
+# its `rss_depths`; the theory gives the saved bytes at depth 900 (printed below the table).
 
 # %%
 def rss_mib(depth, path, malloc="default malloc", column="peak"):
@@ -272,20 +304,23 @@ for path in dm.PATHS:
 #
 # - **Tensors (left).** Ordinary backprop keeps exactly L · B · (d+h) · 4 bytes and its
 #   step peak follows a few MiB above (the loss, the gradients and one layer's
-#   temporaries). The memory-free path keeps the same 5.7 MiB at every depth (int64 x
-#   and v and the buffer's 64-bit state; Figure 2's γ schedule never spills a buffer
-#   word) and its step peak is flat. These are the curves of the claim; they are
-#   deterministic and checked above.
+#   temporaries). The memory-free path keeps the same bytes at every depth (int64 x and
+#   v and the buffer's state; Figure 2's γ schedule never spills a buffer word; the
+#   figures are printed above) and its step peak is flat. These are the curves of the
+#   claim; they are deterministic and checked above.
 # - **Whole process (right).** The RSS adds a baseline of several hundred MiB: the
 #   interpreter and a current torch (the paper's ~1.2e2 MiB at depth 0 is the same kind
 #   of baseline with a 2021 torch), the same for both paths since every process loads
 #   the same libraries before its step. With the 128 KiB mmap threshold the RSS of the step
-#   follows the tensor peak of the left panel: ordinary backprop grows by its ~1 MiB per
-#   layer, the memory-free path stays flat. With glibc's default heuristics the RSS grows
+#   follows the tensor peak of the left panel: ordinary backprop grows by about its
+#   saved bytes per layer, the memory-free path stays flat (slopes printed above). With glibc's default heuristics the RSS grows
 #   faster than the tensors held (see the slopes printed above): pages freed by the
 #   per-layer temporaries stay resident when small long-lived blocks sit between them,
 #   and then even the memory-free curve can rise although its tensors do not. The
-#   paper's ResNet slope, about 2 MiB of RSS per layer for about 1 MiB of activations,
-#   looks like the same effect; its C library and torch version are not given, so this
+#   paper's ResNet slope, about twice its activations per layer in RSS (its figure read
+#   against the shape theory at its sizes), looks like the same effect; its C library and torch version are not given, so this
 #   is an interpretation. RSS numbers change from run to run and machine to machine:
 #   they are printed, never checked.
+
+# %%
+print(f"notebook run time: {time.monotonic() - start:.0f} s")

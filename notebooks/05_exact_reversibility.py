@@ -47,7 +47,7 @@ import pandas as pd
 from mresnet_core.experiments import common
 from mresnet_core.experiments import exactness as rv
 from mresnet_core.experiments import reference as ref
-from mresnet_core.experiments.common import check_claims, paper_vs_this_run, setup_notebook
+from mresnet_core.experiments.common import check_claims, format_this_run, paper_vs_this_run, setup_notebook
 from mresnet_core.plotting import save_figure
 
 # %% tags=["parameters"]
@@ -236,7 +236,7 @@ if reference_version:
                      "paper": "-", "this run": o["measured here: first overflowing layer"]})
     rows.append({"claim": "reference package, measured here: fixed-point value held for 3000", "paper": "-",
                  "this run": wraps[3000.0]})
-paper_vs_this_run(rows)
+format_this_run(paper_vs_this_run(rows))
 
 # %% [markdown]
 # ## Checks

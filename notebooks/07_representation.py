@@ -54,6 +54,7 @@ hidden = 16
 steps_a = 500
 batch_a = 256
 lr_a = 0.01
+more_seeds_a = [100, 200]  # the Momentum ResNet of (a) again at these seeds (layer i draws seed + i)
 # (b) linear maps
 eps_list = [0.0, 0.1, 0.25, 0.5, 1.0]
 eps_b = 1.0               # 2-D experiment
@@ -93,8 +94,13 @@ nets_a, rel_mse_a = {}, {}
 for name, eps in (("resnet", 0.0), ("momentum", eps_a)):
     nets_a[name], rel_mse_a[name] = ode.train_minus_x(eps, depth_a, hidden, steps_a, batch_a, lr_a, seed)
 resnet_increasing, resnet_layer_slope = ode.order_preservation(nets_a["resnet"])
+seeds_a = [seed, *more_seeds_a]
+rel_mse_seeds = [rel_mse_a["momentum"]] + [ode.train_minus_x(eps_a, depth_a, hidden, steps_a, batch_a, lr_a, s)[1]
+                                            for s in more_seeds_a]
 print(f"gamma of the Momentum ResNet: {nets_a['momentum'].gamma}")
 print(f"relative MSE on -x: ResNet {rel_mse_a['resnet']:.4f}, Momentum ResNet {rel_mse_a['momentum']:.2e}")
+print(f"Momentum ResNet at seeds {seeds_a}: relative MSE {', '.join(f'{v:.2e}' for v in rel_mse_seeds)} "
+      f"(largest {max(rel_mse_seeds):.2e})")
 print(f"ResNet map increasing on the grid: {resnet_increasing}; "
       f"smallest layer slope {resnet_layer_slope:.3f} (> 0: every layer keeps the order)")
 
@@ -197,8 +203,8 @@ save_figure(fig, "prop8_trajectory")
 paper_vs_this_run([
     {"claim": f"x -> -x, first-order flow (ResNet, h = 1/{depth_a})", "paper": "impossible (increasing map)",
      "measure": "MSE / E[x^2]", "this run": round(rel_mse_a["resnet"], 4)},
-    {"claim": f"x -> -x, Momentum ResNet (eps = {eps_a})", "paper": "possible",
-     "measure": "MSE / E[x^2]", "this run": float(f"{rel_mse_a['momentum']:.2e}")},
+    {"claim": f"x -> -x, Momentum ResNet (eps = {eps_a}), largest over {len(seeds_a)} seeds", "paper": "possible",
+     "measure": "MSE / E[x^2]", "this run": float(f"{max(rel_mse_seeds):.2e}")},
     *({"claim": f"2-D map c R (det < 0), c = {c}: ResNet", "paper": "cannot be represented",
        "measure": "||M - cR|| / ||cR||", "this run": round(errors_b["resnet", c], 4)} for c in factors),
     *({"claim": f"2-D map c R (det < 0), c = {c}: Momentum ResNet", "paper": "represented up to a factor",
@@ -210,10 +216,18 @@ paper_vs_this_run([
 
 # %% [markdown]
 # ## Checks
-# The measured claims fail if a trained Momentum ResNet stops fitting what a ResNet
-# cannot (for instance with the momentum switched off). The closed forms, the RK4
-# comparison and the ResNet bounds hold by construction or by a theorem; they are
-# consistency checks of the code, listed apart.
+# **The paper's expectations** are the claims (a)-(c) above. **Criteria, fixed before the
+# run**: (a) the trained ResNet's map increasing with every layer order-preserving, and its
+# relative MSE at least 0.99 (an increasing map cannot go below 1); the Momentum ResNet's
+# below 0.01 (it fits: 1 % of what any increasing map must leave) at every seed;
+# (b) where c < |m| the trained linear Momentum ResNet within a relative 1e-2 of c R,
+# and where c > |m| within 0.02 of the best it can do, (c - |m|)/(c sqrt 2);
+# (c) the network at the deepest N within 5e-3 of Prop. 8's x(1) and its measured order
+# of convergence within 0.1 of 1 (the discretisation is first order, notebook 08). The
+# measured claims fail if a trained Momentum ResNet stops fitting what a ResNet cannot
+# (for instance with the momentum switched off). The closed forms, the RK4 comparison and
+# the ResNet bounds hold by construction or by a theorem; they are consistency checks
+# of the code, listed apart.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -221,7 +235,8 @@ check_claims(
     measured={
         "(a) trained ResNet: map increasing, every layer order-preserving": resnet_increasing and resnet_layer_slope > 0,
         "(a) trained ResNet: relative MSE >= 0.99 (best increasing fit: 1)": rel_mse_a["resnet"] >= 0.99,
-        "(a) trained Momentum ResNet: relative MSE < 0.01": rel_mse_a["momentum"] < 0.01,
+        f"(a) trained Momentum ResNet: relative MSE < 0.01 at each of the {len(seeds_a)} seeds":
+            max(rel_mse_seeds) < 0.01,
         "(b) trained Momentum ResNet: error < 1e-2 on c R where c < |m|": all(
             errors_b["momentum", c] < 1e-2 for c in factors if c < abs(m_network)),
         "(b) and within 0.02 of the best possible where c > |m|": all(

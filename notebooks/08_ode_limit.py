@@ -132,17 +132,28 @@ paper_vs_this_run(rows)
 
 # %% [markdown]
 # ## Checks
-# The measured ones fail if the networks stop converging to the second-order ODE (for
-# instance with the momentum switched off) or the ODE stops approaching the first-order
-# flow. That the network at eps = h *is* the ResNet holds by construction (both are the
-# gamma = 0 network), so it is listed as an identity, not as a finding.
+# **The paper's expectation**: the Momentum ResNet is a discretisation of
+# eps x'' + x' = f(x), which tends to the first-order flow x' = f as eps -> 0.
+# **Criteria, fixed before the run from the derivation above** (order 1 in h, and a gap
+# of order eps): every fitted slope of the error against N within 0.05 of -1; over the
+# whole ladder, from its shallowest to its deepest network, the error falls at least
+# 0.4 times as much as 1/N does (order 1: as much; 0.4 leaves room for the higher-order
+# terms at the shallow end, which the slope fit leaves out); the exponent of the gap to
+# the first-order flow in eps within 0.1 of 1; and the networks' gap to the ResNet
+# following the ODE's gap (within 10 % + 2e-3). The measured ones fail if the networks
+# stop converging to the second-order ODE (for instance with the momentum switched off)
+# or the ODE stops approaching the first-order flow. That the network at eps = h *is*
+# the ResNet holds by construction (both are the gamma = 0 network), so it is listed as
+# an identity, not as a finding.
 
 # %%
 # NBVAL_CHECK_OUTPUT
 check_claims(
     measured={
         "network error ~ 1/N: every fitted slope within 0.05 of -1": all(abs(s + 1) < 0.05 for s in slopes.values()),
-        f"network error at N = {depths[-1]} below 1e-3 for every eps": all(errors[eps][depths[-1]] < 1e-3 for eps in eps_list),
+        "over each eps's whole ladder the error falls at least 0.4 times as much as 1/N does (order 1: as much)":
+            all(errors[eps][min(errors[eps])] >= 0.4 * (max(errors[eps]) / min(errors[eps])) * errors[eps][max(errors[eps])]
+                for eps in eps_list),
         "ODE gap to the first-order flow ~ eps: exponent within 0.1 of 1": abs(slope_eps - 1) < 0.1,
         f"networks at N = {limit_depth} follow the ODE gap (within 10 % + 2e-3)":
             all(net_gap[e] < 1.1 * ode_gap[e] + 2e-3 for e in eps_zero_list),

@@ -249,6 +249,19 @@ def paper_vs_this_run(rows: list[dict], title: str = "paper vs this run"):
     return pd.DataFrame(rows)
 
 
+def format_this_run(table, digits: int = 6):
+    """``table`` (from :func:`paper_vs_this_run`) with every float of its "this run" columns
+    written with up to ``digits`` significant figures (scientific where needed: the
+    notebooks round their values already), booleans and integers as they are. pandas
+    shows a column that mixes floats with booleans or integers with fixed decimals, which
+    prints 3.6e-07 as 0.0."""
+    out = table.copy()
+    for col in out.columns:
+        if str(col).startswith("this run"):
+            out[col] = out[col].map(lambda v: f"{v:.{digits}g}" if isinstance(v, float) else v)
+    return out
+
+
 def run_dir(profile: str, name: str, settings: dict) -> Path:
     """Folder of a cached run: ``<results_dir>/<name>-<digest>``, the digest covering every
     setting and :func:`code_version` (a folder version of :func:`checkpoint_path`)."""

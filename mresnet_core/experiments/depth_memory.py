@@ -71,7 +71,7 @@ import torch
 from torch import nn
 
 from .. import exact
-from ..memory import measure_step_memory, peak_rss_in_fresh_process, saved_tensors
+from ..memory import measure_step_memory, peak_rss_in_forked_processes, saved_tensors
 from ..momentum import MomentumNet
 from .common import toy_mlp
 
@@ -88,6 +88,13 @@ def _layout(gamma: float) -> tuple:
     62-bit state in an int64 with 32-bit words (gamma < 2**-8)."""
     state_bits, word_bits = exact.buffer_layout(exact.gamma_numerator(gamma))
     return (4 if state_bits < 32 else 8), word_bits, (word_bits + 7) // 8
+
+
+def buffer_layout_bytes(gamma: float) -> tuple:
+    """(bytes of the information buffer's live state per element, bits of a spilled word)
+    at ``gamma``: what the memory-free path keeps per element besides int64 x and v."""
+    state, word_bits, _ = _layout(gamma)
+    return state, word_bits
 
 
 def figure2_gamma(depth: int, scale: float = 50.0) -> float:
@@ -213,25 +220,45 @@ def training_step(net: nn.Module, x: torch.Tensor) -> None:
     net(x).pow(2).mean().backward()
 
 
+def warm_up_both_paths(dim: int = 500, batch: int = 500, hidden: int = 8, gamma_scale: float = 50.0,
+                       seed: int = 1, gamma: float | None = None) -> None:
+    """One training step of a *one-layer* stack on *both* paths (at ``gamma``, default
+    Figure 2's value at depth 1): torch's first-use initialisation, and the exact kernels
+    of the memory-free path loaded (or compiled), before any measured step."""
+    problem = ToyProblem(dim, batch, hidden, gamma_scale, seed)
+    for path in PATHS.values():
+        warm, x = build(1, path, problem, gamma=problem.gamma(1) if gamma is None else gamma)
+        training_step(warm, x)
+        del warm
+
+
+def prepare_fork_server(dim: int = 500, batch: int = 500, hidden: int = 8, gamma_scale: float = 50.0,
+                        seed: int = 1) -> None:
+    """``prepare`` of :func:`mresnet_core.memory.peak_rss_in_forked_processes`: the warm-up
+    of both paths once, in the interpreter the measured children are forked from (torch's
+    first-use work, paid once instead of in every child), with one torch thread (no thread
+    pool exists when it forks)."""
+    torch.set_num_threads(1)
+    warm_up_both_paths(dim, batch, hidden, gamma_scale, seed)
+
+
 def fresh_process_step(depth: int, memory_efficient: bool, dim: int = 500, batch: int = 500,
                        hidden: int = 8, gamma_scale: float = 50.0, seed: int = 1,
-                       threads: int = 1):
-    """Factory for :func:`mresnet_core.memory.peak_rss_in_fresh_process`.
+                       threads: int = 1, warm_up: bool = True):
+    """Factory for :func:`mresnet_core.memory.peak_rss_in_forked_processes` (with
+    ``warm_up=False`` after :func:`prepare_fork_server`) or
+    :func:`~mresnet_core.memory.peak_rss_in_fresh_process`.
 
-    Builds the model and data, runs one warm-up step of a *one-layer* stack on *both*
-    paths with the same gamma (it loads the kernels, and compiles the exact kernels of
-    the memory-free path), and returns the step of the ``depth``-layer stack. Warming both
-    paths in every process gives both the same libraries before the step: the compiler
-    the memory-free path loads is not counted as a difference in its RSS baseline, and
+    Builds the model and data and returns the step of the ``depth``-layer stack; with
+    ``warm_up`` it first runs :func:`warm_up_both_paths` at the depth's gamma. Warming both
+    paths in every process gives both the same libraries before the step: the kernels
+    the memory-free path loads are not counted as a difference in its RSS baseline, and
     nothing is compiled during the measured step.
     """
     torch.set_num_threads(threads)
     problem = ToyProblem(dim, batch, hidden, gamma_scale, seed)
-    gamma = problem.gamma(depth)
-    for path in PATHS.values():
-        warm, x = build(1, path, problem, gamma=gamma)
-        training_step(warm, x)
-        del warm
+    if warm_up:
+        warm_up_both_paths(dim, batch, hidden, gamma_scale, seed, gamma=problem.gamma(depth))
     net, x = build(depth, memory_efficient, problem)
     return lambda: training_step(net, x)
 
@@ -260,8 +287,12 @@ class Point:
     seconds: float = 0.0
 
 
-def _measure_point(depth: int, path: str, problem: ToyProblem, device) -> Point:
+def _measure_point(depth: int, path: str, problem: ToyProblem, device, warm_up: bool = True) -> Point:
     start = time.perf_counter()
+    if warm_up:  # a one-layer step of this path first: kernels loaded (compiled) outside the measured step
+        warm, x = build(1, PATHS[path], problem, device, gamma=problem.gamma(depth))
+        training_step(warm, x)
+        del warm
     net, x = build(depth, PATHS[path], problem, device)
     report = saved_tensors(net.forward_state, x)
     saved = report.nbytes
@@ -272,8 +303,6 @@ def _measure_point(depth: int, path: str, problem: ToyProblem, device) -> Point:
     else:
         theory = toy_ordinary_saved_bytes(depth, problem.batch, problem.dim,
                                                        problem.hidden, x.element_size())
-    training_step(net, x)  # warm-up (compiles the exact kernels on first use)
-    net.zero_grad(set_to_none=True)
     step = measure_step_memory(lambda: training_step(net, x), device)
     return Point(depth, path, net.gamma, saved, theory, buffer, step.peak, step.method,
                  seconds=time.perf_counter() - start)
@@ -287,12 +316,15 @@ def measure_depths(depths, problem: ToyProblem = ToyProblem(), *,
     saved (bytes kept for backward), theory (:mod:`.memory_model`), buffer (information
     buffer bytes, 0 for ordinary), peak (peak of one step above its starting level,
     parameter gradients included), peak_method ("cpu-profiler" or "cuda-allocator"),
-    seconds (wall time of the point: two forward passes, two backward passes).
+    seconds (wall time of the point: a forward pass for the saved bytes and one step;
+    the first depth of each path starts with a one-layer warm-up step, which loads the
+    exact kernels, or compiles them, outside the measured step).
     """
     import pandas as pd
 
     device = torch.device(device)
-    rows = [_measure_point(int(depth), path, problem, device) for depth in depths for path in PATHS]
+    rows = [_measure_point(int(depth), path, problem, device, warm_up=(i == 0))
+            for i, depth in enumerate(depths) for path in PATHS]
     return pd.DataFrame([asdict(p) for p in rows])
 
 
@@ -313,24 +345,32 @@ def measure_rss(depths, problem: ToyProblem = ToyProblem(), *, settings=None, th
 
     Returns a pandas DataFrame with columns depth, path, malloc (a key of ``settings``,
     default :data:`MALLOC_SETTINGS`), before (RSS just before the step, bytes), peak
-    (highest RSS during the step), step (peak - before), method. The child processes
-    run one at a time with ``threads`` threads and the current environment plus the
-    setting's variables (``MRESNET_EXACT_BACKEND`` included); their output is captured.
+    (highest RSS during the step), step (peak - before), method. Per allocator setting,
+    one fresh interpreter with the current environment plus the setting's variables
+    (``MRESNET_EXACT_BACKEND`` included) imports this module and warms up both paths on a
+    one-layer stack (:func:`prepare_fork_server`: torch's first-use work done once), and
+    each (depth, path) point runs in a child forked from it, one at a time, with
+    ``threads`` threads (:func:`mresnet_core.memory.peak_rss_in_forked_processes`): the
+    child warms up both paths again (cheap now; it brings the pages the step runs into
+    its own RSS before the measurement, as in a fresh process), then runs the step. Each
+    point starts from the same freshly prepared process; the import is paid once per setting.
     """
     import pandas as pd
 
     settings = MALLOC_SETTINGS if settings is None else settings
+    points = [(int(depth), path) for depth in depths for path in PATHS]
     rows = []
     for malloc, env in settings.items():
-        for depth in depths:
-            for path, memory_efficient in PATHS.items():
-                kwargs = dict(depth=int(depth), memory_efficient=memory_efficient, dim=problem.dim,
-                              batch=problem.batch, hidden=problem.hidden,
-                              gamma_scale=problem.gamma_scale, seed=problem.seed, threads=threads)
-                rss = peak_rss_in_fresh_process("mresnet_core.experiments.depth_memory:fresh_process_step", kwargs,
+        sizes = dict(dim=problem.dim, batch=problem.batch, hidden=problem.hidden,
+                     gamma_scale=problem.gamma_scale, seed=problem.seed)
+        calls = [dict(depth=depth, memory_efficient=PATHS[path], threads=threads, **sizes)
+                 for depth, path in points]
+        measured = peak_rss_in_forked_processes(f"{__name__}:fresh_process_step", calls,
+                                                prepare=f"{__name__}:prepare_fork_server", prepare_kwargs=sizes,
                                                 env=env, timeout=timeout)
-                rows.append(dict(depth=int(depth), path=path, malloc=malloc, before=rss["before"],
-                                 peak=rss["peak"], step=rss["step"], method=rss["method"]))
+        for (depth, path), rss in zip(points, measured):
+            rows.append(dict(depth=depth, path=path, malloc=malloc, before=rss["before"],
+                             peak=rss["peak"], step=rss["step"], method=rss["method"]))
     return pd.DataFrame(rows)
 
 

@@ -69,7 +69,11 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
         cmd += ["--sizes", ",".join(str(int(s)) for s in sizes)]
     if budget_mib:
         cmd += ["--budget-mib", str(float(budget_mib))]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(project_root()), os.environ.get("PYTHONPATH", "")]))
+    # the harness measures the mresnet_core this process imported (a patched copy first on
+    # PYTHONPATH included), then this checkout's
+    imported = Path(__file__).resolve().parents[2]
+    paths = [str(imported), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p), str(project_root())]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"the benchmark harness failed (exit {done.returncode}):\n{done.stderr[-3000:]}")

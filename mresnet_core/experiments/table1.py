@@ -307,13 +307,27 @@ def unconstrained_training(arch: str = "resnet18", steps: int = 8, batch: int = 
     """Train a memory-free Momentum ``arch`` with plain SGD, no constraint of any kind on its
     blocks (no spectral normalisation, no Lipschitz bound), for ``steps`` steps on one
     fixed batch of random images with random labels (a mechanics check: can it fit, not
-    a data set). Returns the losses, the Lipschitz lower bound of ``stage``'s first
-    momentum block after training, and whether that stack still inverts bit for bit."""
+    a data set). Returns the losses, whether ``stage``'s momentum stack still inverts bit
+    for bit after training, and the Lipschitz lower bound of its first momentum block
+    before and after training (each at the stack's input in eval mode).
+
+    The bound is no evidence about training: a torchvision block ends with a ReLU after
+    the skip addition, so its residual function ``f(x) = relu(g(x) + x) - x`` equals
+    ``-x`` on every coordinate where ``g(x) + x < 0``, which gives ``Lip(f) >= 1`` for
+    any weights, initial ones included."""
     model, _ = load_resnet(arch, seed=seed, pretrained=False)
     net = to_momentumnet(model, gamma, memory_efficient=True).train()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, size, size, generator=gen)
     y = torch.randint(0, 1000, (batch,), generator=gen)
+
+    def stack_and_input():  # in eval mode
+        net.eval()
+        return getattr(net, stage)[1], resnet_stage_input(net, x, stage)
+
+    stack, h = stack_and_input()
+    lipschitz_init = residual_lipschitz(stack, h)
+    net.train()
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     losses = []
     for _ in range(steps):
@@ -322,7 +336,6 @@ def unconstrained_training(arch: str = "resnet18", steps: int = 8, batch: int = 
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    net.eval()
-    h = resnet_stage_input(net, x, stage)
-    stack = getattr(net, stage)[1]
-    return {"losses": losses, "lipschitz": residual_lipschitz(stack, h), "inverse_ok": exact_inverse_ok(stack, h)}
+    stack, h = stack_and_input()
+    return {"losses": losses, "lipschitz_init": lipschitz_init, "lipschitz": residual_lipschitz(stack, h),
+            "inverse_ok": exact_inverse_ok(stack, h)}

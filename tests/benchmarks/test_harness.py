@@ -2,6 +2,7 @@
 CSV and JSON with machine, torch version and thread count, the printed ratio table."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,23 @@ def test_smoke_run_writes_csv_json_and_table(tmp_path):
     assert fit["original"]["batch_ratio"] == 1.0
     assert "1 thread(s)" in done.stdout and "exact whole-step" in done.stdout
     assert "Figure 7 regime" in done.stdout
+
+
+def test_a_child_imports_the_package_first_on_pythonpath(monkeypatch):
+    """A caller's PYTHONPATH (the notebook's package, a patched copy in the trip tests)
+    comes before this checkout in every child, so the package measured is the caller's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("harness_under_test", ROOT / "benchmarks" / "harness.py")
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    seen = {}
+
+    def fake_run(cmd, env, **kwargs):
+        seen["paths"] = env["PYTHONPATH"].split(os.pathsep)
+        return subprocess.CompletedProcess(cmd, 0, 'HARNESS_ROWS []\n', "")
+
+    monkeypatch.setattr(harness.subprocess, "run", fake_run)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/patched/copy", "/other"]))
+    assert harness.run_in_fresh_process({"workload": "toy", "size": 8}, ["original"], "cpu", 1, 10) == []
+    assert seen["paths"] == ["/patched/copy", "/other", str((ROOT / "benchmarks").resolve().parent)]

@@ -1,11 +1,13 @@
 """mresnet_core.memory: saved-tensor accounting and peak step memory (small, CPU)."""
+import sys
+
 import pytest
 import torch
 from torch import nn
 
 from mresnet_core import MomentumNet
-from mresnet_core.memory import (measure_step_memory, peak_rss_in_fresh_process, training_step_memory,
-                                 peak_step_memory, saved_tensor_bytes, saved_tensors)
+from mresnet_core.memory import (measure_step_memory, peak_rss_in_forked_processes, peak_rss_in_fresh_process,
+                                 peak_step_memory, saved_tensor_bytes, saved_tensors, training_step_memory)
 
 # Below exact.COMPILE_MIN_NUMEL elements, so the memory-free path runs eagerly (no compile).
 B, D, H = 128, 32, 8
@@ -168,6 +170,24 @@ def test_peak_rss_in_fresh_process():
                                     env={"OMP_NUM_THREADS": "1"})
     assert rss["peak"] >= rss["before"] > 0
     assert 0.9 * size <= rss["step"] <= 1.2 * size
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and /proc: Linux")
+def test_peak_rss_in_forked_processes_sees_each_step_alone():
+    """Each forked child sees its own step (the larger one first: a child never inherits
+    what another child allocated), and the order of the results is the order of the calls."""
+    sizes = [192 << 20, 64 << 20]
+    rows = peak_rss_in_forked_processes("mresnet_core.memory:allocation_step", [{"nbytes": n} for n in sizes],
+                                        env={"OMP_NUM_THREADS": "1"})
+    assert [r["method"] for r in rows] == ["VmHWM (forked)"] * 2
+    for size, rss in zip(sizes, rows):
+        assert rss["peak"] >= rss["before"] > 0
+        assert 0.9 * size <= rss["step"] <= 1.2 * size
+
+
+def test_a_failing_forked_step_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="failed"):
+        peak_rss_in_forked_processes("mresnet_core.memory:allocation_step", [{"nbytes": 1024}, {"wrong": 1}])
 
 
 # ----------------------------------------------------------------------- whole training step

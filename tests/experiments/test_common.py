@@ -53,6 +53,19 @@ def test_paper_vs_this_run_takes_computed_values_only():
         common.paper_vs_this_run([{"claim": "x", "paper": "yes"}])
 
 
+def test_format_this_run_shows_every_value_of_a_mixed_column():
+    table = common.paper_vs_this_run([
+        {"claim": "a", "paper": "-", "this run": 3.6e-7},
+        {"claim": "b", "paper": "-", "this run": True},
+        {"claim": "c", "paper": "-", "this run": 51},
+        {"claim": "d", "paper": "-", "this run": 580000000000.0},
+        {"claim": "e", "paper": "-", "this run": 3.3218}])
+    shown = common.format_this_run(table)
+    assert list(shown["this run"]) == ["3.6e-07", True, 51, "5.8e+11", "3.3218"]
+    assert "3.6e-07" in shown.to_string() and table["this run"].iloc[0] == 3.6e-7  # the input is left as it was
+    assert list(shown["claim"]) == ["a", "b", "c", "d", "e"]
+
+
 def test_cache_key_follows_settings_and_code_version(tmp_path, monkeypatch):
     monkeypatch.setenv("MRESNET_RESULTS_DIR", str(tmp_path))
     first = common.checkpoint_path("quick", "run", {"steps": 10})

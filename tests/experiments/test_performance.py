@@ -1,4 +1,9 @@
 """Notebook helpers for the benchmark: the DataFrame runner and the ratio plot."""
+import json
+import os
+import subprocess
+from pathlib import Path
+
 import matplotlib
 import pandas as pd
 import pytest
@@ -33,6 +38,23 @@ def test_run_benchmark_checks_the_profile():
     with pytest.raises(ValueError, match="profile must be"):
         performance.run_benchmark("huge")
     assert performance.harness_path().name == "harness.py"
+
+
+def test_run_benchmark_measures_the_package_this_process_imported(monkeypatch, tmp_path):
+    """The harness gets the folder of the imported mresnet_core first on its PYTHONPATH (a
+    patched copy in the trip tests), then the caller's PYTHONPATH, then this checkout."""
+    seen = {}
+
+    def fake_run(cmd, env, **kwargs):
+        seen["paths"] = env["PYTHONPATH"].split(os.pathsep)
+        (tmp_path / "results.json").write_text(json.dumps({"rows": []}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(performance.subprocess, "run", fake_run)
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    performance.run_benchmark("smoke", out=tmp_path)
+    imported = str(Path(performance.__file__).resolve().parents[2])
+    assert seen["paths"][:2] == [imported, "/somewhere/else"]
 
 
 @pytest.mark.benchmark

@@ -45,6 +45,29 @@ def test_lipschitz_lower_bound_of_a_linear_map():
     assert bound <= top * (1 + 1e-5) and bound == pytest.approx(top, rel=1e-3)
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 5.0])
+def test_a_torchvision_block_has_a_residual_lipschitz_constant_of_at_least_one(scale):
+    """f(x) = relu(g(x) + x) - x is -x on every coordinate where g(x) + x < 0: Lip(f) >= 1
+    for any weights (why the Table 1 notebook makes no Lipschitz claim about training)."""
+    from torchvision.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    block = BasicBlock(4, 4).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.mul_(scale)
+    x = torch.randn(2, 4, 6, 6)
+    bound = table1.lipschitz_lower_bound(lambda z: block(z) - z, x, iters=50)
+    assert bound >= 1 - 1e-4
+
+
+def test_unconstrained_training_fits_inverts_and_bounds_before_and_after():
+    out = table1.unconstrained_training("resnet18", steps=3, batch=2, size=32, gamma=0.9, seed=0)
+    assert len(out["losses"]) == 3 and out["losses"][-1] < out["losses"][0]
+    assert out["inverse_ok"]
+    assert out["lipschitz_init"] >= 1 - 1e-4 and out["lipschitz"] >= 1 - 1e-4
+
+
 def test_resnet_report_small():
     row = table1.resnet_report("resnet18", batch=2, size=32, pretrained=False)
     assert row["tensors equal"] and row["new copies"] and row["layer3 exact inverse"]
