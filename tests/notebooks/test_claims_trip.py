@@ -167,3 +167,48 @@ def test_learning_to_optimize_needs_the_friction_of_momentum(tmp_path, monkeypat
     volume like the RevNet: the Momentum ResNet stops converging past its training depth."""
     assert_claims_fail("06_learning_to_optimize", tmp_path, monkeypatch, "velocity not damped", {"more_seeds": []},
                        "momentum within 1e-3 of x* at depth")
+
+
+# ---------------------------------------------------------------- Table 2 and Figure 6 (09, 10)
+#: the quick recipe cut to one short epoch: the claims tripped below do not depend on how
+#: well the networks learned (an accuracy change that is exactly 0 when the stacks compute
+#: nothing; gradients off by the stacks' share when theirs are dropped)
+SHORT_RECIPE = {"train_images": 300, "test_images": 200, "epochs": 1, "lr_milestones": []}
+TABLE2_SHORT = {"recipe_changes": SHORT_RECIPE, "seeds": [0], "variants": ["Momentum ResNet, v0 = 0"]}
+FIGURE6_SHORT = {"recipe_changes": SHORT_RECIPE, "gammas": [0.0, 0.9, 1.0]}
+
+
+@pytest.mark.slow
+def test_table2_sees_momentum_stacks_that_compute_nothing(tmp_path, monkeypatch):
+    """Stacks whose residual functions give 0 leave the Momentum ResNet the same network at
+    every gamma_test (its accuracy at the ResNet's would still be close)."""
+    assert_claims_fail("09_table2_accuracy", tmp_path, monkeypatch, "residual functions skipped", TABLE2_SHORT,
+                       "loses >= 2.5 points at every seed (its momentum stacks act)")
+
+
+@pytest.mark.slow
+def test_table2_needs_momentum(tmp_path, monkeypatch):
+    """Momentum switched off, the Momentum ResNet is a ResNet: its parity with the ResNet
+    would hold, the change at another gamma_test does not."""
+    assert_claims_fail("09_table2_accuracy", tmp_path, monkeypatch, "momentum off", TABLE2_SHORT,
+                       "loses >= 2.5 points at every seed (its momentum stacks act)")
+
+
+@pytest.mark.slow
+def test_table2_sees_zeroed_memory_free_parameter_gradients(tmp_path, monkeypatch):
+    """Frozen random stacks reach about the trained ones' accuracy at this size; the
+    gradient check on the trained network sees them."""
+    assert_claims_fail("09_table2_accuracy", tmp_path, monkeypatch, "memory-free parameter gradients zeroed",
+                       TABLE2_SHORT, "Momentum ResNet, v0 = 0: memory-free parameter gradients within 1e-06")
+
+
+@pytest.mark.slow
+def test_figure6_sees_momentum_stacks_that_compute_nothing(tmp_path, monkeypatch):
+    assert_claims_fail("10_figure6_gamma", tmp_path, monkeypatch, "residual functions skipped", FIGURE6_SHORT,
+                       "gamma_train = 0 evaluated at gamma_test = 1 without refit loses >= 2.5 points")
+
+
+@pytest.mark.slow
+def test_figure6_sees_zeroed_memory_free_parameter_gradients(tmp_path, monkeypatch):
+    assert_claims_fail("10_figure6_gamma", tmp_path, monkeypatch, "memory-free parameter gradients zeroed",
+                       FIGURE6_SHORT, "memory-free parameter gradients at gamma = 0.9 within 1e-06")
