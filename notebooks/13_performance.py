@@ -47,15 +47,17 @@ from mresnet_core.plotting import save_figure
 # %% tags=["parameters"]
 profile = "quick"
 bench_profile = "quick"  # the harness's profile: smoke, quick or full
-threads = 0  # 0: torch's default thread count (what the speed targets are measured at)
+threads = 0  # 0: torch's default thread count (what the speed targets are measured at); else the harness's too
 workloads = ["toy"]  # paper profile: all workloads
 sizes = [8, 16, 64]  # toy depths (paper profile: all of the harness's)
+contenders = None  # None: every contender of the harness; a subset must name original, ordinary, exact and auto
 fit_depth = 302  # Figure 7's regime: 12 n + 2 layers (n Bottleneck blocks per stage); the paper: 1202
 fit_budget_mib = 64  # the memory budget each contender's batch must fit in
 
 # %%
 start = setup_notebook(threads, 0)
-rows = perf.run_benchmark(bench_profile, workloads=workloads, sizes=sizes)
+rows = perf.run_benchmark(bench_profile, workloads=workloads, sizes=sizes, contenders=contenders,
+                          threads=threads or None)
 print(f"{len(rows)} measurements, {rows['threads'].iloc[0]} thread(s), torch {rows['torch'].iloc[0]}, "
       f"{rows['machine'].iloc[0]}")
 table = rows[rows["workload"] == "toy"].pivot_table(index="size", columns="contender", values="whole_step_ratio")
@@ -97,22 +99,39 @@ for d in depths:
 
 # %% [markdown]
 # ## Checks (memory only: deterministic)
-# What holds in this measurement, each failing if the memory-free path stopped saving
-# memory or grew its peak (ratios to the original, the plain loop trained by ordinary
-# backprop). Exact inversion holds a 20-byte-per-element state (int64 x
-# and v, the buffer's 32-bit state) through the backward pass, where the parameter
-# gradients are being allocated; it drops that state once the backward pass reaches
-# depth 0, and the incoming gradient is handed over rather than held beside the
-# adjoint, so at depth 8 it stays within 1.15x of ordinary backprop, and below it from
-# depth 16 on. `auto` plans a lone stack as the whole step: ordinary backprop where
-# inverting would not save memory (depth 8 here), exact inversion from where it does
-# (inside a converted network it recomputes short stacks instead, which frees their
-# activations while the rest of the network runs). Where `auto` inverts, the graphs it keeps are
-# sized to fit in the gradients: its whole-step peak must be no higher than inverting
-# every layer (its gradient-free peak is higher: that is where the kept graphs show).
-# The whole step includes every parameter gradient
-# (the toy stack has its own weights at every layer), which no method saves: the
-# gradient-free peak shows the activations alone.
+# **The paper's expectation**: the memory-free path's activation memory is flat in depth
+# (Fig. 2); the paper gives no whole-step figures at these depths. **Criteria, fixed
+# before the run** (the project's targets, `DESIGN.md`), as ratios to the original (the
+# plain loop trained by ordinary backprop), each failing if the memory-free path stopped
+# saving memory or grew its peak: exact inversion's whole step within 1.15x of the
+# original's at depth 8 and below it from depth 16 on, its share falling with depth, and
+# its gradient-free peak under a quarter of the original's at the deepest depth (the
+# original keeps every layer's activations, exact inversion a few layers' worth: its
+# state, one layer's graph and the backward's temporaries); `auto` never above the
+# leaner of its two alternatives (below), and below the original from depth 16 on.
+#
+# Why depth 8 is the hard case: exact inversion holds its int64 state (x, v and the
+# buffer's live state) through the backward pass, where the parameter gradients are
+# being allocated; it drops that state once the backward pass reaches depth 0, and the
+# incoming gradient is handed over rather than held beside the adjoint, which is what
+# brings it near ordinary backprop at a depth where there is little to save. `auto` plans a lone stack as the whole step, from the shapes and before
+# anything is measured: ordinary backprop where it estimates that inverting would not save
+# memory, exact inversion where it would (inside a converted network it recomputes short
+# stacks instead, which frees their activations while the rest of the network runs).
+# Where `auto` inverts, the graphs it keeps are sized to fit in the gradients: its
+# whole-step peak must be no higher than inverting every layer (its gradient-free peak
+# is higher: that is where the kept graphs show). The whole step includes every
+# parameter gradient (the toy stack has its own weights at every layer), which no method
+# saves: the gradient-free peak shows the activations alone.
+#
+# **What the claim on `auto` tests.** "auto never above the original's" alone would hold
+# trivially wherever auto picked ordinary backprop (it then runs ordinary backprop's code:
+# the same step, an identity). The measured claim is about the *choice*: at every depth,
+# auto's whole-step peak is within 0.1 % of the smaller of the two measured alternatives,
+# forced exact inversion and ordinary backprop. Where forced exact inversion costs more
+# than ordinary backprop (the shallow end), this fails if auto inverts; where it costs
+# less, it fails if auto does not. That auto's backprop step equals ordinary backprop's
+# is listed as an identity.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -127,11 +146,16 @@ check_claims({
         all(ratio.loc[a, "exact"] > ratio.loc[b, "exact"] for a, b in zip(depths, depths[1:])),
     f"exact inversion: gradient-free peak under a quarter of the original's at depth {depths[-1]}":
         act.loc[depths[-1], "exact"] < 0.25,
-    "auto: whole-step memory never above the original's, below it from depth 16 on":
-        bool((ratio["auto"] <= 1.0).all()) and all(ratio.loc[d, "auto"] < 1 for d in deep),
+    "auto chose the leaner of exact inversion and ordinary backprop at every depth "
+    "(whole-step peak within 0.1 % of the smaller measured one)":
+        all(ratio.loc[d, "auto"] <= 1.001 * min(ratio.loc[d, "exact"], ratio.loc[d, "ordinary"]) for d in depths),
+    "auto: whole-step memory below the original's from depth 16 on": all(ratio.loc[d, "auto"] < 1 for d in deep),
     f"auto inverts at depth {depths[-1]}, and where it inverts its kept graphs leave the whole-step peak within 0.1 % of inverting every layer":
         modes[depths[-1]].startswith("exact") and all(
             ratio.loc[d, "auto"] <= ratio.loc[d, "exact"] * 1.001 for d in depths if modes[d].startswith("exact")),
+}, identities={
+    "where auto chose ordinary backprop, its whole-step peak is ordinary backprop's (the same code path)":
+        all(ratio.loc[d, "auto"] == ratio.loc[d, "ordinary"] for d in depths if modes[d] == "backprop"),
 })
 assert (toy["whole_step_bytes"] == toy[["first_step_bytes", "later_step_bytes"]].max(axis=1)).all()
 
@@ -153,7 +177,7 @@ assert (toy["whole_step_bytes"] == toy[["first_step_bytes", "later_step_bytes"]]
 # and at least 3x checkpointing's batch.
 
 # %%
-fit = perf.run_benchmark("figure7", sizes=[fit_depth], budget_mib=fit_budget_mib)
+fit = perf.run_benchmark("figure7", sizes=[fit_depth], budget_mib=fit_budget_mib, threads=threads or None)
 fit_cols = ["contender", "largest_batch", "batch_ratio", "batch_vs_checkpoint", "sample_time_s",
             "whole_step_bytes", "first_step_bytes", "later_step_bytes", "modes", "status"]
 fit[fit_cols].set_index("contender")

@@ -169,6 +169,16 @@ def test_learning_to_optimize_needs_the_friction_of_momentum(tmp_path, monkeypat
                        "momentum within 1e-3 of x* at depth")
 
 
+@pytest.mark.slow
+def test_performance_sees_a_planner_that_always_inverts(tmp_path, monkeypatch):
+    """At depth 8 exact inversion costs more whole-step memory than ordinary backprop:
+    a planner that inverts anyway is caught by the claim on auto's choice. The Figure 7
+    part comes after that check and does not run."""
+    params = {"sizes": [8, 64], "contenders": ["original", "ordinary", "exact", "auto"], "threads": 1}
+    assert_claims_fail("13_performance", tmp_path, monkeypatch, "planner always picks exact inversion", params,
+                       "auto chose the leaner of exact inversion and ordinary backprop at every depth")
+
+
 # ---------------------------------------------------------------- Table 2 and Figure 6 (09, 10)
 #: the quick recipe cut to one short epoch: the claims tripped below do not depend on how
 #: well the networks learned (an accuracy change that is exactly 0 when the stacks compute
