@@ -71,8 +71,8 @@ models, losses = {}, {}
 models[0.0], losses[0.0] = te.train_cubic(0.0, resnet_steps, **common)
 for gamma in gammas:
     models[gamma], losses[gamma] = te.train_cubic(gamma, momentum_steps, **common)
-again = {(gamma, s): te.train_cubic(gamma, momentum_steps, **{**common, "seed": s}, progress=False)[0]
-         for gamma in gammas for s in more_seeds}
+again = {(gamma, s): te.train_cubic_or_none(gamma, momentum_steps, **{**common, "seed": s}, progress=False)
+         for gamma in gammas for s in more_seeds}  # None: diverged (counted as not fitted)
 
 # %%
 best_increasing = te.best_increasing_mse(n_test)
@@ -92,9 +92,9 @@ for g in models:
 print(f"best MSE of any increasing map on the grid (constant fit, R^2 = 0): {best_increasing:.4f}")
 print(f"smallest slope of a ResNet layer x -> x + f(x) on [-1.5, 1.5]: {resnet_slope:.3f}")
 all_seeds = [seed, *more_seeds]
-r2_seeds = {g: [r2[g]] + [te.fit_r2(te.cubic_test_mse(again[g, s], n_test), n_test) for s in more_seeds]
-            for g in gammas}
-swapped_seeds = {g: [swapped[g]] + [te.swapped_pairs(te.trajectories(again[g, s], n_trajectories))
+r2_seeds = {g: [r2[g]] + [-np.inf if again[g, s] is None else te.fit_r2(te.cubic_test_mse(again[g, s], n_test), n_test)
+                          for s in more_seeds] for g in gammas}
+swapped_seeds = {g: [swapped[g]] + [0 if again[g, s] is None else te.swapped_pairs(te.trajectories(again[g, s], n_trajectories))
                                     for s in more_seeds] for g in gammas}
 for g in gammas:
     v = np.array(r2_seeds[g])

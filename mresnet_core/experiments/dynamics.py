@@ -93,6 +93,16 @@ def train_cubic(gamma: float, steps: int, *, depth: int = 15, hidden: int = 16, 
     return model, losses
 
 
+def train_cubic_or_none(gamma: float, steps: int, **kwargs):
+    """:func:`train_cubic`'s model, or None when its loss diverged (a run that fitted
+    nothing: the claims count it as failed, instead of the notebook stopping before them)."""
+    try:
+        return train_cubic(gamma, steps, **kwargs)[0]
+    except FloatingPointError as e:
+        print(f"gamma = {gamma}, seed {kwargs.get('seed')}: diverged ({e})")
+        return None
+
+
 def cubic_grid(n: int = 201) -> torch.Tensor:
     """``n`` evenly spaced inputs on [-1, 1], shaped (n, 1)."""
     return torch.linspace(-1.0, 1.0, n).unsqueeze(1)
