@@ -1,9 +1,8 @@
-"""experiments.images, table2, batch_memory: cached runs, summaries and budget arithmetic."""
+"""experiments.images, table2: cached runs and summaries (batch_memory: test_batch_memory.py)."""
 import pandas as pd
 import pytest
 
 from mresnet_core.experiments import images, table2
-from mresnet_core.experiments.batch_memory import largest_batch
 
 TINY = dict(model="resnet18", dataset="digits", width=4, image_size=8, epochs=1, batch_size=128, lr=0.05, lr_milestones=(),
             threads=1)
@@ -29,8 +28,3 @@ def test_summary_and_mean_std():
     assert stats.loc["Momentum ResNet, v0 = 0", "std"] == 0 and (stats["runs"] == 2).all()
     assert images.mean_std([3.0]) == (3.0, 0.0)
 
-
-def test_largest_batch_from_the_affine_fit():
-    table = pd.DataFrame([{"model": m, "batch": b, "whole_step": base + per * b}
-                          for m, base, per in (("a", 100, 10), ("b", 100, 2)) for b in (4, 8, 16)])
-    assert largest_batch(table, 300) == {"a": 20, "b": 100}
