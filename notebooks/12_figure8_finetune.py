@@ -162,7 +162,8 @@ paper_vs_this_run([
     {"claim": f"training time to {target:.0f} % (s, median, this machine)", "paper": "Momentum sooner (GPU)",
      "this run: ResNet": round(res["seconds"], 2), "this run: Momentum ResNet": round(mom["seconds"], 2)},
     {"claim": "training time per sample (ms, median)", "paper": "-",
-     "this run: ResNet": round(1e3 * res["per sample"], 2), "this run: Momentum ResNet": round(1e3 * mom["per sample"], 2)},
+     "this run: ResNet": round(1e3 * res["per sample"], 2),
+     "this run: Momentum ResNet": round(1e3 * mom["per sample"], 2)},
     {"claim": "mean |change| of the accuracy between evaluations (points, median)", "paper": "Momentum smoother",
      "this run: ResNet": round(res["smooth"], 2), "this run: Momentum ResNet": round(mom["smooth"], 2)},
 ])

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mresnet_core import to_momentumnet
 from mresnet_core.experiments import batch_memory as bm
 from mresnet_core.memory import training_step_memory
-from mresnet_core.models import build_deep_resnet, build_model, momentum_stacks, set_gamma
+from mresnet_core.models import build_deep_resnet, momentum_stacks, set_gamma
 
 
 def tiny_pair():
@@ -114,7 +114,8 @@ def test_plot_draws_points_above_the_budget_as_crosses():
         {"model": "resnet26", "batch": 4, "whole_step": 4e6, "activations": 3e6, "fits": False, "out_of_memory": False},
         {"model": "resnet26", "batch": 8, "whole_step": None, "activations": None, "fits": False,
          "out_of_memory": True},
-        {"model": "mresnet26", "batch": 2, "whole_step": 1e6, "activations": 5e5, "fits": True, "out_of_memory": False}])
+        {"model": "mresnet26", "batch": 2, "whole_step": 1e6, "activations": 5e5, "fits": True,
+         "out_of_memory": False}])
     fig = bm.plot_memory(table, 3e6, {"resnet26": 2, "mresnet26": 2})
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert "resnet26: out of memory" in labels
