@@ -535,8 +535,11 @@ def allocation_step(nbytes: int) -> Callable[[], float]:
     """A step that allocates and fills ``nbytes`` of tensor memory (a calibration).
 
     ``peak_rss_in_fresh_process("mresnet_core.memory:allocation_step", {"nbytes": n})``
-    should report a step of about ``n`` bytes.
+    should report a step of about ``n`` bytes. The same step runs once at 4 KiB before
+    it is returned: a forked child would otherwise count the library pages its first
+    ``ones``/``sum`` touches (tens of MiB) as the step's.
     """
-    def step() -> float:
-        return float(torch.ones(nbytes // 4, dtype=torch.float32).sum())
+    def step(n: int = nbytes) -> float:
+        return float(torch.ones(n // 4, dtype=torch.float32).sum())
+    step(4096)
     return step
