@@ -29,10 +29,13 @@
 # whole-step peak stays within a memory budget, every batch reported measured (the next
 # one measured above the budget), with the time per sample there.
 #
-# **Quick profile** (CPU, a few minutes): toy depths 8, 16, 64; Figure 7's regime at depth
-# 302 within 64 MiB. **Paper profile**: the full sweep (toy depths 8-1024, converted
-# ResNet-18/50/101, a Transformer encoder) and Figure 7's regime at depth 1202 (the
-# paper's "1201"); on a GPU `python benchmarks/harness.py --device cuda`. The full
+# **Quick profile** (CPU, under two minutes): the toy depths of the parameters cell;
+# Figure 7's regime at depth 302 within 64 MiB without the reference package (its
+# largest-batch search is the slowest; the recorded depth-1202 run has it); a few timed
+# steps per contender (`repeats`), so the printed times are rough. **Paper profile**:
+# the full sweep (toy depths 8-1024, converted ResNet-18/50/101, a Transformer encoder)
+# and Figure 7's regime at depth 1202 (the paper's "1201"), every contender, the
+# harness's own number of timed steps; on a GPU `python benchmarks/harness.py --device cuda`. The full
 # depth-1202 run on this project's CPU is recorded in `benchmarks/figure7-cpu.json`
 # and shown at the end.
 
@@ -51,13 +54,15 @@ threads = 0  # 0: torch's default thread count (what the speed targets are measu
 workloads = ["toy"]  # paper profile: all workloads
 sizes = [8, 16, 64]  # toy depths (paper profile: all of the harness's)
 contenders = None  # None: every contender of the harness; a subset must name original, ordinary, exact and auto
+repeats = 3  # timed steps per contender (None: the harness's profile, 10 for the toy stack); times are printed only
 fit_depth = 302  # Figure 7's regime: 12 n + 2 layers (n Bottleneck blocks per stage); the paper: 1202
 fit_budget_mib = 64  # the memory budget each contender's batch must fit in
+fit_contenders = ["original", "ordinary", "checkpoint", "exact", "auto"]  # None: all (the reference's search is the slowest)
 
 # %%
 start = setup_notebook(threads, 0)
 rows = perf.run_benchmark(bench_profile, workloads=workloads, sizes=sizes, contenders=contenders,
-                          threads=threads or None)
+                          threads=threads or None, repeats=repeats)
 print(f"{len(rows)} measurements, {rows['threads'].iloc[0]} thread(s), torch {rows['torch'].iloc[0]}, "
       f"{rows['machine'].iloc[0]}")
 table = rows[rows["workload"] == "toy"].pivot_table(index="size", columns="contender", values="whole_step_ratio")
@@ -177,7 +182,8 @@ assert (toy["whole_step_bytes"] == toy[["first_step_bytes", "later_step_bytes"]]
 # and at least 3x checkpointing's batch.
 
 # %%
-fit = perf.run_benchmark("figure7", sizes=[fit_depth], budget_mib=fit_budget_mib, threads=threads or None)
+fit = perf.run_benchmark("figure7", sizes=[fit_depth], budget_mib=fit_budget_mib, threads=threads or None,
+                         contenders=fit_contenders, repeats=repeats)
 fit_cols = ["contender", "largest_batch", "batch_ratio", "batch_vs_checkpoint", "sample_time_s",
             "whole_step_bytes", "first_step_bytes", "later_step_bytes", "modes", "status"]
 fit[fit_cols].set_index("contender")

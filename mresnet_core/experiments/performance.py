@@ -37,7 +37,7 @@ def harness_path() -> Path:
 
 def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloads=None,
                   contenders=None, sizes=None, device: str = "cpu", out: str | Path | None = None,
-                  timeout: float = 3600, budget_mib: float | None = None):
+                  timeout: float = 3600, budget_mib: float | None = None, repeats: int | None = None):
     """Run the harness (``profile`` 'smoke', 'quick', 'full' or 'figure7') and return its rows.
 
     Returns a pandas DataFrame with the columns of ``results.json`` (workload, size,
@@ -47,7 +47,8 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
     batch_ratio, batch_vs_checkpoint, sample_time_s, budget_bytes, peaks).
     ``workloads``, ``contenders`` and ``sizes`` (toy depths, image sizes, sequence
     lengths, network depths) filter the profile's configurations; ``budget_mib`` sets
-    the memory budget of the 'figure7' rows.
+    the memory budget of the 'figure7' rows; ``repeats`` the number of timed steps per
+    contender (default: the profile's).
     ``out`` keeps the CSV/JSON (default: a temporary folder). The quick profile takes a
     few minutes on a 2-core CPU.
     """
@@ -69,6 +70,8 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
         cmd += ["--sizes", ",".join(str(int(s)) for s in sizes)]
     if budget_mib:
         cmd += ["--budget-mib", str(float(budget_mib))]
+    if repeats:
+        cmd += ["--repeats", str(int(repeats))]
     # the harness measures the mresnet_core this process imported (a patched copy first on
     # PYTHONPATH included), then this checkout's
     imported = Path(__file__).resolve().parents[2]

@@ -46,15 +46,16 @@ def test_run_benchmark_measures_the_package_this_process_imported(monkeypatch, t
     seen = {}
 
     def fake_run(cmd, env, **kwargs):
-        seen["paths"] = env["PYTHONPATH"].split(os.pathsep)
+        seen["paths"], seen["cmd"] = env["PYTHONPATH"].split(os.pathsep), cmd
         (tmp_path / "results.json").write_text(json.dumps({"rows": []}))
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(performance.subprocess, "run", fake_run)
     monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
-    performance.run_benchmark("smoke", out=tmp_path)
+    performance.run_benchmark("smoke", out=tmp_path, repeats=2, contenders=["original", "exact"])
     imported = str(Path(performance.__file__).resolve().parents[2])
     assert seen["paths"][:2] == [imported, "/somewhere/else"]
+    assert seen["cmd"][-4:] == ["--contenders", "original,exact", "--repeats", "2"]
 
 
 @pytest.mark.benchmark
