@@ -35,6 +35,13 @@ def harness_path() -> Path:
     return path
 
 
+#: the columns of :func:`run_benchmark`'s rows (those of the harness's results.json)
+COLUMNS = ["workload", "size", "contender", "status", "time_s", "whole_step_bytes", "activation_bytes",
+           "gradient_bytes", "first_step_bytes", "later_step_bytes", "time_ratio", "whole_step_ratio",
+           "activation_ratio", "modes", "error", "threads", "device", "torch", "machine"]
+FIGURE7_COLUMNS = ["largest_batch", "batch_ratio", "batch_vs_checkpoint", "sample_time_s", "budget_bytes", "peaks"]
+
+
 def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloads=None,
                   contenders=None, sizes=None, device: str = "cpu", out: str | Path | None = None,
                   timeout: float = 3600, budget_mib: float | None = None, repeats: int | None = None):
@@ -81,7 +88,11 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
     if done.returncode != 0:
         raise RuntimeError(f"the benchmark harness failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     rows = json.loads((out / "results.json").read_text())["rows"]
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    # a row carries only what was measured (a contender that fits no batch in the budget
+    # has no time or memory): every documented column exists, empty where nothing was
+    columns = COLUMNS + (FIGURE7_COLUMNS if profile == "figure7" else [])
+    return df.assign(**{c: None for c in columns if c not in df.columns})
 
 
 def recorded_figure7(path: str | Path | None = None):

@@ -58,6 +58,22 @@ def test_run_benchmark_measures_the_package_this_process_imported(monkeypatch, t
     assert seen["cmd"][-4:] == ["--contenders", "original,exact", "--repeats", "2"]
 
 
+def test_a_contender_that_fits_no_batch_leaves_empty_columns(monkeypatch, tmp_path):
+    """Figure 7's rows of contenders that fit no batch in the budget carry no time or
+    memory (the harness writes only what it measured): the columns the notebook shows
+    still exist, empty (a budget below every contender's batch 1 crashed notebook 13)."""
+    def fake_run(cmd, env, **kwargs):
+        rows = [dict(workload="deep", size=1202, contender=c, status="ok", largest_batch=0) for c in ("original", "exact")]
+        (tmp_path / "results.json").write_text(json.dumps({"rows": rows}))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(performance.subprocess, "run", fake_run)
+    df = performance.run_benchmark("figure7", out=tmp_path, sizes=[1202], budget_mib=16)
+    shown = ["contender", "largest_batch", "batch_ratio", "batch_vs_checkpoint", "sample_time_s",
+             "whole_step_bytes", "first_step_bytes", "later_step_bytes", "modes", "status"]
+    assert df[shown]["sample_time_s"].isna().all() and list(df["largest_batch"]) == [0, 0]
+
+
 @pytest.mark.benchmark
 def test_run_benchmark_smoke_returns_a_dataframe(tmp_path):
     df = performance.run_benchmark("smoke", threads=1, workloads=["toy"], out=tmp_path)
