@@ -119,7 +119,9 @@ static double from_abs_bits_f64(u64 b) { double t; memcpy(&t, &b, 8); return t; 
 #define EXACT_KERNELS_PASS 1
 #define VARIANT avx512
 #define VARIANT_TARGET AVX512_TARGET
+#define NATIVE_I64_CONVERSIONS 1 /* AVX512DQ converts int64 <-> float64 in one instruction */
 #include "exact_kernels.c"
+#undef NATIVE_I64_CONVERSIONS
 #undef VARIANT
 #undef VARIANT_TARGET
 #define VARIANT avx2
@@ -379,6 +381,15 @@ int exact_kernels_openmp(void) {
 #else
 /* ---- the kernels of one variant for one float type T: NAME(fn) is fn_TYPE_VARIANT ---- */
 #define NAME(fn) CAT(CAT(CAT(fn, _), TYPE), CAT(_, VARIANT))
+/* int64 <-> float64 conversions: the instruction set's own where it has one for vectors
+ * (the same bits: a correctly rounded conversion, a truncation), else the helpers above */
+#if defined(NATIVE_I64_CONVERSIONS)
+#define TO_F64(a) ((double)(a))
+#define TRUNC_TO_I64(d) ((i64)(d))
+#else
+#define TO_F64(a) to_f64(a)
+#define TRUNC_TO_I64(d) trunc_to_i64(d)
+#endif
 #define ABS_BITS CAT(abs_bits_, TYPE)
 #define FROM_ABS_BITS CAT(from_abs_bits_, TYPE)
 
@@ -405,7 +416,7 @@ static double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict
             const i64 vi = v[i];
             const u32 z = (u32)(vi & 0xFFFF) * (u32)n + s;
             const T fi = f[i];
-            const i64 inc = trunc_to_i64((double)fi * k);
+            const i64 inc = TRUNC_TO_I64((double)fi * k);
             const i64 nv = (i64)((u64)(vi >> 16) * (u64)(u32)n + (u64)(z >> 16) + (u64)inc);
             const i32 ns = (i32)(((u32)q << 16) | (z & 0xFFFFu));
             state[i] = ns;
@@ -413,7 +424,7 @@ static double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict
             v[i] = nv;
             const i64 nx = (i64)((u64)x[i] + (u64)nv);
             x[i] = nx;
-            const T o = (T)(to_f64(nx) * INV_SCALE);
+            const T o = (T)(TO_F64(nx) * INV_SCALE);
             xf[i] = o;
             const PEAK_T a = ABS_BITS(o), b = ABS_BITS(fi);
             const PEAK_T m = a > b ? a : b;
@@ -436,7 +447,7 @@ static void NAME(undo_position)(i64 *restrict x, const i64 *restrict v, T *restr
         for (i64 i = start; i < end; i++) {
             const i64 nx = (i64)((u64)x[i] - (u64)v[i]);
             x[i] = nx;
-            xf[i] = (T)(to_f64(nx) * INV_SCALE);
+            xf[i] = (T)(TO_F64(nx) * INV_SCALE);
         }
     }
 }
@@ -453,7 +464,7 @@ static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *re
         const i64 end = start + BLOCK < count ? start + BLOCK : count;
         i32 local_smin = INT32_MAX;
         for (i64 i = start; i < end; i++) {
-            const i64 a = (i64)((u64)v[i] - (u64)trunc_to_i64((double)f[i] * k));
+            const i64 a = (i64)((u64)v[i] - (u64)TRUNC_TO_I64((double)f[i] * k));
             /* hi, zh = divmod(a, n): a = A 2**16 + B, two exact float64 passes */
             const double a_hi = small_to_f64(a >> 16);
             const double q1 = __builtin_floor((a_hi + 0.5) * inv_n);
@@ -487,7 +498,7 @@ static double NAME(to_fixed)(const T *restrict t, i64 *restrict x, i64 count, in
         PEAK_T local = 0;
         for (i64 i = start; i < end; i++) {
             const T ti = t[i];
-            x[i] = trunc_to_i64((double)ti * SCALE);
+            x[i] = TRUNC_TO_I64((double)ti * SCALE);
             const PEAK_T a = ABS_BITS(ti);
             local = a > local ? a : local;
         }
@@ -503,11 +514,13 @@ static void NAME(to_float)(const i64 *restrict x, T *restrict out, i64 count, in
     for (i64 start = 0; start < count; start += BLOCK) {
         const i64 end = start + BLOCK < count ? start + BLOCK : count;
         for (i64 i = start; i < end; i++)
-            out[i] = (T)(to_f64(x[i]) * INV_SCALE);
+            out[i] = (T)(TO_F64(x[i]) * INV_SCALE);
     }
 }
 
 #undef NAME
+#undef TO_F64
+#undef TRUNC_TO_I64
 #undef ABS_BITS
 #undef FROM_ABS_BITS
 #endif
