@@ -122,8 +122,17 @@ def check_claims(measured: dict, identities: dict | None = None, reported: dict 
     machine's floating-point kernels at the quick profile's size: printed as
     "reproduced" or "not reproduced here" (the numbers are printed beside them), not
     asserted; nbval pins the printed outcome, so a change either way still fails the suite.
+
+    In a smoke run (:func:`smoke_run`) the measured claims are printed, not asserted: at
+    a smoke run's sizes they mean nothing; the identities are still asserted.
     """
-    groups = [(f"measured in {source}", measured, ("ok", "FAILED"), True)]
+    smoke = smoke_run()
+    if smoke:
+        print("SMOKE RUN (MRESNET_SMOKE=1): sizes shrunk to exercise the code paths; nothing below is a "
+              "measurement of the paper's claims. Measured and reported claims are printed, not asserted; "
+              "identities are asserted.")
+    groups = [(f"measured in {source}" + (" (smoke run: not asserted)" if smoke else ""), measured,
+               ("ok", "FAILED"), not smoke)]
     if identities:
         groups.append(("identity / algebra checks (hold by construction)", identities, ("ok", "FAILED"), True))
     if reported:
@@ -139,6 +148,12 @@ def check_claims(measured: dict, identities: dict | None = None, reported: dict 
                 failed.append(claim)
     if failed:
         raise AssertionError("claims that failed: " + "; ".join(failed))
+
+
+def smoke_run() -> bool:
+    """Whether this is a smoke run (``run_all.sh --smoke``, which sets MRESNET_SMOKE=1):
+    the notebooks run at sizes that only show their code paths work."""
+    return os.environ.get("MRESNET_SMOKE", "") not in ("", "0")
 
 
 # ---------------------------------------------------------------------- cached training
