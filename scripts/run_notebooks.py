@@ -5,11 +5,21 @@ as working directory and the parameters of notebooks/params/<profile>.yaml (a ma
 ``notebook stem -> parameters``; the key ``all`` applies to every notebook). Executed
 copies and logs go to results/<profile>/; status.json there records each result so that
 ``--skip-done`` continues a run after a failure instead of starting over.
+
+``--smoke`` shrinks a profile to a smoke run that only shows every code path runs:
+notebooks/params/smoke.yaml's overrides (one seed, one short epoch of a few batches, the
+smallest sizes that still take the profile's branches) go on top of the profile's
+parameters; the kernels see ``MRESNET_SMOKE=1``, so that claim checks print the measured
+and reported claims without asserting them (at these sizes they mean nothing) and assert
+only the identities. A smoke run's executed notebooks, logs, cached runs and figures go
+to results/<profile>-smoke/ (figures in its figures/ folder), never to figures/.
+``$MRESNET_RESULTS_DIR`` replaces results/ (the test suite points it at a scratch folder).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -20,15 +30,46 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 
-def notebook_parameters(profile: str, stem: str) -> dict:
-    path = NOTEBOOKS / "params" / f"{profile}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in (NOTEBOOKS / "params").glob("*.yaml"))
-        raise SystemExit(f"unknown profile {profile!r}: no {path.relative_to(ROOT)} (profiles: {known})")
-    table = yaml.safe_load(path.read_text()) or {}
-    params = dict(table.get("all") or {})
-    params.update(table.get(stem) or {})
+SMOKE = "smoke"  # notebooks/params/smoke.yaml: overrides for --smoke, not a profile of its own
+
+
+def _table(name: str) -> dict:
+    path = NOTEBOOKS / "params" / f"{name}.yaml"
+    if name == SMOKE or not path.exists():
+        known = sorted(p.stem for p in (NOTEBOOKS / "params").glob("*.yaml") if p.stem != SMOKE)
+        raise SystemExit(f"unknown profile {name!r}: no {_shown(path)} (profiles: {known}; "
+                         f"--smoke shrinks one of them)")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def notebook_parameters(profile: str, stem: str, smoke: bool = False) -> dict:
+    """The parameters of notebook ``stem`` under ``profile`` (its ``all`` entry, then the
+    notebook's own); with ``smoke``, smoke.yaml's ``all`` and notebook entries on top, and
+    ``profile`` set to ``<profile>-smoke`` (the folder of the notebook's cached runs)."""
+    tables = [_table(profile)]
+    if smoke:
+        tables.append(yaml.safe_load((NOTEBOOKS / "params" / f"{SMOKE}.yaml").read_text()) or {})
+    params: dict = {}
+    for table in tables:
+        params.update(table.get("all") or {})
+        params.update(table.get(stem) or {})
+    if smoke:
+        params["profile"] = f"{profile}-smoke"
     return params
+
+
+def results_base() -> Path:
+    """``$MRESNET_RESULTS_DIR`` if set, else results/ at the root (as the notebooks' cache)."""
+    base = os.environ.get("MRESNET_RESULTS_DIR")
+    return Path(base) if base else ROOT / "results"
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the checkout where it lies inside it."""
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def select(names: list[str]) -> list[Path]:
@@ -44,12 +85,13 @@ def select(names: list[str]) -> list[Path]:
     return chosen
 
 
-def run_one(nb: Path, profile: str, out_dir: Path, in_place: bool = False) -> tuple[str, float, str]:
+def run_one(nb: Path, profile: str, out_dir: Path, in_place: bool = False,
+            smoke: bool = False) -> tuple[str, float, str]:
     import papermill as pm
 
     out = nb if in_place else out_dir / nb.name
     log = out_dir / f"{nb.stem}.log"
-    params = notebook_parameters(profile, nb.stem)
+    params = notebook_parameters(profile, nb.stem, smoke)
     start = time.monotonic()
     with open(log, "w") as log_file:
         try:
@@ -73,20 +115,30 @@ def main(argv=None) -> int:
     ap.add_argument("--update-committed", action="store_true",
                     help="execute the notebooks in notebooks/ in place (quick profile only): "
                          "refreshes the committed reference copies that nbval re-executes")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a smoke run of the profile: notebooks/params/smoke.yaml shrinks every notebook to "
+                         "seconds to show its code paths run (claims printed, only identities asserted); "
+                         "results and figures in results/<profile>-smoke/")
     args = ap.parse_args(argv)
-    if args.update_committed and args.profile != "quick":
+    if args.update_committed and (args.profile != "quick" or args.smoke):
         ap.error("--update-committed is for the quick profile: the committed notebooks are its references")
 
-    out_dir = ROOT / "results" / args.profile
+    name = args.profile + ("-smoke" if args.smoke else "")
+    out_dir = results_base() / name
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        _table(args.profile)  # an unknown profile fails here, before anything runs
+        os.environ["MRESNET_SMOKE"] = "1"  # the kernels inherit it (common.smoke_run)
+        os.environ.setdefault("MRESNET_FIGURES_DIR", str(out_dir / "figures"))  # never figures/
     status_file = out_dir / "status.json"
     status = json.loads(status_file.read_text()) if status_file.exists() else {}
     notebooks = select(args.names)
     if not notebooks:
         print("no notebooks found in notebooks/", file=sys.stderr)
         return 1
-    print(f"running {len(notebooks)} notebook(s), profile {args.profile!r}, results in "
-          f"{out_dir.relative_to(ROOT)}/", flush=True)
+    print(f"running {len(notebooks)} notebook(s), profile {args.profile!r}"
+          f"{' shrunk to a smoke run (code paths only: no result is a measurement)' if args.smoke else ''}, "
+          f"results in {_shown(out_dir)}/", flush=True)
     total = time.monotonic()
     rows = []
     for i, nb in enumerate(notebooks, 1):
@@ -95,25 +147,30 @@ def main(argv=None) -> int:
             rows.append((nb.stem, "skipped (done)", previous.get("seconds", 0.0), ""))
             continue
         print(f"[{i}/{len(notebooks)}] {nb.name}", flush=True)
-        st, seconds, detail = run_one(nb, args.profile, out_dir, in_place=args.update_committed)
+        st, seconds, detail = run_one(nb, args.profile, out_dir, in_place=args.update_committed,
+                                      smoke=args.smoke)
         if not args.update_committed:  # status.json describes the copies in results/ only
             status[nb.stem] = {"status": st, "seconds": round(seconds, 1), "detail": detail,
                                "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             status_file.write_text(json.dumps(status, indent=2))
         rows.append((nb.stem, st, seconds, detail))
 
-    print(f"\nsummary (profile {args.profile}, {time.monotonic() - total:.0f} s in all)")
+    print(f"\nsummary (profile {name}, {time.monotonic() - total:.0f} s in all)")
     failed = []
     for stem, st, seconds, detail in rows:
         print(f"  {st:<15} {seconds:7.1f} s  {stem}")
         if st == "failed":
             failed.append(stem)
-            print(f"      {detail}\n      executed notebook: {(out_dir / (stem + '.ipynb')).relative_to(ROOT)}"
-                  f"\n      log: {(out_dir / (stem + '.log')).relative_to(ROOT)}")
+            print(f"      {detail}\n      executed notebook: {_shown(out_dir / (stem + '.ipynb'))}"
+                  f"\n      log: {_shown(out_dir / (stem + '.log'))}")
     if failed:
         print(f"{len(failed)} notebook(s) failed; fix and re-run with --skip-done to continue", file=sys.stderr)
         return 1
-    print(f"all {len(rows)} notebook(s) passed; figures in figures/")
+    if args.smoke:
+        print(f"all {len(rows)} notebook(s) ran (smoke run: code paths only, the numbers are not results); "
+              f"figures in {_shown(Path(os.environ['MRESNET_FIGURES_DIR']))}/")
+    else:
+        print(f"all {len(rows)} notebook(s) passed; figures in figures/")
     return 0
 
 

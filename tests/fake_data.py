@@ -83,3 +83,38 @@ def write_fashion_mnist(root: Path, train: int = 30, test: int = 20, seed: int =
             np.array([2051, n, 28, 28], dtype=">i4").tobytes() + images.tobytes())
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, n], dtype=">i4").tobytes() + labels.tobytes())
     return raw
+
+
+def write_pretrained(torch_home: Path, arch: str = "resnet18", seed: int = 0) -> Path:
+    """A random ``state_dict`` of torchvision's ``arch``, saved where ``weights=<DEFAULT>``
+    loads it from without downloading: ``torch_home/hub/checkpoints/<file name of the
+    weights' URL>`` (torch.hub checks the hash only of what it downloads). Stands for the
+    ImageNet-pretrained weights in processes whose TORCH_HOME is ``torch_home``."""
+    import os
+
+    import torch
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    path = Path(torch_home) / "hub" / "checkpoints" / os.path.basename(weights.url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(torchvision.models, arch)(weights=None)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def write_paper_data(root: Path, torch_home: Path, pretrained=("resnet18", "resnet50")) -> dict:
+    """Everything the paper profile reads, small and in the real formats, under ``root``
+    laid out as the data root (``$MRESNET_DATA_DIR``): cifar10/, cifar100/ and
+    fashion-mnist/; and pretrained ``state_dict``s of
+    ``pretrained`` in ``torch_home``'s hub cache. Returns the environment variables a
+    process needs to find them (MRESNET_DATA_DIR, TORCH_HOME)."""
+    root = Path(root)
+    write_cifar(root / "cifar10", "cifar10", per_file=104)  # 520 training images: Figure 7 takes 512
+    write_cifar(root / "cifar100", "cifar100", per_file=200)
+    write_fashion_mnist(root / "fashion-mnist", train=100, test=50)
+    for arch in pretrained:
+        write_pretrained(torch_home, arch)
+    return {"MRESNET_DATA_DIR": str(root), "TORCH_HOME": str(torch_home)}

@@ -25,6 +25,7 @@ def runner(tmp_path, monkeypatch):
         nbformat.write(nb, nbdir / f"{stem}.ipynb")
     monkeypatch.setattr(module, "ROOT", tmp_path)
     monkeypatch.setattr(module, "NOTEBOOKS", nbdir)
+    monkeypatch.delenv("MRESNET_RESULTS_DIR", raising=False)  # results/ under the fake root
     return module, tmp_path
 
 
