@@ -11,6 +11,13 @@ runs that exist and says how many of how many are finished, for the notebooks.
     python -m mresnet_core.sweep table2 --list              # the commands, one per line
     python -m mresnet_core.sweep table2 --slurm sweep.sbatch # then: sbatch sweep.sbatch
     python -m mresnet_core.sweep table2 --local --gpus 0 1 2 3
+    python -m mresnet_core.sweep table2 --status            # how many runs are finished
+    python -m mresnet_core.sweep table2 --smoke --local --gpus cpu  # the smoke run's (seconds)
+
+A sweep's runs are the runs its notebook trains, in the same folders (the notebook's
+cache for that profile and code version): the notebook then loads the finished ones.
+Registered: ``table2`` (notebook 09) and ``figure6`` (notebook 10, its trainings at each
+gamma; the short refits run in the notebook).
 """
 from __future__ import annotations
 
@@ -187,16 +194,53 @@ def sweep_dir(profile: str, name: str) -> Path:
     return results_dir(profile) / "sweeps" / name
 
 
-def _load_experiments() -> None:
+def notebook_parameters(stem: str, profile: str) -> dict:
+    """The parameters notebook ``notebooks/<stem>.ipynb`` runs with under ``profile``: the
+    defaults of its ``parameters`` cell, then ``notebooks/params/<profile>.yaml``'s ``all``
+    and ``stem`` entries (what ``run_all.sh --profile <profile>`` passes to papermill).
+    A profile ``<name>-smoke`` is ``run_all.sh --profile <name> --smoke``'s: ``<name>``'s
+    entries, then those of ``notebooks/params/smoke.yaml``."""
+    import ast
+
+    import yaml
+
+    notebooks = project_root() / "notebooks"
+    cells = json.loads((notebooks / f"{stem}.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    params = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    base, smoke = (profile[:-len(SMOKE_SUFFIX)], True) if profile.endswith(SMOKE_SUFFIX) else (profile, False)
+    table_file = notebooks / "params" / f"{base}.yaml"
+    if not table_file.is_file() or base == "smoke":
+        raise ValueError(f"no parameters for profile {profile!r} ({table_file} is missing)")
+    for path in [table_file] + ([notebooks / "params" / "smoke.yaml"] if smoke else []):
+        table = yaml.safe_load(path.read_text()) or {}
+        params.update(table.get("all") or {})
+        params.update(table.get(stem) or {})
+    return params
+
+
+#: a profile named ``<name>-smoke`` is ``<name>`` shrunk by notebooks/params/smoke.yaml
+SMOKE_SUFFIX = "-smoke"
+
+
+def _load_experiments() -> dict:
+    """The registered experiments (the registry of the imported module: under ``python -m``
+    this file also runs as ``__main__``, whose EXPERIMENTS nobody registers into)."""
+    from . import sweep
     from .experiments import gamma_robustness, table2  # noqa: F401 - they register their sweeps
+
+    return sweep.EXPERIMENTS
 
 
 def main(argv: list[str] | None = None) -> int:
-    _load_experiments()
+    experiments = _load_experiments()
     p = argparse.ArgumentParser(prog="python -m mresnet_core.sweep",
                                 description="A multi-run experiment as independent trainer runs.")
-    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
+    p.add_argument("experiment", choices=sorted(experiments))
     p.add_argument("--profile", default="paper", help="the notebooks' profile whose settings to use")
+    p.add_argument("--smoke", action="store_true", help="the profile's smoke run (run_all.sh --smoke): "
+                   "shrunk by notebooks/params/smoke.yaml, runs in the smoke run's folders")
     how = p.add_mutually_exclusive_group()
     how.add_argument("--list", action="store_true", help="print the commands, one per line (default)")
     how.add_argument("--slurm", metavar="FILE", help="write a SLURM job-array script (and the commands file)")
@@ -205,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus", nargs="+", default=["0"], help="--local: GPU indices (or 'cpu')")
     p.add_argument("--time", default="24:00:00", help="--slurm: time limit per run")
     args = p.parse_args(argv)
-    runs = EXPERIMENTS[args.experiment](args.profile)
+    if args.smoke:
+        args.profile += SMOKE_SUFFIX
+    runs = experiments[args.experiment](args.profile)
     check_unique(runs)
     if args.status:
         print(collect(runs)[1])

@@ -46,6 +46,7 @@ import time
 
 import pandas as pd
 
+from mresnet_core import sweep
 from mresnet_core.experiments import images, table2
 from mresnet_core.experiments.common import check_claims, paper_vs_this_run, setup_notebook
 from mresnet_core.plotting import save_figure
@@ -64,6 +65,7 @@ paper_parity_points = 0.5  # reported: the paper's parity (its largest gap is 0.
 gamma_test = 0.0  # the Momentum ResNet (v0 = 0) evaluated at this gamma instead of the trained one ...
 gamma_change_points = 2.5  # ... loses at least this many points at every seed (Figure 6's drop)
 gradient_tolerance = 1e-6  # memory-free vs backprop parameter gradients, float64, relative
+train_missing = True  # False (paper): train nothing here, aggregate the runs the sweep launcher finished
 
 # %%
 os.environ["MRESNET_EXACT_BACKEND"] = exact_backend
@@ -76,9 +78,14 @@ for dataset in datasets:
 rows, models = [], {}
 for dataset in datasets:
     part, trained = table2.accuracy_over_seeds(recipe, dataset, seeds, variants, gamma_test=gamma_test,
-                                               profile=profile if use_cache else None)
+                                               profile=profile if use_cache else None, train_missing=train_missing)
     rows += part
     models.update({(dataset, *key): model for key, model in trained.items()})
+if use_cache:  # the same runs as `python -m mresnet_core.sweep table2 --profile <profile>` (one job per run)
+    print("runs:", sweep.collect(table2.sweep_runs(profile, recipe, datasets, seeds, variants))[1])
+if not rows:
+    raise RuntimeError(f"no finished run to aggregate: train them first, e.g. `python -m mresnet_core.sweep table2 "
+                       f"--profile {profile} --slurm table2.sbatch` (or --local --gpus 0 1 ...), or train_missing=True")
 runs = pd.DataFrame(rows)
 runs.pivot_table(index=["dataset", "seed"], columns="model", values="test accuracy", sort=False).round(2)
 
@@ -109,8 +116,9 @@ column = f"at gamma_test = {gamma_test:g}"
 momentum_runs = runs[runs["model"] == "Momentum ResNet, v0 = 0"]
 print(momentum_runs[["dataset", "seed", "test accuracy", column]].round(2).to_string(index=False))
 x, y = images.first_test_images(recipe, 32, datasets[0])
-gradient_checks = {variant: images.memory_free_gradient_error(models[datasets[0], variant, seeds[0]], x, y)
-                   for variant in variants if variant != "ResNet"}
+checked = {v: next(s for s in seeds if (datasets[0], v, s) in models) for v in variants
+           if v != "ResNet" and any((datasets[0], v, s) in models for s in seeds)}  # its first trained seed
+gradient_checks = {v: images.memory_free_gradient_error(models[datasets[0], v, s], x, y) for v, s in checked.items()}
 pd.DataFrame(gradient_checks).T
 
 # %%

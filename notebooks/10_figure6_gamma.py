@@ -50,6 +50,7 @@ import time
 
 import pandas as pd
 
+from mresnet_core import sweep
 from mresnet_core.experiments import gamma_robustness as gr
 from mresnet_core.experiments import images
 from mresnet_core.experiments.common import check_claims, paper_vs_this_run, setup_notebook
@@ -72,6 +73,7 @@ flat_fraction = 0.5  # asserted: the trained-at-gamma curve's spread below this 
 paper_flat_points = 0.5  # reported: the paper's flat band (95.0-95.2 %) to within this many points
 recovered_points = 1.0  # reported: after the refit, within this many points of the network trained at gamma_test
 gradient_tolerance = 1e-6  # memory-free vs backprop parameter gradients, float64, relative
+train_missing = True  # False (paper): train nothing here, use the runs the sweep launcher finished (all needed)
 
 # %%
 os.environ["MRESNET_EXACT_BACKEND"] = exact_backend
@@ -79,7 +81,14 @@ recipe = images.recipe(recipe_name, **recipe_changes)
 start = setup_notebook(recipe.threads, seed)
 print("recipe:", recipe)
 print("data:", recipe.data().describe())
-trained = gr.train_at_each_gamma(gammas, recipe, profile=profile if use_cache else None, seed=seed)
+trained = gr.train_at_each_gamma(gammas, recipe, profile=profile if use_cache else None, seed=seed,
+                                 train_missing=train_missing)
+if use_cache:  # the same runs as `python -m mresnet_core.sweep figure6 --profile <profile>` (one job per run)
+    print("runs:", sweep.collect(gr.sweep_runs(profile, recipe, gammas, seed))[1])
+if len(trained) < len(gammas):
+    raise RuntimeError(f"runs missing at gamma {sorted(set(gammas) - set(trained))}: train them first, e.g. "
+                       f"`python -m mresnet_core.sweep figure6 --profile {profile} --slurm figure6.sbatch`, "
+                       "or train_missing=True")
 trained_at = {g: final_accuracy(r) for g, r in trained.items()}
 base = trained[0.0].model
 no_refit = images.accuracy_at_gammas(base, gammas, recipe)

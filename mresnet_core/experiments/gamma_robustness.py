@@ -7,7 +7,8 @@ from __future__ import annotations
 import copy
 
 from ..models import momentum_stacks, set_gamma
-from .images import Recipe, final_accuracy, fit, fit_recipe
+from .. import sweep
+from .images import Recipe, final_accuracy, fit, fit_recipe, recipe, recipe_run
 
 #: Figure 6 (top) of the paper, Momentum ResNet-101 on CIFAR-10 (read off the figure):
 #: trained at gamma_test, the accuracy stays in this band (%) for every gamma ...
@@ -17,12 +18,30 @@ PAPER_FLAT_BAND = (95.0, 95.2)
 PAPER_DROP_AT_ONE = 2.5
 
 
-def train_at_each_gamma(gammas, recipe: Recipe, *, profile: str | None, seed: int = 0) -> dict:
+def train_at_each_gamma(gammas, recipe: Recipe, *, profile: str | None, seed: int = 0,
+                        train_missing: bool = True) -> dict:
     """{gamma: TrainResult} of the recipe's Momentum ResNet (v0 = 0) trained at each gamma
     (gamma_train = gamma_test: the paper's flat curve); cached under the same names as the
     Table 2 runs (:func:`~mresnet_core.experiments.images.fit_recipe`), so the run at the
-    recipe's gamma is shared with the Table 2 notebook."""
-    return {g: fit_recipe(profile, recipe, momentum=True, seed=seed, gamma=g) for g in gammas}
+    recipe's gamma is shared with the Table 2 notebook. ``train_missing`` False: only the
+    runs already finished (by the sweep launcher) are loaded; the others are left out."""
+    out = {g: fit_recipe(profile, recipe, momentum=True, seed=seed, gamma=g, train_missing=train_missing)
+           for g in gammas}
+    return {g: result for g, result in out.items() if result is not None}
+
+
+@sweep.register("figure6")
+def notebook_sweep(profile: str) -> list:
+    """The trainings of the Figure 6 notebook (one per gamma; the refits start from them)
+    with ``profile``'s parameters."""
+    p = sweep.notebook_parameters("10_figure6_gamma", profile)
+    return sweep_runs(profile, recipe(p["recipe_name"], **p["recipe_changes"]), p["gammas"], p["seed"])
+
+
+def sweep_runs(profile: str, recipe: Recipe, gammas, seed: int = 0) -> list:
+    """:func:`train_at_each_gamma`'s runs as sweep runs (:mod:`mresnet_core.sweep`), in the
+    folders it reads under ``profile``."""
+    return [recipe_run(profile, recipe, momentum=True, seed=seed, gamma=g) for g in gammas]
 
 
 def refit_at_gammas(model, gammas, recipe: Recipe, *, epochs: int, lr: float, seed: int = 0) -> dict:

@@ -8,12 +8,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..data import load_data, make_loader
 from ..models import momentum_stacks, set_gamma
+from ..sweep import Run
 from ..train import CHECKPOINT, TrainConfig, TrainResult, evaluate, train
 from .common import run_dir
 
@@ -24,18 +27,41 @@ def fit(profile: str | None, name: str, *, start_from=None, data=None, **setting
     stacks are trained by exact inversion unless ``memory`` says otherwise.
 
     With ``profile`` (and no ``start_from``), the run is checkpointed under the profile's
-    results folder in a folder keyed on every setting and the code version: a finished run
-    is loaded instead of retrained, an interrupted one resumes. ``start_from``: an
-    ``nn.Module`` to continue training (refit, fine-tuning); such runs are not cached.
+    results folder in a folder keyed on every setting and the code version
+    (:func:`cached_run`): a finished run is loaded instead of retrained, an interrupted
+    one resumes. ``start_from``: an ``nn.Module`` to continue training (refit,
+    fine-tuning); such runs are not cached.
     """
-    settings.setdefault("memory", "exact")  # the paper's memory-free training, in every profile
-    if settings.get("threads") == 0:  # the notebooks' "torch's default" (TrainConfig: None)
-        settings["threads"] = None
-    config = TrainConfig(**settings)
+    config = run_config(**settings)
     if profile and start_from is None:
-        out = run_dir(profile, name, dataclasses.asdict(config))
-        config.out, config.resume = str(out), (out / CHECKPOINT).exists()
+        config = cached_run(profile, name, config).config
+        config.resume = (Path(config.out) / CHECKPOINT).exists()
     return train(config, model=start_from, data=data, progress=False, verbose=False)
+
+
+def run_config(**settings) -> TrainConfig:
+    """The TrainConfig of :func:`fit` (exact inversion unless ``memory`` says otherwise;
+    threads 0, the notebooks' "torch's default", is TrainConfig's None)."""
+    settings.setdefault("memory", "exact")  # the paper's memory-free training, in every profile
+    if settings.get("threads") == 0:
+        settings["threads"] = None
+    return TrainConfig(**settings)
+
+
+def cached_run(profile: str, name: str, config: TrainConfig) -> Run:
+    """The run ``config`` as :func:`fit` caches it: its output folder is the profile's
+    cache folder for these settings and this code version, so a run started by the sweep
+    launcher (:mod:`mresnet_core.sweep`) is the one the notebook loads."""
+    config = dataclasses.replace(config, out=None, resume=False)
+    config.out = str(run_dir(profile, name, dataclasses.asdict(config)))
+    return Run(name, config)
+
+
+def is_finished(run: Run) -> bool:
+    """Whether ``run``'s folder holds every epoch of its training."""
+    metrics = run.out / "metrics.json"
+    return (run.out / CHECKPOINT).exists() and metrics.is_file() and \
+        len(json.loads(metrics.read_text())) >= run.config.epochs
 
 
 def final_accuracy(result: TrainResult) -> float:
@@ -130,22 +156,41 @@ def recipe(name: str = "quick", **changes) -> Recipe:
     return dataclasses.replace(RECIPES[name], **changes)
 
 
-def fit_recipe(profile: str | None, recipe: Recipe, *, momentum: bool, seed: int, gamma: float | None = None,
-               init_velocity: str = "zero", dataset: str | None = None) -> TrainResult:
-    """One (cached) run of ``recipe``: ``resnet{depth}`` or ``mresnet{depth}`` at ``gamma``
-    (default the recipe's) with v0 ``init_velocity``. Momentum stacks train memory-free
-    (exact inversion), at gamma = 0 (nothing to invert) by backprop. The cache name depends
-    on the model alone, so every notebook asking for the same settings gets the same run."""
+def recipe_settings(recipe: Recipe, *, momentum: bool, seed: int, gamma: float | None = None,
+                    init_velocity: str = "zero", dataset: str | None = None) -> tuple[str, dict]:
+    """(cache name, TrainConfig settings) of one run of ``recipe``: ``resnet{depth}`` or
+    ``mresnet{depth}`` at ``gamma`` (default the recipe's) with v0 ``init_velocity``.
+    Momentum stacks train memory-free (exact inversion), at gamma = 0 (nothing to invert)
+    by backprop. The name depends on the model alone, so every notebook asking for the
+    same settings gets the same run."""
     gamma = recipe.gamma if gamma is None else float(gamma)
     dataset = dataset or recipe.dataset
     model = f"{'m' if momentum else ''}resnet{recipe.depth}"
     name = f"{dataset}-{model}" + (f"-g{gamma:g}-v0{init_velocity}" if momentum else "")
-    return fit(profile, name, data=recipe.data(dataset), model=model, gamma=gamma, init_velocity=init_velocity,
-               memory="backprop" if momentum and gamma == 0 else "exact", seed=seed, dataset=dataset,
-               data_dir=recipe.data_dir, image_size=recipe.image_size, train_images=recipe.train_images,
-               test_images=recipe.test_images, width=recipe.width, epochs=recipe.epochs,
-               batch_size=recipe.batch_size, lr=recipe.lr, lr_milestones=tuple(recipe.lr_milestones),
-               threads=recipe.threads, workers=recipe.workers)
+    return name, dict(model=model, gamma=gamma, init_velocity=init_velocity,
+                      memory="backprop" if momentum and gamma == 0 else "exact", seed=seed, dataset=dataset,
+                      data_dir=recipe.data_dir, image_size=recipe.image_size, train_images=recipe.train_images,
+                      test_images=recipe.test_images, width=recipe.width, epochs=recipe.epochs,
+                      batch_size=recipe.batch_size, lr=recipe.lr, lr_milestones=tuple(recipe.lr_milestones),
+                      threads=recipe.threads, workers=recipe.workers)
+
+
+def fit_recipe(profile: str | None, recipe: Recipe, *, train_missing: bool = True, **run) -> TrainResult | None:
+    """One (cached) run of ``recipe`` (``run``: the arguments of :func:`recipe_settings`).
+    ``train_missing`` False: only a run already finished in the cache (by the sweep
+    launcher, or an earlier execution) is loaded; otherwise None, nothing is trained."""
+    name, settings = recipe_settings(recipe, **run)
+    if not train_missing and not (profile and is_finished(recipe_run(profile, recipe, **run))):
+        return None
+    return fit(profile, name, data=recipe.data(settings["dataset"]), **settings)
+
+
+def recipe_run(profile: str, recipe: Recipe, **run) -> Run:
+    """:func:`fit_recipe`'s run as a sweep run (:mod:`mresnet_core.sweep`): the same
+    settings and the same output folder, named with its seed."""
+    name, settings = recipe_settings(recipe, **run)
+    cached = cached_run(profile, name, run_config(**settings))
+    return Run(f"{name}-seed{run['seed']}", cached.config)
 
 
 def first_test_images(recipe: Recipe, size: int, dataset: str | None = None):

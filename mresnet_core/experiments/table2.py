@@ -4,7 +4,8 @@ ResNet of the same seed with its 95 % interval over seeds; how the trained momen
 networks fare at another gamma_test (whether their momentum stacks act)."""
 from __future__ import annotations
 
-from .images import Recipe, accuracy_at_gammas, final_accuracy, fit_recipe, mean_std, t_interval
+from .. import sweep
+from .images import Recipe, accuracy_at_gammas, final_accuracy, fit_recipe, mean_std, recipe, recipe_run, t_interval
 
 #: Table 2 of the paper: test accuracy (%) over 10 runs, ResNet-101 on CIFAR, mean and std.
 PAPER_TABLE2 = {
@@ -20,16 +21,21 @@ VARIANTS = {"ResNet": (False, "zero"), "Momentum ResNet, v0 = 0": (True, "zero")
 
 
 def accuracy_over_seeds(recipe: Recipe, dataset: str, seeds, variants, *, profile: str | None,
-                        gamma_test: float | None = None) -> tuple[list, dict]:
+                        gamma_test: float | None = None, train_missing: bool = True) -> tuple[list, dict]:
     """Train (or load) every variant of ``variants`` (names of :data:`VARIANTS`) at every
     seed. Returns rows (dataset, model, seed, test accuracy, seconds and, for Momentum
     ResNets when ``gamma_test`` is given, the accuracy of the trained network evaluated at
-    gamma_test) and {(variant, seed): trained model}."""
+    gamma_test) and {(variant, seed): trained model}. ``train_missing`` False: only the
+    runs already finished (by the sweep launcher, :func:`sweep_runs`) are loaded; the
+    others have no row."""
     rows, models = [], {}
     for variant in variants:
         momentum, v0 = VARIANTS[variant]
         for seed in seeds:
-            result = fit_recipe(profile, recipe, momentum=momentum, seed=seed, init_velocity=v0, dataset=dataset)
+            result = fit_recipe(profile, recipe, momentum=momentum, seed=seed, init_velocity=v0, dataset=dataset,
+                                train_missing=train_missing)
+            if result is None:
+                continue
             row = {"dataset": dataset, "model": variant, "seed": seed, "test accuracy": final_accuracy(result),
                    "seconds": sum(r["seconds"] for r in result.history)}
             if momentum and gamma_test is not None:
@@ -38,6 +44,22 @@ def accuracy_over_seeds(recipe: Recipe, dataset: str, seeds, variants, *, profil
             rows.append(row)
             models[variant, seed] = result.model
     return rows, models
+
+
+def sweep_runs(profile: str, recipe: Recipe, datasets, seeds, variants) -> list:
+    """Every run of the table as a sweep run (:mod:`mresnet_core.sweep`), in the folders
+    :func:`accuracy_over_seeds` reads under ``profile``."""
+    return [recipe_run(profile, recipe, momentum=VARIANTS[v][0], init_velocity=VARIANTS[v][1], seed=seed,
+                       dataset=dataset)
+            for dataset in datasets for v in variants for seed in seeds]
+
+
+@sweep.register("table2")
+def notebook_sweep(profile: str) -> list:
+    """The runs of the Table 2 notebook with ``profile``'s parameters."""
+    p = sweep.notebook_parameters("09_table2_accuracy", profile)
+    r = recipe(p["recipe_name"], **p["recipe_changes"])
+    return sweep_runs(profile, r, p["datasets"] or [r.dataset], p["seeds"], p["variants"])
 
 
 def summary(table):

@@ -28,3 +28,27 @@ def test_summary_and_mean_std():
     assert stats.loc["Momentum ResNet, v0 = 0", "std"] == 0 and (stats["runs"] == 2).all()
     assert images.mean_std([3.0]) == (3.0, 0.0)
 
+
+
+def test_a_table2_sweep_trains_the_runs_the_notebook_then_loads(tmp_path, monkeypatch):
+    """The sweep launcher's trainer processes write the notebook's own cache folders: with
+    train_missing=False the notebook loads a run finished that way (same history, nothing
+    retrained) and leaves out the one not run, which a plain fit_recipe would train."""
+    from mresnet_core import sweep
+
+    monkeypatch.setenv("MRESNET_RESULTS_DIR", str(tmp_path))
+    recipe = images.recipe("quick", dataset="digits", depth=18, width=4, image_size=8, epochs=1, batch_size=64,
+                           lr_milestones=(), train_images=60, test_images=40, workers=0)
+    runs = table2.sweep_runs("quick", recipe, ["digits"], [0, 1], ["Momentum ResNet, v0 = 0"])
+    assert [r.name for r in runs] == ["digits-mresnet18-g0.9-v0zero-seed0", "digits-mresnet18-g0.9-v0zero-seed1"]
+    assert sweep.run_local(runs[:1], ["cpu"], log=lambda line: None) == {runs[0].name: 0}
+    assert sweep.collect(runs)[1] == "1 of 2 runs finished"
+    trained = runs[0].out / "metrics.json"
+    before = trained.read_text()
+    rows, models = table2.accuracy_over_seeds(recipe, "digits", [0, 1], ["Momentum ResNet, v0 = 0"],
+                                              profile="quick", train_missing=False)
+    assert [r["seed"] for r in rows] == [0] and list(models) == [("Momentum ResNet, v0 = 0", 0)]
+    assert rows[0]["test accuracy"] == pd.read_json(trained)["test_acc"].iloc[-1]
+    assert trained.read_text() == before  # loaded, not trained again (a new training writes new seconds)
+    again = images.fit_recipe("quick", recipe, momentum=True, seed=1)  # train_missing=True: trains it there
+    assert again.history and sweep.collect(runs)[1] == "2 of 2 runs finished"
