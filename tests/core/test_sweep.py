@@ -55,3 +55,21 @@ def test_local_sweep_runs_resumes_and_is_collected(tmp_path):
     assert codes == {"seed0": 0, "seed1": 0}
     assert (tmp_path / "seed0" / "metrics.json").read_text() == first
     assert sweep.collect(runs)[1] == "2 of 2 runs finished"
+
+
+def test_a_smoke_profile_is_its_profile_shrunk_by_smoke_yaml(monkeypatch, tmp_path):
+    """``--smoke`` (profile ``paper-smoke``): the paper profile's parameters with
+    smoke.yaml's on top, as run_all.sh --profile paper --smoke gives the notebook, and the
+    runs in that profile's folders, where the smoke run's notebook looks for them."""
+    from mresnet_core.experiments import table2
+
+    monkeypatch.setenv("MRESNET_RESULTS_DIR", str(tmp_path))
+    paper = sweep.notebook_parameters("09_table2_accuracy", "paper")
+    smoke = sweep.notebook_parameters("09_table2_accuracy", "paper-smoke")
+    assert paper["recipe_name"] == smoke["recipe_name"] == "paper" and paper["datasets"] == smoke["datasets"]
+    assert len(paper["seeds"]) == 10 and smoke["seeds"] == [0] and smoke["recipe_changes"]["epochs"] == 1
+    runs = table2.notebook_sweep("paper-smoke")
+    assert len(runs) == 2 * 3 and all(r.out.parent == tmp_path / "paper-smoke" for r in runs)
+    assert {r.config.dataset for r in runs} == {"cifar10", "cifar100"} and {r.config.epochs for r in runs} == {1}
+    with pytest.raises(ValueError, match="no parameters for profile 'smoke'"):
+        sweep.notebook_parameters("09_table2_accuracy", "smoke")
