@@ -54,8 +54,9 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
     batch_ratio, batch_vs_checkpoint, sample_time_s, budget_bytes, peaks).
     ``workloads``, ``contenders`` and ``sizes`` (toy depths, image sizes, sequence
     lengths, network depths) filter the profile's configurations; ``budget_mib`` sets
-    the memory budget of the 'figure7' rows; ``repeats`` the number of timed steps per
-    contender (default: the profile's).
+    the memory budget of the 'figure7' rows (None: the harness's, 256 MiB on the CPU and
+    32 GiB on a GPU); ``device`` 'cpu', 'cuda' or 'auto' (CUDA where available);
+    ``repeats`` the number of timed steps per contender (default: the profile's).
     ``out`` keeps the CSV/JSON (default: a temporary folder). The quick profile takes a
     few minutes on a 2-core CPU.
     """
@@ -63,6 +64,10 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
 
     if profile not in ("smoke", "quick", "full", "figure7"):
         raise ValueError(f"profile must be 'smoke', 'quick', 'full' or 'figure7', got {profile!r}")
+    if device == "auto":  # a GPU where there is one (the harness then reads the CUDA allocator's peaks)
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="mresnet-bench-"))
     cmd = [sys.executable, str(harness_path()), "--out", str(out), "--device", device]
     if profile != "full":
