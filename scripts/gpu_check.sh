@@ -4,9 +4,11 @@
 #   1. the unit tests, where the CUDA ones (skipped on CPUs) run too;
 #   2. the benchmark harness on CUDA (allocator peaks): the toy stack and ResNet-50,
 #      and Figure 7's regime at depth 302 (width 64, the largest batch within 8 GiB);
-#   3. one memory-free training epoch of the trainer on CUDA, with and without --amp.
+#   3. one memory-free training epoch of the trainer on CUDA, with and without --amp;
+#   4. the paper profile's smoke run (tests/notebooks/test_paper_smoke.py: every notebook
+#      with paper.yaml's settings shrunk, on fake data files; device "auto" takes the GPU).
 # Writes what it measured to $OUT (default results/gpu_check/): tests.txt, harness/,
-# fit/, train*/ and summary.txt (the device, torch, and the harness's tables).
+# fit/, train*/, smoke.txt and summary.txt (the device, torch, and the harness's tables).
 #   bash scripts/gpu_check.sh            # or OUT=/somewhere bash scripts/gpu_check.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +32,7 @@ for amp in "" --amp; do
         --memory exact --device cuda $amp --out "$OUT/train${amp:+-amp}" 2>&1 | tail -2 \
         | tee -a "$OUT/summary.txt" || status=1
 done
+"$PY" -m pytest tests/notebooks/test_paper_smoke.py -q -p no:cacheprovider 2>&1 | tee "$OUT/smoke.txt" | tail -3 \
+    | tee -a "$OUT/summary.txt" || status=1
 echo "gpu_check: $([ $status = 0 ] && echo passed || echo FAILED); results in $OUT" | tee -a "$OUT/summary.txt"
 exit $status
