@@ -26,3 +26,13 @@ def data_root() -> Path:
     subfolder (``data/cifar10``, ``data/fashion-mnist``, ...)."""
     value = os.environ.get(DATA_DIR_VARIABLE)
     return Path(value).expanduser() if value else project_root() / "data"
+
+
+def under_data_root(path: str | Path | None) -> Path | None:
+    """``path`` as given when absolute, else under :func:`data_root` (None stays None): how
+    a notebook parameter names a data set's folder (the notebooks run in notebooks/, so a
+    path relative to the working directory would point there)."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else data_root() / path

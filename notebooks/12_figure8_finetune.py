@@ -42,8 +42,12 @@
 # CPU's rounding changes the pretraining like a change of seed, so that outcome is shown
 # (over the fine-tuning seeds, as a fraction) and printed, but not pinned in the checks.
 #
-# **Paper profile**: ImageNet weights (torchvision `weights=`) and the hymenoptera folder (`imagefolder`), on
-# a GPU, through the trainer: the command is in the README.
+# **Paper profile** (`notebooks/params/paper.yaml`): the paper's setting, on a GPU where
+# there is one: torchvision's ImageNet-pretrained ResNet-152 (`pretrained_weights`, read
+# from the torch hub cache or downloaded) instead of the pretraining here, fine-tuned on the
+# hymenoptera folder (`dataset: imagefolder`, `data_dir: hymenoptera_data` under the data
+# root: `train/` and `val/` with `ants/` and `bees/`) at 224x224. The memory budget there
+# is a reconstruction: the paper gives the batches (2 and 4), not its GPU's free memory.
 
 # %%
 # %matplotlib inline
@@ -52,6 +56,7 @@ import os
 import pandas as pd
 
 from mresnet_core.experiments import batch_memory as bm
+from mresnet_core.paths import under_data_root
 from mresnet_core.experiments import finetune as ft
 from mresnet_core.experiments.common import check_claims, paper_vs_this_run, setup_notebook
 from mresnet_core.experiments.images import describe_data
@@ -65,6 +70,8 @@ exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (the C kernels on the CPU)
 device = "cpu"  # "auto": a GPU where there is one
 seed = 0  # pretraining and the new head
 dataset = "fashion-mnist"
+data_dir = None  # the data set's folder, relative ones under the data root (data/ or $MRESNET_DATA_DIR); None: its default
+pretrained_weights = None  # paper: "IMAGENET1K_V1", torchvision's weights of resnet{depth}, instead of pretraining here
 image_size = None  # None: the data set's own (28x28)
 depth = 101  # paper: 152
 width = 4  # base channels (paper: 64)
@@ -91,20 +98,26 @@ gradient_tolerance = 1e-5  # relative, float64
 # %%
 os.environ["MRESNET_EXACT_BACKEND"] = exact_backend
 start = setup_notebook(threads, seed)
-pretrain_settings = dict(dataset=dataset, image_size=image_size, train_images=pretrain_images,
-                         test_images=pretrain_test_images)
-print("pretraining data:", describe_data(classes=pretrain_classes, **pretrain_settings))
-pretrained = ft.pretrain(profile if use_cache else None, depth, pretrain_classes, width=width, epochs=pretrain_epochs,
-                         lr=pretrain_lr, lr_milestones=(pretrain_epochs,), batch_size=pretrain_batch, seed=seed,
-                         threads=threads, device=device, **pretrain_settings)
+data_dir = under_data_root(data_dir)
+if pretrained_weights:
+    print(f"pretrained: torchvision's resnet{depth}, weights {pretrained_weights}")
+    pretrained = ft.imagenet_pretrained(depth, pretrained_weights)
+else:
+    pretrain_settings = dict(dataset=dataset, image_size=image_size, train_images=pretrain_images,
+                             test_images=pretrain_test_images, data_dir=data_dir)
+    print("pretraining data:", describe_data(classes=pretrain_classes, **pretrain_settings))
+    pretrained = ft.pretrain(profile if use_cache else None, depth, pretrain_classes, width=width,
+                             epochs=pretrain_epochs, lr=pretrain_lr, lr_milestones=(pretrain_epochs,),
+                             batch_size=pretrain_batch, seed=seed, threads=threads, device=device, **pretrain_settings)
 data, plain_train = ft.finetuning_data(dataset, finetune_classes, train_images=finetune_images,
-                                       test_images=finetune_test_images, image_size=image_size)
+                                       test_images=finetune_test_images, image_size=image_size, data_dir=data_dir)
 print("fine-tuning data:", data.describe())
 models = ft.both_models(pretrained, gamma, data.num_classes, depth=depth, seed=seed)
 for model in models.values():
     ft.recalibrate_batchnorm(model, plain_train)
 resnet, momentum = list(models)
-images, labels, _ = bm.first_images(max(64, max_batch or 0), dataset, image_size=image_size, classes=finetune_classes)
+images, labels, _ = bm.first_images(max(64, max_batch or 0), dataset, image_size=image_size, classes=finetune_classes,
+                                    data_dir=data_dir)
 rows, batch = ft.budget_batches(models, images, labels, budget_mib * 2**20, max_batch=max_batch)
 pd.DataFrame(rows).assign(**{"whole_step (MiB)": lambda t: t["whole_step"] / 2**20}).drop(
     columns=["whole_step", "activations"]).round(2)

@@ -107,14 +107,15 @@ def write_pretrained(torch_home: Path, arch: str = "resnet18", seed: int = 0) ->
 
 def write_paper_data(root: Path, torch_home: Path, pretrained=("resnet18", "resnet50")) -> dict:
     """Everything the paper profile reads, small and in the real formats, under ``root``
-    laid out as the data root (``$MRESNET_DATA_DIR``): cifar10/, cifar100/ and
-    fashion-mnist/; and pretrained ``state_dict``s of
+    laid out as the data root (``$MRESNET_DATA_DIR``): cifar10/, cifar100/,
+    fashion-mnist/ and hymenoptera_data/; and pretrained ``state_dict``s of
     ``pretrained`` in ``torch_home``'s hub cache. Returns the environment variables a
     process needs to find them (MRESNET_DATA_DIR, TORCH_HOME)."""
     root = Path(root)
     write_cifar(root / "cifar10", "cifar10", per_file=104)  # 520 training images: Figure 7 takes 512
     write_cifar(root / "cifar100", "cifar100", per_file=200)
     write_fashion_mnist(root / "fashion-mnist", train=100, test=50)
+    write_image_folder(root / "hymenoptera_data", per_class=8)  # hymenoptera's layout (ants, bees)
     for arch in pretrained:
         write_pretrained(torch_home, arch)
     return {"MRESNET_DATA_DIR": str(root), "TORCH_HOME": str(torch_home)}

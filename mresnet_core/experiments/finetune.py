@@ -13,6 +13,7 @@ from torch import nn
 from .._torch_private import BatchNormBase
 from ..convert import to_momentumnet
 from ..data import ImageData, load_data, make_loader, start_epoch
+from ..models import build_resnet
 from ..train import TrainConfig, evaluate, make_optimizer, set_train_mode
 from .batch_memory import device_of, memory_vs_batch
 from .images import fit
@@ -21,9 +22,10 @@ from .images import fit
 def finetuning_data(dataset: str, classes, *, train_images: int, test_images: int, image_size: int | None = None,
                     data_dir=None) -> tuple:
     """(the fine-tuning set with its training augmentation, the same training images
-    without it): a fixed class-balanced subset of ``classes``."""
-    kwargs = dict(data_dir=data_dir, classes=tuple(classes), train_images=train_images, test_images=test_images,
-                  image_size=image_size)
+    without it): a fixed class-balanced subset of ``classes`` (None: every class, e.g. an
+    image folder such as hymenoptera's)."""
+    kwargs = dict(data_dir=data_dir, classes=None if classes is None else tuple(classes), train_images=train_images,
+                  test_images=test_images, image_size=image_size)
     return load_data(dataset, **kwargs), load_data(dataset, augment=False, **kwargs).train
 
 
@@ -32,6 +34,13 @@ def pretrain(profile: str | None, depth: int, classes, **settings) -> nn.Module:
     trainer's fields; cached like every image run when ``profile`` is given)."""
     return fit(profile, f"figure8-pretrain-resnet{depth}", model=f"resnet{depth}", classes=tuple(classes),
                **settings).model
+
+
+def imagenet_pretrained(depth: int, weights: str) -> nn.Module:
+    """torchvision's ``resnet{depth}`` with its pretrained ``weights`` (e.g. "IMAGENET1K_V1";
+    read from the torch hub cache, downloaded where the network allows): the paper's
+    starting point for Figure 8 (ResNet-152)."""
+    return build_resnet(depth, stem="imagenet", weights=weights)
 
 
 def fresh_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
