@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import dataclasses
+import importlib
 import json
 import os
 import queue
@@ -174,17 +175,21 @@ def collect(runs: Sequence[Run]) -> tuple[list[dict], str]:
     return rows, line
 
 
-#: experiment name -> function(profile) giving its runs; registered by the experiment
-#: modules that train several runs
-EXPERIMENTS: dict[str, Callable[[str], list[Run]]] = {}
+#: experiment name -> "module:function", the function(profile) giving its runs: a table of
+#: entry points, looked up by name when the command line asks for one (the experiment
+#: modules use this module, not the other way round)
+EXPERIMENTS = {
+    "table2": "mresnet_core.experiments.table2:notebook_sweep",
+    "figure6": "mresnet_core.experiments.gamma_robustness:notebook_sweep",
+}
 
 
-def register(name: str):
-    """Decorator: make ``function(profile) -> list[Run]`` the sweep ``name``."""
-    def wrap(function):
-        EXPERIMENTS[name] = function
-        return function
-    return wrap
+def experiment_runs(name: str, profile: str) -> list[Run]:
+    """The runs of experiment ``name`` (:data:`EXPERIMENTS`) with ``profile``'s parameters."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(sorted(EXPERIMENTS))}")
+    module, _, function = EXPERIMENTS[name].partition(":")
+    return getattr(importlib.import_module(module), function)(profile)
 
 
 def sweep_dir(profile: str, name: str) -> Path:
@@ -224,20 +229,10 @@ def notebook_parameters(stem: str, profile: str) -> dict:
 SMOKE_SUFFIX = "-smoke"
 
 
-def _load_experiments() -> dict:
-    """The registered experiments (the registry of the imported module: under ``python -m``
-    this file also runs as ``__main__``, whose EXPERIMENTS nobody registers into)."""
-    from . import sweep
-    from .experiments import gamma_robustness, table2  # noqa: F401 - they register their sweeps
-
-    return sweep.EXPERIMENTS
-
-
 def main(argv: list[str] | None = None) -> int:
-    experiments = _load_experiments()
     p = argparse.ArgumentParser(prog="python -m mresnet_core.sweep",
                                 description="A multi-run experiment as independent trainer runs.")
-    p.add_argument("experiment", choices=sorted(experiments))
+    p.add_argument("experiment", choices=sorted(EXPERIMENTS))
     p.add_argument("--profile", default="paper", help="the notebooks' profile whose settings to use")
     p.add_argument("--smoke", action="store_true", help="the profile's smoke run (run_all.sh --smoke): "
                    "shrunk by notebooks/params/smoke.yaml, runs in the smoke run's folders")
@@ -251,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.profile += SMOKE_SUFFIX
-    runs = experiments[args.experiment](args.profile)
+    runs = experiment_runs(args.experiment, args.profile)
     check_unique(runs)
     if args.status:
         print(collect(runs)[1])

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,6 +107,27 @@ def run_one(nb: Path, profile: str, out_dir: Path, in_place: bool = False,
     return status, time.monotonic() - start, detail
 
 
+#: notebooks whose runs the sweep launcher trains as jobs (python -m mresnet_core.sweep NAME)
+SWEEPS = {"09_table2_accuracy": "table2", "10_figure6_gamma": "figure6"}
+
+
+def run_sweep(stem: str, profile: str, out_dir: Path) -> tuple[str, float, str]:
+    """A smoke run's stand-in for the jobs a profile's sweep is: where the notebook trains
+    nothing itself (``train_missing: false``), its sweep runs here first, one trainer
+    process at a time (``--local``, on GPU 0 where there is one, else the CPU), the way
+    a cluster would run its commands; the log goes to ``<out_dir>/sweep-<name>.log``."""
+    import torch
+
+    name = SWEEPS[stem]
+    cmd = [sys.executable, "-m", "mresnet_core.sweep", name, "--profile", profile, "--smoke", "--local",
+           "--gpus", "0" if torch.cuda.is_available() else "cpu"]
+    start = time.monotonic()
+    with open(out_dir / f"sweep-{name}.log", "w") as log:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    last = (out_dir / f"sweep-{name}.log").read_text().strip().splitlines()[-1:] or [""]
+    return ("ok" if done.returncode == 0 else "failed"), time.monotonic() - start, last[0]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", help="run only notebooks whose name contains one of these")
@@ -141,6 +163,12 @@ def main(argv=None) -> int:
           f"results in {_shown(out_dir)}/", flush=True)
     total = time.monotonic()
     rows = []
+    for nb in notebooks if args.smoke else []:
+        if nb.stem in SWEEPS and notebook_parameters(args.profile, nb.stem, smoke=True).get("train_missing") is False:
+            print(f"sweep {SWEEPS[nb.stem]} (the runs {nb.name} aggregates, as jobs would train them)", flush=True)
+            st, seconds, detail = run_sweep(nb.stem, args.profile, out_dir)
+            print(f"  {detail}", flush=True)
+            rows.append((f"sweep {SWEEPS[nb.stem]}", st, seconds, detail))
     for i, nb in enumerate(notebooks, 1):
         previous = status.get(nb.stem, {})
         if args.skip_done and previous.get("status") == "ok" and (out_dir / nb.name).exists():
@@ -159,7 +187,10 @@ def main(argv=None) -> int:
     failed = []
     for stem, st, seconds, detail in rows:
         print(f"  {st:<15} {seconds:7.1f} s  {stem}")
-        if st == "failed":
+        if st == "failed" and stem.startswith("sweep "):
+            failed.append(stem)
+            print(f"      {detail}\n      log: {_shown(out_dir / (stem.replace(' ', '-') + '.log'))}")
+        elif st == "failed":
             failed.append(stem)
             print(f"      {detail}\n      executed notebook: {_shown(out_dir / (stem + '.ipynb'))}"
                   f"\n      log: {_shown(out_dir / (stem + '.log'))}")

@@ -30,7 +30,6 @@ def train_at_each_gamma(gammas, recipe: Recipe, *, profile: str | None, seed: in
     return {g: result for g, result in out.items() if result is not None}
 
 
-@sweep.register("figure6")
 def notebook_sweep(profile: str) -> list:
     """The trainings of the Figure 6 notebook (one per gamma; the refits start from them)
     with ``profile``'s parameters."""

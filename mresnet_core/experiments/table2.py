@@ -54,7 +54,6 @@ def sweep_runs(profile: str, recipe: Recipe, datasets, seeds, variants) -> list:
             for dataset in datasets for v in variants for seed in seeds]
 
 
-@sweep.register("table2")
 def notebook_sweep(profile: str) -> list:
     """The runs of the Table 2 notebook with ``profile``'s parameters."""
     p = sweep.notebook_parameters("09_table2_accuracy", profile)

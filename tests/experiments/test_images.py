@@ -52,3 +52,17 @@ def test_a_table2_sweep_trains_the_runs_the_notebook_then_loads(tmp_path, monkey
     assert trained.read_text() == before  # loaded, not trained again (a new training writes new seconds)
     again = images.fit_recipe("quick", recipe, momentum=True, seed=1)  # train_missing=True: trains it there
     assert again.history and sweep.collect(runs)[1] == "2 of 2 runs finished"
+
+
+@pytest.mark.parametrize("name, runs", [("table2", 2 * 4), ("figure6", 4)])
+def test_each_named_experiment_gives_its_notebooks_runs(name, runs, tmp_path, monkeypatch):
+    """The command line's table of experiments resolves, with the quick profile's
+    parameters: Table 2's two models at four seeds, Figure 6's four gammas."""
+    from mresnet_core import sweep
+
+    monkeypatch.setenv("MRESNET_RESULTS_DIR", str(tmp_path))
+    found = sweep.experiment_runs(name, "quick")
+    sweep.check_unique(found)
+    assert len(found) == runs and all(r.out.parent == tmp_path / "quick" for r in found)
+    with pytest.raises(ValueError, match="unknown experiment"):
+        sweep.experiment_runs("table3", "quick")
