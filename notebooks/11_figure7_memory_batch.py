@@ -61,6 +61,7 @@ from mresnet_core.plotting import save_figure
 
 # %% tags=["parameters"]
 profile = "quick"
+use_cache = True  # the accuracy runs are cached (keyed on settings and code version): a finished one is loaded
 threads = 1  # 0: torch's default (with other jobs on this 2-core machine, 2 threads ran up to 5x slower)
 exact_backend = "auto"  # MRESNET_EXACT_BACKEND: auto (the C kernels on the CPU), native, compile or eager
 device = "cpu"  # paper: "auto" (a GPU's allocator peaks)
@@ -114,7 +115,7 @@ memory.assign(**{c + " (MiB)": memory[c] / MiB for c in ("whole_step", "activati
 stages_table = pd.DataFrame(bm.accuracy_vs_memory_free_stages(
     stages, depth=stages_depth, batch_size=stages_batch, width=stages_width, gamma=gamma, seed=seed,
     dtype=stages_dtype, device=device, epochs=epochs, lr=lr, lr_milestones=tuple(lr_milestones), threads=threads,
-    **train_settings))
+    profile=profile if use_cache else None, **train_settings))
 free = bm.with_memory_free_stacks(stages_depth, max(stages), 10, width=stages_width, gamma=gamma, seed=seed)
 check = bm.gradient_check(free, images[:check_batch], labels[:check_batch], gamma)
 print(f"mresnet{stages_depth} with {max(stages)} stacks memory-free, one training step in float64 against Eq. 2 "

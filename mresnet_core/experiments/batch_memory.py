@@ -199,7 +199,7 @@ def with_memory_free_stacks(depth: int, k: int, num_classes: int, *, width: int,
 
 def accuracy_vs_memory_free_stages(ks, *, depth: int, batch_size: int, width: int, gamma: float,
                                    seed: int = 0, dtype: str = "float64", device: str = "cpu",
-                                   **settings) -> list:
+                                   profile: str | None = None, **settings) -> list:
     """Train ``mresnet{depth}`` with its k longest stacks memory-free, for each k in
     ``ks``, from the same initial weights and the same batches (``settings``: the
     trainer's fields: dataset, image_size, train_images, epochs, lr, ...). Rows: k,
@@ -208,7 +208,9 @@ def accuracy_vs_memory_free_stages(ks, *, depth: int, batch_size: int, width: in
     to rounding, so the accuracy cannot depend on k; in float64 the rounding stays far
     below what could change a prediction over a short training (in float32 it grows
     through training like a change of seed). ``device``: where memory is measured and
-    the runs train ("auto": CUDA when available)."""
+    the runs train ("auto": CUDA when available). With ``profile``, each run is cached
+    (keyed on the settings that build its model too): a finished one is loaded, an
+    interrupted one resumes."""
     dt = {"float32": torch.float32, "float64": torch.float64}[dtype]
     where = device_of(device)
     x, y, _ = first_images(batch_size, settings.get("dataset", "fashion-mnist"),
@@ -222,8 +224,10 @@ def accuracy_vs_memory_free_stages(ks, *, depth: int, batch_size: int, width: in
         F.cross_entropy(model(x[:1].to(where)), y[:1].to(where)).backward()  # warm-up at another shape
         step = step_memory(model, x.to(where), y.to(where))
         model.zero_grad(set_to_none=True)
-        result = fit(None, f"figure7-stages{k}", start_from=model, model=f"mresnet{depth}", gamma=gamma,
-                     width=width, batch_size=batch_size, seed=seed, device=str(where), **settings)
+        built = dict(builder="with_memory_free_stacks", depth=depth, k=k, num_classes=num_classes, width=width,
+                     gamma=gamma, seed=seed, dtype=dtype)
+        result = fit(profile, f"figure7-stages{k}", start_from=model, start_key=built, model=f"mresnet{depth}",
+                     gamma=gamma, width=width, batch_size=batch_size, seed=seed, device=str(where), **settings)
         rows.append({"memory-free stacks": k, "whole_step": step.whole_step, "activations": step.activations,
                      "test accuracy": final_accuracy(result)})
     return rows

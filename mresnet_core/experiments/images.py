@@ -21,7 +21,8 @@ from ..train import CHECKPOINT, TrainConfig, TrainResult, evaluate, train
 from .common import run_dir
 
 
-def fit(profile: str | None, name: str, *, start_from=None, data=None, **settings) -> TrainResult:
+def fit(profile: str | None, name: str, *, start_from=None, start_key: dict | None = None, data=None,
+        **settings) -> TrainResult:
     """Train with :func:`mresnet_core.train.train` (no progress bars, no per-epoch lines);
     ``settings`` are TrainConfig fields (model name, gamma, epochs, ...); the momentum
     stacks are trained by exact inversion unless ``memory`` says otherwise.
@@ -30,11 +31,12 @@ def fit(profile: str | None, name: str, *, start_from=None, data=None, **setting
     results folder in a folder keyed on every setting and the code version
     (:func:`cached_run`): a finished run is loaded instead of retrained, an interrupted
     one resumes. ``start_from``: an ``nn.Module`` to continue training (refit,
-    fine-tuning); such runs are not cached.
+    fine-tuning); such runs are not cached, unless ``start_key`` names what built that
+    module (the caller vouches that equal keys give equal modules): it joins the key.
     """
     config = run_config(**settings)
-    if profile and start_from is None:
-        config = cached_run(profile, name, config).config
+    if profile and (start_from is None or start_key is not None):
+        config = cached_run(profile, name, config, start_key).config
         config.resume = (Path(config.out) / CHECKPOINT).exists()
     return train(config, model=start_from, data=data, progress=False, verbose=False)
 
@@ -48,12 +50,14 @@ def run_config(**settings) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def cached_run(profile: str, name: str, config: TrainConfig) -> Run:
+def cached_run(profile: str, name: str, config: TrainConfig, start_key: dict | None = None) -> Run:
     """The run ``config`` as :func:`fit` caches it: its output folder is the profile's
-    cache folder for these settings and this code version, so a run started by the sweep
-    launcher (:mod:`mresnet_core.sweep`) is the one the notebook loads."""
+    cache folder for these settings (and ``start_key``, see :func:`fit`) and this code
+    version, so a run started by the sweep launcher (:mod:`mresnet_core.sweep`) is the
+    one the notebook loads."""
     config = dataclasses.replace(config, out=None, resume=False)
-    config.out = str(run_dir(profile, name, dataclasses.asdict(config)))
+    key = dataclasses.asdict(config) if start_key is None else {**dataclasses.asdict(config), "start": start_key}
+    config.out = str(run_dir(profile, name, key))
     return Run(name, config)
 
 

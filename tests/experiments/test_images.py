@@ -66,3 +66,28 @@ def test_each_named_experiment_gives_its_notebooks_runs(name, runs, tmp_path, mo
     assert len(found) == runs and all(r.out.parent == tmp_path / "quick" for r in found)
     with pytest.raises(ValueError, match="unknown experiment"):
         sweep.experiment_runs("table3", "quick")
+
+
+def test_a_run_from_a_given_module_is_cached_only_with_a_key_naming_it(tmp_path, monkeypatch):
+    """fit(start_from=...) trains uncached unless start_key says what built the module;
+    with one, the same key loads the finished run (the module gets its trained weights),
+    another key trains anew."""
+    import torch
+
+    from mresnet_core.models import build_model
+
+    monkeypatch.setenv("MRESNET_RESULTS_DIR", str(tmp_path))
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model("resnet18", 10, width=4)
+
+    images.fit("quick", "given", start_from=fresh(), **TINY)
+    assert not (tmp_path / "quick").exists()  # no key: not cached
+    first = images.fit("quick", "given", start_from=fresh(), start_key={"seed": 0}, **TINY)
+    again_model = fresh()
+    again = images.fit("quick", "given", start_from=again_model, start_key={"seed": 0}, **TINY)
+    assert again.history == first.history  # loaded, seconds included
+    assert all(torch.equal(a, b) for a, b in zip(again_model.state_dict().values(), first.model.state_dict().values()))
+    images.fit("quick", "given", start_from=fresh(), start_key={"seed": 1}, **TINY)
+    assert len(list((tmp_path / "quick").iterdir())) == 2
