@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .paths import project_root
-from .train import TrainConfig
+from .train import CHECKPOINT, TrainConfig
 
 #: TrainConfig fields that a sweep's command never sets (per-run bookkeeping)
 NOT_FLAGS = ("out", "resume")
@@ -154,22 +154,32 @@ def run_local(runs: Sequence[Run], gpus: Sequence[str], *, python: str = sys.exe
         return dict(zip((r.name for r in runs), pool.map(one, runs)))
 
 
+def history(run: Run) -> list:
+    """The per-epoch metrics ``run``'s folder holds (empty before its first epoch)."""
+    metrics = run.out / "metrics.json"
+    return json.loads(metrics.read_text()) if metrics.is_file() else []
+
+
+def is_finished(run: Run, epochs: list | None = None) -> bool:
+    """Whether ``run``'s folder holds its checkpoint and every epoch of its training
+    (``epochs``: its :func:`history`, when already read)."""
+    epochs = history(run) if epochs is None else epochs
+    return len(epochs) >= run.config.epochs and (run.out / CHECKPOINT).exists()
+
+
 def collect(runs: Sequence[Run]) -> tuple[list[dict], str]:
     """The runs of the sweep that exist: for each run folder with metrics, its name,
     epochs done, whether it is finished and its last epoch's metrics; and a line saying
     how many of how many runs are finished (and how many started)."""
     rows, finished, started = [], 0, 0
     for r in runs:
-        metrics = r.out / "metrics.json"
-        if not metrics.is_file():
-            continue
-        history = json.loads(metrics.read_text())
-        if not history:
+        epochs = history(r)
+        if not epochs:
             continue
         started += 1
-        done = len(history) >= r.config.epochs
+        done = is_finished(r, epochs)
         finished += done
-        rows.append({"run": r.name, "epochs": len(history), "finished": done, **history[-1]})
+        rows.append({"run": r.name, "epochs": len(epochs), "finished": done, **epochs[-1]})
     line = f"{finished} of {len(runs)} runs finished" + (
         f" ({started - finished} more started)" if started > finished else "")
     return rows, line
@@ -199,34 +209,46 @@ def sweep_dir(profile: str, name: str) -> Path:
     return results_dir(profile) / "sweeps" / name
 
 
-def notebook_parameters(stem: str, profile: str) -> dict:
-    """The parameters notebook ``notebooks/<stem>.ipynb`` runs with under ``profile``: the
-    defaults of its ``parameters`` cell, then ``notebooks/params/<profile>.yaml``'s ``all``
-    and ``stem`` entries (what ``run_all.sh --profile <profile>`` passes to papermill).
-    A profile ``<name>-smoke`` is ``run_all.sh --profile <name> --smoke``'s: ``<name>``'s
-    entries, then those of ``notebooks/params/smoke.yaml``."""
-    import ast
-
+def profile_parameters(stem: str, profile: str, notebooks: Path | None = None) -> dict:
+    """What ``run_all.sh --profile <profile>`` passes notebook ``<stem>`` (papermill
+    parameters): ``notebooks/params/<profile>.yaml``'s ``all`` entry, then the
+    notebook's own. A profile ``<name>-smoke`` is ``run_all.sh --profile <name> --smoke``'s:
+    ``<name>``'s entries, then those of ``notebooks/params/smoke.yaml``, and ``profile``
+    set to ``<name>-smoke`` (the folder of its cached runs). ValueError for a profile
+    without a parameter file. ``notebooks``: the notebooks folder (default: this checkout's)."""
     import yaml
 
-    notebooks = project_root() / "notebooks"
-    cells = json.loads((notebooks / f"{stem}.ipynb").read_text())["cells"]
-    source = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
-    params = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
-              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    notebooks = notebooks or project_root() / "notebooks"
     base, smoke = (profile[:-len(SMOKE_SUFFIX)], True) if profile.endswith(SMOKE_SUFFIX) else (profile, False)
     table_file = notebooks / "params" / f"{base}.yaml"
-    if not table_file.is_file() or base == "smoke":
+    if not table_file.is_file() or base == SMOKE_TABLE:
         raise ValueError(f"no parameters for profile {profile!r} ({table_file} is missing)")
-    for path in [table_file] + ([notebooks / "params" / "smoke.yaml"] if smoke else []):
+    params: dict = {}
+    for path in [table_file] + ([notebooks / "params" / f"{SMOKE_TABLE}.yaml"] if smoke else []):
         table = yaml.safe_load(path.read_text()) or {}
         params.update(table.get("all") or {})
         params.update(table.get(stem) or {})
+    if smoke:
+        params["profile"] = profile
     return params
+
+
+def notebook_parameters(stem: str, profile: str) -> dict:
+    """The parameters notebook ``notebooks/<stem>.ipynb`` runs with under ``profile``: the
+    defaults of its ``parameters`` cell, then :func:`profile_parameters`."""
+    import ast
+
+    cells = json.loads((project_root() / "notebooks" / f"{stem}.ipynb").read_text())["cells"]
+    source = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    params = {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(source).body
+              if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)}
+    return {**params, **profile_parameters(stem, profile)}
 
 
 #: a profile named ``<name>-smoke`` is ``<name>`` shrunk by notebooks/params/smoke.yaml
 SMOKE_SUFFIX = "-smoke"
+#: notebooks/params/smoke.yaml: overrides for a smoke run, not a profile of its own
+SMOKE_TABLE = "smoke"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,38 +25,31 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 
-SMOKE = "smoke"  # notebooks/params/smoke.yaml: overrides for --smoke, not a profile of its own
+def _check_profile(name: str) -> None:
+    """Refuse an unknown profile (one line naming the known ones) before anything runs."""
+    from mresnet_core.sweep import SMOKE_TABLE
 
-
-def _table(name: str) -> dict:
     path = NOTEBOOKS / "params" / f"{name}.yaml"
-    if name == SMOKE or not path.exists():
-        known = sorted(p.stem for p in (NOTEBOOKS / "params").glob("*.yaml") if p.stem != SMOKE)
+    if name == SMOKE_TABLE or not path.exists():
+        known = sorted(p.stem for p in (NOTEBOOKS / "params").glob("*.yaml") if p.stem != SMOKE_TABLE)
         raise SystemExit(f"unknown profile {name!r}: no {_shown(path)} (profiles: {known}; "
                          f"--smoke shrinks one of them)")
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def notebook_parameters(profile: str, stem: str, smoke: bool = False) -> dict:
     """The parameters of notebook ``stem`` under ``profile`` (its ``all`` entry, then the
     notebook's own); with ``smoke``, smoke.yaml's ``all`` and notebook entries on top, and
-    ``profile`` set to ``<profile>-smoke`` (the folder of the notebook's cached runs)."""
-    tables = [_table(profile)]
-    if smoke:
-        tables.append(yaml.safe_load((NOTEBOOKS / "params" / f"{SMOKE}.yaml").read_text()) or {})
-    params: dict = {}
-    for table in tables:
-        params.update(table.get("all") or {})
-        params.update(table.get(stem) or {})
-    if smoke:
-        params["profile"] = f"{profile}-smoke"
-    return params
+    ``profile`` set to ``<profile>-smoke`` (the folder of the notebook's cached runs):
+    ``mresnet_core.sweep.profile_parameters``, which the sweep launcher reads too."""
+    from mresnet_core.sweep import SMOKE_SUFFIX, profile_parameters
+
+    _check_profile(profile)
+    return profile_parameters(stem, profile + (SMOKE_SUFFIX if smoke else ""), NOTEBOOKS)
 
 
 def results_base() -> Path:
@@ -149,7 +142,7 @@ def main(argv=None) -> int:
     out_dir = results_base() / name
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.smoke:
-        _table(args.profile)  # an unknown profile fails here, before anything runs
+        _check_profile(args.profile)  # an unknown profile fails here, before anything runs
         os.environ["MRESNET_SMOKE"] = "1"  # the kernels inherit it (common.smoke_run)
         os.environ.setdefault("MRESNET_FIGURES_DIR", str(out_dir / "figures"))  # never figures/
     status_file = out_dir / "status.json"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 
 from ..data import load_data, make_loader
 from ..models import momentum_stacks, set_gamma
-from ..sweep import Run
+from ..sweep import Run, is_finished
 from ..train import CHECKPOINT, TrainConfig, TrainResult, evaluate, train
 from .common import run_dir
 
@@ -29,14 +28,14 @@ def fit(profile: str | None, name: str, *, start_from=None, start_key: dict | No
 
     With ``profile`` (and no ``start_from``), the run is checkpointed under the profile's
     results folder in a folder keyed on every setting and the code version
-    (:func:`cached_run`): a finished run is loaded instead of retrained, an interrupted
+    (:func:`cached_config`): a finished run is loaded instead of retrained, an interrupted
     one resumes. ``start_from``: an ``nn.Module`` to continue training (refit,
     fine-tuning); such runs are not cached, unless ``start_key`` names what built that
     module (the caller vouches that equal keys give equal modules): it joins the key.
     """
     config = run_config(**settings)
     if profile and (start_from is None or start_key is not None):
-        config = cached_run(profile, name, config, start_key).config
+        config = cached_config(profile, name, config, start_key)
         config.resume = (Path(config.out) / CHECKPOINT).exists()
     return train(config, model=start_from, data=data, progress=False, verbose=False)
 
@@ -50,22 +49,15 @@ def run_config(**settings) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def cached_run(profile: str, name: str, config: TrainConfig, start_key: dict | None = None) -> Run:
-    """The run ``config`` as :func:`fit` caches it: its output folder is the profile's
-    cache folder for these settings (and ``start_key``, see :func:`fit`) and this code
-    version, so a run started by the sweep launcher (:mod:`mresnet_core.sweep`) is the
-    one the notebook loads."""
+def cached_config(profile: str, name: str, config: TrainConfig, start_key: dict | None = None) -> TrainConfig:
+    """``config`` as :func:`fit` caches it: its output folder is the profile's cache
+    folder for these settings (and ``start_key``, see :func:`fit`) and this code version,
+    so a run started by the sweep launcher (:mod:`mresnet_core.sweep`) is the one the
+    notebook loads."""
     config = dataclasses.replace(config, out=None, resume=False)
     key = dataclasses.asdict(config) if start_key is None else {**dataclasses.asdict(config), "start": start_key}
     config.out = str(run_dir(profile, name, key))
-    return Run(name, config)
-
-
-def is_finished(run: Run) -> bool:
-    """Whether ``run``'s folder holds every epoch of its training."""
-    metrics = run.out / "metrics.json"
-    return (run.out / CHECKPOINT).exists() and metrics.is_file() and \
-        len(json.loads(metrics.read_text())) >= run.config.epochs
+    return config
 
 
 def final_accuracy(result: TrainResult) -> float:
@@ -193,8 +185,7 @@ def recipe_run(profile: str, recipe: Recipe, **run) -> Run:
     """:func:`fit_recipe`'s run as a sweep run (:mod:`mresnet_core.sweep`): the same
     settings and the same output folder, named with its seed."""
     name, settings = recipe_settings(recipe, **run)
-    cached = cached_run(profile, name, run_config(**settings))
-    return Run(f"{name}-seed{run['seed']}", cached.config)
+    return Run(f"{name}-seed{run['seed']}", cached_config(profile, name, run_config(**settings)))
 
 
 def first_test_images(recipe: Recipe, size: int, dataset: str | None = None):
