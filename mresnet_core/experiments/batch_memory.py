@@ -13,7 +13,7 @@ from torch import nn
 
 from ..convert import to_momentumnet
 from ..data import load_data
-from ..exact import GAMMA_DENOMINATOR
+from ..exact import rounded_gamma
 from ..memory import largest_fitting_batch, training_step_memory
 from ..models import build_deep_resnet, build_model, momentum_stacks
 from ..momentum import MomentumNet
@@ -114,12 +114,6 @@ def memory_vs_batch(models: dict, images, labels, budget_bytes: float, *, batche
 
 
 # ---------------------------------------------------------------------- Eq. 2 by hand
-def momentum_gamma(gamma: float) -> float:
-    """gamma as a momentum stack holds it: the nearest multiple of 2**-16 (exact inversion
-    divides by its numerator)."""
-    return round(float(gamma) * GAMMA_DENOMINATOR) / GAMMA_DENOMINATOR
-
-
 def written_out(model: nn.Module, x: torch.Tensor, gamma: float) -> torch.Tensor:
     """The forward pass of a converted torchvision-style ResNet written out by hand: the
     stem, then in each stage its first block and Eq. 2 over the stack's blocks
@@ -161,7 +155,7 @@ def gradient_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: fl
     ours.zero_grad(set_to_none=True)
     loss = F.cross_entropy(ours(x), y)
     loss.backward()
-    ref_loss = F.cross_entropy(written_out(reference, x, momentum_gamma(gamma)), y)
+    ref_loss = F.cross_entropy(written_out(reference, x, rounded_gamma(gamma)), y)
     ref_grads = torch.autograd.grad(ref_loss, list(reference.parameters()))
     grads = torch.cat([p.grad.flatten() for p in ours.parameters()])
     want = torch.cat([g.flatten() for g in ref_grads])

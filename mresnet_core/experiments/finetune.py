@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 
 import torch
@@ -94,8 +95,6 @@ def budget_batches(models: dict, images, labels, budget_bytes: float, *, max_bat
 def seconds_per_sample(model: nn.Module, images, labels, batch_size: int, repeats: int = 3) -> float:
     """Median wall time per sample of a training step (forward, cross-entropy, backward;
     no optimiser) of a copy of ``model`` at ``batch_size``, after one warm-up step."""
-    import statistics
-
     model = copy.deepcopy(model).train()
     device = next(model.parameters()).device
     x, y = images[:batch_size].to(device), labels[:batch_size].to(device)
@@ -192,11 +191,8 @@ def time_to(rows, target: float) -> list:
 def median_or_never(values) -> float:
     """Median of times to a target where a run that never reached it counts as later than
     any that did (inf); nan for no runs."""
-    values = sorted(math.inf if math.isnan(v) else v for v in values)
-    if not values:
-        return math.nan
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    values = [math.inf if math.isnan(v) else v for v in values]
+    return statistics.median(values) if values else math.nan
 
 
 def plot_finetuning(rows, target: float):

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from ..paths import project_root
+from .batch_memory import device_of
 
 #: contenders in the order the plots draw them, with their labels
 LABELS = {"original": "original model, ordinary backprop", "ordinary": "ours, ordinary backprop",
@@ -64,10 +65,7 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
 
     if profile not in ("smoke", "quick", "full", "figure7"):
         raise ValueError(f"profile must be 'smoke', 'quick', 'full' or 'figure7', got {profile!r}")
-    if device == "auto":  # a GPU where there is one (the harness then reads the CUDA allocator's peaks)
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = device_of(device).type  # "auto": a GPU where there is one (the harness reads its allocator)
     out = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="mresnet-bench-"))
     cmd = [sys.executable, str(harness_path()), "--out", str(out), "--device", device]
     if profile != "full":
