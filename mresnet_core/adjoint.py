@@ -24,24 +24,31 @@ class MomentumAdjoint:
     1 - gamma), so a layer costs two full-size passes (``a += J^T c``, the lerp) besides
     its vector-Jacobian product. dL/dv_0 is formed once, at the end. Gamma = 1 (f has no
     influence) carries b instead (dL/dv_n = a + b). The incoming gradients are never written to;
-    (a, c) become tensors of our own at the first layer and are updated in place.
+    (a, c) become tensors of our own at the first layer and are updated in place. An
+    incoming dL/dx_L that nothing else holds (``grad_x_owned``) is c's memory: c =
+    (1 - gamma) a in place, and the first layer forms its a from c (a = c / (1 - gamma),
+    within a rounding of the direct sum), so that no full-size tensor is allocated for c.
     """
 
-    def __init__(self, grad_x, grad_v, gamma: float, shape, dtype, device):
+    def __init__(self, grad_x, grad_v, gamma: float, shape, dtype, device, grad_x_owned: bool = False):
         if grad_x is None:
-            grad_x = torch.zeros(shape, dtype=dtype, device=device)
+            grad_x, grad_x_owned = torch.zeros(shape, dtype=dtype, device=device), True
         self.a, self.b, self.gamma = grad_x, grad_v, gamma
         self.c = None  # set at the first layer; then b is no longer needed
-        self.a_owned = False
+        self.a_owned = grad_x_owned
 
-    def step(self, x_n, f_n, wrt=(), last: bool = False) -> list:
+    def step(self, x_n, f_n, wrt=(), last: bool = False, skip: bool = False) -> list:
         """Take layer n's backward given f_n = f(x_n), recomputed with a graph from the
         leaf x_n; returns [dL/dw or None for w in wrt]. ``last``: layer 0, after which
-        no cotangent is needed."""
+        no cotangent is needed. ``skip``: f_n is a block's output y = f(x_n) + x_n
+        instead (J_f^T c = J_y^T c - c: no node and no full-size tensor for the
+        difference)."""
         gamma = self.gamma
         if self.c is None:
             if gamma == 1.0:  # carries b itself
                 self.c = torch.zeros_like(self.a) if self.b is None else self.b.clone()
+            elif self.b is None and self.a_owned:  # a's memory becomes c; a is formed from c below
+                self.c, self.a = self.a.mul_(1.0 - gamma), None
             else:
                 self.c = (self.a if self.b is None else self.a + self.b) * (1.0 - gamma)
             self.b = None
@@ -52,11 +59,27 @@ class MomentumAdjoint:
         c = self.c
         grads = torch.autograd.grad(f_n, [x_n, *wrt], c, allow_unused=True)
         gx = grads[0]
-        if gx is not None:  # before c changes: gx may be c itself (f(x) = x + ...)
-            if self.a_owned:
-                self.a.add_(gx)
+        # gx may be c itself (f(x) = x + ...) or another input's gradient (f(x + w))
+        fresh = gx is not None and _writable(gx, [c, *grads[1:]])
+        if self.a is None:  # a = c / (1 - gamma): a_n = gx + a (- c if skip) in one pass
+            scale = 1.0 / (1.0 - gamma) - (1.0 if skip else 0.0)
+            if gx is None:
+                self.a = c * scale
             else:
-                self.a, self.a_owned = self.a + gx, True
+                self.a = gx.add_(c, alpha=scale) if fresh else torch.add(gx, c, alpha=scale)
+        else:
+            if gx is not None:  # before c changes
+                if self.a_owned:
+                    self.a.add_(gx)
+                elif fresh:  # autograd's own new tensor: a goes there
+                    self.a, self.a_owned = gx.add_(self.a), True
+                else:
+                    self.a, self.a_owned = self.a + gx, True
+            if skip:
+                if self.a_owned:
+                    self.a.sub_(c)
+                else:
+                    self.a, self.a_owned = self.a - c, True
         if not last:
             ptr = c.untyped_storage().data_ptr()
             aliased = any(t is not None and t.untyped_storage().data_ptr() == ptr for t in grads[1:])
@@ -73,3 +96,13 @@ class MomentumAdjoint:
         if self.gamma == 1.0:
             return self.a, self.c
         return self.a, self.c * (self.gamma / (1.0 - self.gamma))
+
+
+def _writable(g: torch.Tensor, others: list) -> bool:
+    """Whether autograd's gradient g may be written to: a dense tensor on memory of its
+    own, neither a view (an expanded one) nor sharing memory with any of ``others`` (the
+    cotangent handed back, f(x) = x + ...; another input's gradient, f(x + w))."""
+    if g._base is not None or not g.is_contiguous() or g.untyped_storage().nbytes() != g.nbytes:
+        return False
+    ptr = g.untyped_storage().data_ptr()
+    return all(t is None or t.untyped_storage().data_ptr() != ptr for t in others)

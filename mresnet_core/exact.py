@@ -365,21 +365,25 @@ class BoundKernels:
     def __init__(self, kernels: ExactKernels, x, v, buffer: "InformationBuffer", dtype: torch.dtype):
         self.kernels, self.x, self.v, self.buffer, self.dtype = kernels, x, v, buffer, dtype
 
-    def push(self, f):
-        """``buffer.before_push`` then `forward_step`: returns (float x, peak)."""
+    def push(self, out, base=None, reuse=False):
+        """``buffer.before_push`` then `forward_step` with f = out - base (``base`` None:
+        f = out): returns (float x, peak). ``reuse``: out is the caller's alone (the
+        difference is then taken in place)."""
         self.buffer.before_push(self.kernels.n)
+        f = out if base is None else (out.sub_(base) if reuse else out - base)
         return self.kernels.forward_step(self.x, self.v, self.buffer.state, f)
 
-    def undo_position(self):
-        """x <- x - v; returns float x."""
+    def undo_position(self, spare=None):
+        """x <- x - v; returns float x (``spare``: a tensor the C kernels may write it to)."""
         return self.kernels.undo_position(self.x, self.v, self.dtype)
 
-    def pop(self, f, release=None) -> None:
-        """`undo_velocity` then ``buffer.after_pop``: the velocity back, given f(x_n).
-        ``release()``, if given, is called in between: f is no longer needed there, and
-        nothing has been allocated yet."""
+    def pop(self, out, base=None, release=None) -> None:
+        """`undo_velocity` then ``buffer.after_pop``: the velocity back, given f(x_n) =
+        out - base (``base`` None: out). ``release()``, if given, is called in between:
+        out is no longer needed there, and nothing has been allocated yet."""
+        f = out if base is None else out - base
         self.kernels.undo_velocity(self.v, self.buffer.state, f)
-        f = release() if release is not None else None
+        f = out = release() if release is not None else None
         self.buffer.after_pop(self.kernels.n)
 
 

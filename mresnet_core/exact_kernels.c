@@ -72,6 +72,16 @@ typedef uint32_t u32;
 #define PARALLEL_FOR_PEAK
 #endif
 
+/* the loop has no dependence between iterations (an output may be an input's array,
+ * read and written at the same index only): vectorise it without alias checks */
+#if defined(__clang__)
+#define SAME_INDEX_ONLY _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define SAME_INDEX_ONLY _Pragma("GCC ivdep")
+#else
+#define SAME_INDEX_ONLY
+#endif
+
 /* Helpers are always inlined, so that they take the instruction set of the variant
  * they are inlined into (a call would also stop the loops from vectorising). */
 ALWAYS_INLINE double as_f64(u64 b) { double d; memcpy(&d, &b, 8); return d; }
@@ -145,12 +155,14 @@ static double from_abs_bits_f64(u64 b) { double t; memcpy(&t, &b, 8); return t; 
 #undef EXACT_KERNELS_PASS
 
 /* ---- dispatch ---- */
-typedef double (*forward_f32_fn)(i64 *, i64 *, i32 *, const float *, float *, i64, i64, int, i32 *);
-typedef double (*forward_f64_fn)(i64 *, i64 *, i32 *, const double *, double *, i64, i64, int, i32 *);
+typedef double (*forward_f32_fn)(i64 *, i64 *, i32 *, const float *, const float *, float *, i64, i64, int,
+                                 i32 *);
+typedef double (*forward_f64_fn)(i64 *, i64 *, i32 *, const double *, const double *, double *, i64, i64, int,
+                                 i32 *);
 typedef void (*position_f32_fn)(i64 *, const i64 *, float *, i64, int);
 typedef void (*position_f64_fn)(i64 *, const i64 *, double *, i64, int);
-typedef i32 (*velocity_f32_fn)(i64 *, i32 *, const float *, i64, i64, int);
-typedef i32 (*velocity_f64_fn)(i64 *, i32 *, const double *, i64, i64, int);
+typedef i32 (*velocity_f32_fn)(i64 *, i32 *, const float *, const float *, i64, i64, int);
+typedef i32 (*velocity_f64_fn)(i64 *, i32 *, const double *, const double *, i64, i64, int);
 typedef double (*to_fixed_f32_fn)(const float *, i64 *, i64, int);
 typedef double (*to_fixed_f64_fn)(const double *, i64 *, i64, int);
 typedef void (*to_float_f32_fn)(const i64 *, float *, i64, int);
@@ -238,14 +250,16 @@ int exact_kernels_use_isa(const char *name) {
 
 /* v <- gamma v + (1 - gamma) f, x <- x + v (exact.torch_forward_step); writes float(x)
  * to xf and the largest buffer state after the push to *state_max, and returns
- * max(|xf|, |f|) for the range check. gamma = n / 2**16. */
-double forward_step_f32(i64 *x, i64 *v, i32 *state, const float *f, float *xf, i64 count, i64 n,
-                        int threads, i32 *state_max) {
-    return active->forward_step_f32(x, v, state, f, xf, count, n, threads, state_max);
+ * max(|xf|, |f|) for the range check. gamma = n / 2**16. The residual is f = out - base
+ * (rounded in T, as torch's out - base) for a block that adds its own skip connection,
+ * f = out where base is NULL; xf may be out's own array (overwritten as it is read). */
+double forward_step_f32(i64 *x, i64 *v, i32 *state, const float *out, const float *base, float *xf,
+                        i64 count, i64 n, int threads, i32 *state_max) {
+    return active->forward_step_f32(x, v, state, out, base, xf, count, n, threads, state_max);
 }
-double forward_step_f64(i64 *x, i64 *v, i32 *state, const double *f, double *xf, i64 count, i64 n,
-                        int threads, i32 *state_max) {
-    return active->forward_step_f64(x, v, state, f, xf, count, n, threads, state_max);
+double forward_step_f64(i64 *x, i64 *v, i32 *state, const double *out, const double *base, double *xf,
+                        i64 count, i64 n, int threads, i32 *state_max) {
+    return active->forward_step_f64(x, v, state, out, base, xf, count, n, threads, state_max);
 }
 
 /* x <- x - v (exact.torch_undo_position); writes float(x) to xf */
@@ -256,13 +270,15 @@ void undo_position_f64(i64 *x, const i64 *v, double *xf, i64 count, int threads)
     active->undo_position_f64(x, v, xf, count, threads);
 }
 
-/* the inverse of forward_step's velocity update, given f(x_n) (exact.torch_undo_velocity);
- * returns the smallest buffer state after the pop (INT32_MAX for no element) */
-i32 undo_velocity_f32(i64 *v, i32 *state, const float *f, i64 count, i64 n, int threads) {
-    return active->undo_velocity_f32(v, state, f, count, n, threads);
+/* the inverse of forward_step's velocity update, given f(x_n) = out - base (or out where
+ * base is NULL, as in forward_step) (exact.torch_undo_velocity); returns the smallest
+ * buffer state after the pop (INT32_MAX for no element) */
+i32 undo_velocity_f32(i64 *v, i32 *state, const float *out, const float *base, i64 count, i64 n, int threads) {
+    return active->undo_velocity_f32(v, state, out, base, count, n, threads);
 }
-i32 undo_velocity_f64(i64 *v, i32 *state, const double *f, i64 count, i64 n, int threads) {
-    return active->undo_velocity_f64(v, state, f, count, n, threads);
+i32 undo_velocity_f64(i64 *v, i32 *state, const double *out, const double *base, i64 count, i64 n,
+                      int threads) {
+    return active->undo_velocity_f64(v, state, out, base, count, n, threads);
 }
 
 /* float -> int64 fixed point, truncated (exact.to_fixed); returns max |t| (NaN above inf)
@@ -344,7 +360,7 @@ i32 refill_words(i32 *restrict state, i64 count, i32 low, const uint8_t *restric
 /* the build's identity, checked by the loader: the interface version, the hash of the
  * source and flags it was built from (-DEXACT_KERNELS_KEY, set by setup.py and
  * exact_native.py; empty if not given), and whether it runs on OpenMP threads */
-int exact_kernels_version(void) { return 5; }
+int exact_kernels_version(void) { return 6; }
 #ifndef EXACT_KERNELS_KEY
 #define EXACT_KERNELS_KEY ""
 #endif
@@ -393,43 +409,59 @@ int exact_kernels_openmp(void) {
 #define ABS_BITS CAT(abs_bits_, TYPE)
 #define FROM_ABS_BITS CAT(from_abs_bits_, TYPE)
 
-VARIANT_TARGET
-static double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict state,
-                                 const T *restrict f, T *restrict xf, i64 count, i64 n, int threads,
-                                 i32 *state_max)
+/* one block [start, end) of forward_step; with_base is a constant at each call, so that
+ * each case compiles to its own loop */
+VARIANT_TARGET ALWAYS_INLINE void NAME(forward_block)(i64 *restrict x, i64 *restrict v, i32 *restrict state,
+                                                      const T *out, const T *base, T *xf, i64 start, i64 end,
+                                                      i64 n, const int with_base, PEAK_T *peak, i32 *smax)
 {
     const double inv_n = 1.0 / (double)n;
     const double k = (double)((65536 - n) << 24); /* (1 - gamma) 2**40 */
+    PEAK_T local = 0;
+    i32 local_smax = 0;
+    SAME_INDEX_ONLY
+    for (i64 i = start; i < end; i++) {
+        /* pop s = state mod n from the buffer state */
+        const i32 st = state[i];
+        const i32 q = (i32)(((double)st + 0.5) * inv_n);
+        const u32 s = (u32)st - (u32)q * (u32)n;
+        /* v' = floor((v n + s) / 2**16) + (1 - gamma) f; push z mod 2**16 */
+        const i64 vi = v[i];
+        const u32 z = (u32)(vi & 0xFFFF) * (u32)n + s;
+        const T fi = with_base ? (T)(out[i] - base[i]) : out[i];
+        const i64 inc = TRUNC_TO_I64((double)fi * k);
+        const i64 nv = (i64)((u64)(vi >> 16) * (u64)(u32)n + (u64)(z >> 16) + (u64)inc);
+        const i32 ns = (i32)(((u32)q << 16) | (z & 0xFFFFu));
+        state[i] = ns;
+        local_smax = ns > local_smax ? ns : local_smax;
+        v[i] = nv;
+        const i64 nx = (i64)((u64)x[i] + (u64)nv);
+        x[i] = nx;
+        const T o = (T)(TO_F64(nx) * INV_SCALE);
+        xf[i] = o;
+        const PEAK_T a = ABS_BITS(o), b = ABS_BITS(fi);
+        const PEAK_T m = a > b ? a : b;
+        local = m > local ? m : local;
+    }
+    *peak = local;
+    *smax = local_smax;
+}
+
+VARIANT_TARGET
+static double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict state, const T *out,
+                                 const T *base, T *xf, i64 count, i64 n, int threads, i32 *state_max)
+{
     PEAK_T peak = 0;
     i32 smax = 0;
     PARALLEL_FOR_MAX_PEAK
     for (i64 start = 0; start < count; start += BLOCK) {
         const i64 end = start + BLOCK < count ? start + BLOCK : count;
-        PEAK_T local = 0;
-        i32 local_smax = 0;
-        for (i64 i = start; i < end; i++) {
-            /* pop s = state mod n from the buffer state */
-            const i32 st = state[i];
-            const i32 q = (i32)(((double)st + 0.5) * inv_n);
-            const u32 s = (u32)st - (u32)q * (u32)n;
-            /* v' = floor((v n + s) / 2**16) + (1 - gamma) f; push z mod 2**16 */
-            const i64 vi = v[i];
-            const u32 z = (u32)(vi & 0xFFFF) * (u32)n + s;
-            const T fi = f[i];
-            const i64 inc = TRUNC_TO_I64((double)fi * k);
-            const i64 nv = (i64)((u64)(vi >> 16) * (u64)(u32)n + (u64)(z >> 16) + (u64)inc);
-            const i32 ns = (i32)(((u32)q << 16) | (z & 0xFFFFu));
-            state[i] = ns;
-            local_smax = ns > local_smax ? ns : local_smax;
-            v[i] = nv;
-            const i64 nx = (i64)((u64)x[i] + (u64)nv);
-            x[i] = nx;
-            const T o = (T)(TO_F64(nx) * INV_SCALE);
-            xf[i] = o;
-            const PEAK_T a = ABS_BITS(o), b = ABS_BITS(fi);
-            const PEAK_T m = a > b ? a : b;
-            local = m > local ? m : local;
-        }
+        PEAK_T local;
+        i32 local_smax;
+        if (base)
+            NAME(forward_block)(x, v, state, out, base, xf, start, end, n, 1, &local, &local_smax);
+        else
+            NAME(forward_block)(x, v, state, out, base, xf, start, end, n, 0, &local, &local_smax);
         peak = local > peak ? local : peak;
         smax = local_smax > smax ? local_smax : smax;
     }
@@ -452,37 +484,49 @@ static void NAME(undo_position)(i64 *restrict x, const i64 *restrict v, T *restr
     }
 }
 
-VARIANT_TARGET
-static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *restrict f, i64 count,
-                               i64 n, int threads)
+/* one block [start, end) of undo_velocity (with_base as in forward_block); returns the
+ * smallest state */
+VARIANT_TARGET ALWAYS_INLINE i32 NAME(velocity_block)(i64 *restrict v, i32 *restrict state, const T *restrict out,
+                                                      const T *restrict base, i64 start, i64 end, i64 n,
+                                                      const int with_base)
 {
     const double inv_n = 1.0 / (double)n, dn = (double)n;
     const double k = (double)((65536 - n) << 24);
+    i32 local_smin = INT32_MAX;
+    for (i64 i = start; i < end; i++) {
+        const T fi = with_base ? (T)(out[i] - base[i]) : out[i];
+        const i64 a = (i64)((u64)v[i] - (u64)TRUNC_TO_I64((double)fi * k));
+        /* hi, zh = divmod(a, n): a = A 2**16 + B, two exact float64 passes */
+        const double a_hi = small_to_f64(a >> 16);
+        const double q1 = __builtin_floor((a_hi + 0.5) * inv_n);
+        const double r1 = a_hi - q1 * dn;
+        const double w = r1 * 65536.0 + (double)(i32)(a & 0xFFFF);
+        const double q2 = __builtin_trunc((w + 0.5) * inv_n);
+        const double zh = w - q2 * dn;
+        /* lo, s = divmod(zh 2**16 + (state mod 2**16), n); push s back */
+        const i32 st = state[i];
+        const double w2 = zh * 65536.0 + (double)(st & 0xFFFF);
+        const double lo = __builtin_trunc((w2 + 0.5) * inv_n);
+        const i32 s = (i32)(w2 - lo * dn);
+        const i32 ns = (i32)((u32)(st >> 16) * (u32)n + (u32)s);
+        state[i] = ns;
+        local_smin = ns < local_smin ? ns : local_smin;
+        /* v = hi 2**16 + lo = q1 2**32 + (q2 2**16 + lo) */
+        v[i] = (i64)(((u64)small_to_i64(q1) << 32) + (u64)small_to_i64(q2 * 65536.0 + lo));
+    }
+    return local_smin;
+}
+
+VARIANT_TARGET
+static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *restrict out,
+                               const T *restrict base, i64 count, i64 n, int threads)
+{
     i32 smin = INT32_MAX;
     PARALLEL_FOR_MIN_STATE
     for (i64 start = 0; start < count; start += BLOCK) {
         const i64 end = start + BLOCK < count ? start + BLOCK : count;
-        i32 local_smin = INT32_MAX;
-        for (i64 i = start; i < end; i++) {
-            const i64 a = (i64)((u64)v[i] - (u64)TRUNC_TO_I64((double)f[i] * k));
-            /* hi, zh = divmod(a, n): a = A 2**16 + B, two exact float64 passes */
-            const double a_hi = small_to_f64(a >> 16);
-            const double q1 = __builtin_floor((a_hi + 0.5) * inv_n);
-            const double r1 = a_hi - q1 * dn;
-            const double w = r1 * 65536.0 + (double)(i32)(a & 0xFFFF);
-            const double q2 = __builtin_trunc((w + 0.5) * inv_n);
-            const double zh = w - q2 * dn;
-            /* lo, s = divmod(zh 2**16 + (state mod 2**16), n); push s back */
-            const i32 st = state[i];
-            const double w2 = zh * 65536.0 + (double)(st & 0xFFFF);
-            const double lo = __builtin_trunc((w2 + 0.5) * inv_n);
-            const i32 s = (i32)(w2 - lo * dn);
-            const i32 ns = (i32)((u32)(st >> 16) * (u32)n + (u32)s);
-            state[i] = ns;
-            local_smin = ns < local_smin ? ns : local_smin;
-            /* v = hi 2**16 + lo = q1 2**32 + (q2 2**16 + lo) */
-            v[i] = (i64)(((u64)small_to_i64(q1) << 32) + (u64)small_to_i64(q2 * 65536.0 + lo));
-        }
+        const i32 local_smin = base ? NAME(velocity_block)(v, state, out, base, start, end, n, 1)
+                                    : NAME(velocity_block)(v, state, out, base, start, end, n, 0);
         smin = local_smin < smin ? local_smin : smin;
     }
     return smin;

@@ -51,7 +51,7 @@ except ImportError:  # Windows: no run-time builds (library() is for Linux)
 SOURCE = Path(__file__).with_name("exact_kernels.c")
 #: The library ``setup.py`` builds into the package.
 INSTALLED_LIBRARY = Path(__file__).with_name("libexact_kernels.so")
-VERSION = 5  # exact_kernels_version() of a library built from SOURCE
+VERSION = 6  # exact_kernels_version() of a library built from SOURCE
 #: Compiler flags of every build (setup.py has the same list; a test checks it). Never
 #: -ffast-math; -ffp-contract=off: a fused multiply-add would round differently.
 CFLAGS = ["-O3", "-std=c11", "-fPIC", "-fno-trapping-math", "-ffp-contract=off"]
@@ -253,10 +253,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     for t in _TYPES.values():
         fs = getattr(lib, f"forward_step_{t}")
-        fs.argtypes, fs.restype = [p, p, p, p, p, i64, i64, i32, p], ctypes.c_double
+        fs.argtypes, fs.restype = [p, p, p, p, p, p, i64, i64, i32, p], ctypes.c_double
         getattr(lib, f"undo_position_{t}").argtypes = [p, p, p, i64, i32]
         uv = getattr(lib, f"undo_velocity_{t}")
-        uv.argtypes, uv.restype = [p, p, p, i64, i64, i32], i32
+        uv.argtypes, uv.restype = [p, p, p, p, i64, i64, i32], i32
         tf = getattr(lib, f"to_fixed_{t}")
         tf.argtypes, tf.restype = [p, p, i64, i32], ctypes.c_double
         getattr(lib, f"to_float_{t}").argtypes = [p, p, i64, i32]
@@ -495,7 +495,7 @@ class NativeKernels:
         f = self._like(f, x)
         xf = torch.empty(x.shape, dtype=f.dtype)
         peak = getattr(self.lib, f"forward_step_{_TYPES[f.dtype]}")(
-            x.data_ptr(), v.data_ptr(), state.data_ptr(), f.data_ptr(), xf.data_ptr(), x.numel(),
+            x.data_ptr(), v.data_ptr(), state.data_ptr(), f.data_ptr(), None, xf.data_ptr(), x.numel(),
             self.n, torch.get_num_threads(), ctypes.addressof(self._max))
         return xf, peak, self._max.value
 
@@ -511,7 +511,7 @@ class NativeKernels:
         the smallest buffer state."""
         f = self._like(f, v)
         return getattr(self.lib, f"undo_velocity_{_TYPES[f.dtype]}")(
-            v.data_ptr(), state.data_ptr(), f.data_ptr(), v.numel(), self.n, torch.get_num_threads())
+            v.data_ptr(), state.data_ptr(), f.data_ptr(), None, v.numel(), self.n, torch.get_num_threads())
 
     def spill(self, state: torch.Tensor, limit: int):
         """Move the low byte of every state >= limit into a new word (uint8, element
@@ -553,41 +553,49 @@ class NativeBound:
         self._max = ctypes.c_int32(0)
         self._max_address = ctypes.addressof(self._max)
 
-    def _residual(self, f: torch.Tensor) -> torch.Tensor:
-        if f.dtype is not self.dtype or f.shape != self.shape or f.device.type != "cpu":
-            raise ValueError(f"a residual of {f.dtype} {tuple(f.shape)} on {f.device} for an exact "
+    def _operand(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dtype is not self.dtype or t.shape != self.shape or t.device.type != "cpu":
+            raise ValueError(f"a residual of {t.dtype} {tuple(t.shape)} on {t.device} for an exact "
                              f"state of {tuple(self.shape)} and {self.dtype}")
-        return f.contiguous()
+        return t.contiguous()
 
-    def push(self, f):
-        """Spill a word if a state may overflow, then one layer forward: returns (float x, peak)."""
-        f = self._residual(f)
+    def push(self, out, base=None, reuse=False):
+        """Spill a word if a state may overflow, then one layer forward with f = out - base
+        (``base`` None: f = out): returns (float x, peak). ``reuse``: out is the caller's
+        alone and not needed afterwards, so float x is written over it (no allocation)."""
+        contiguous = self._operand(out)
+        base_ptr = self._operand(base).data_ptr() if base is not None else None
         buffer = self.buffer
         if buffer.upper >= self.limit:
             word, buffer.upper = self.kernels.spill(buffer.state, self.limit)
             if word is not None:
                 buffer.words.append(word)
-        xf = torch.empty(self.shape, dtype=self.dtype)
+        xf = contiguous if reuse or contiguous is not out else torch.empty(self.shape, dtype=self.dtype)
         x, v, state = self.pointers
-        peak = self._forward(x, v, state, f.data_ptr(), xf.data_ptr(), self.count, self.n,
+        peak = self._forward(x, v, state, contiguous.data_ptr(), base_ptr, xf.data_ptr(), self.count, self.n,
                              torch.get_num_threads(), self._max_address)
         buffer.upper, buffer.lower = self._max.value, -1  # the smallest unknown, as after before_push
         return xf, peak
 
-    def undo_position(self):
-        """x <- x - v; returns float x."""
-        xf = torch.empty(self.shape, dtype=self.dtype)
+    def undo_position(self, spare=None):
+        """x <- x - v; returns float x, written into ``spare`` (a tensor of the caller's
+        that nothing else holds) where given and of the right kind."""
+        xf = spare if (spare is not None and spare.dtype is self.dtype and spare.shape == self.shape
+                       and spare.device.type == "cpu" and spare.is_contiguous()) else None
+        xf = torch.empty(self.shape, dtype=self.dtype) if xf is None else xf
         self._position(self.pointers[0], self.pointers[1], xf.data_ptr(), self.count, torch.get_num_threads())
         return xf
 
-    def pop(self, f, release=None) -> None:
-        """The velocity back, given f(x_n), then a word refilled if a state fell below
-        the buffer's low bound; ``release`` as in ``exact.BoundKernels.pop``."""
-        f = self._residual(f)
+    def pop(self, out, base=None, release=None) -> None:
+        """The velocity back, given f(x_n) = out - base (``base`` None: out), then a word
+        refilled if a state fell below the buffer's low bound; ``release`` as in
+        ``exact.BoundKernels.pop``."""
+        out = self._operand(out)
+        base_ptr = self._operand(base).data_ptr() if base is not None else None
         buffer = self.buffer
-        smallest = self._velocity(self.pointers[1], self.pointers[2], f.data_ptr(), self.count, self.n,
-                                  torch.get_num_threads())
-        f = release() if release is not None else None
+        smallest = self._velocity(self.pointers[1], self.pointers[2], out.data_ptr(), base_ptr, self.count,
+                                  self.n, torch.get_num_threads())
+        out = release() if release is not None else None
         low = buffer.low
         if smallest < low:
             total = self.kernels.refill_count(buffer.state, low)

@@ -126,7 +126,8 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
     dtype = x0.dtype
     depth = len(stack.functions)
     x, v, buffer = initial_state(stack, x0, v0)
-    origin = fingerprint(x, v)
+    # v0 = None: v is zeros, whose fingerprint is [0, 0] in every branch of fingerprint
+    origin = fingerprint(x, v) if v0 is not None else fingerprint(x) + [[0, 0]]
     kernels = exact.ExactKernels(x, stack.n)
     k = kernels.bind(x, v, buffer, dtype)
     replays = []
@@ -141,8 +142,12 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
     with torch.no_grad():
         for i in range(depth):
             if i < start:
-                f, replay = call_recording(stack, i, xf, args, kwargs)
-                freeable = False
+                (out, base), replay = call_recording(stack, i, xf, args, kwargs, split=True)
+                # the new float x goes into the block output's memory when nothing else holds
+                # it (asked before the call, whose own argument would count as a holder)
+                reuse = sole_owner(out)
+                xf, peak = k.push(out, base, reuse=reuse)
+                out = base = None
             else:
                 if kept is None:
                     kept = KeptGraphs(start, Tape(x=x, v=v, buffer=buffer, replays=replays, dtype=dtype,
@@ -151,9 +156,9 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
                     k = kernels.bind(x, v, buffer, dtype)
                 f, replay = _call_keeping(stack, i, xf, args, kwargs, kept)
                 freeable = _freeable(f, kept.xs[-1], held=2)  # f here and in kept.fs
-            xf, peak = k.push(f.detach())
-            if freeable:
-                free_storage(f)
+                xf, peak = k.push(f.detach())
+                if freeable:
+                    free_storage(f)
             if isinstance(peak, float):
                 float_peaks[i] = peak
             else:
@@ -204,15 +209,19 @@ def replay_forward(stack: Stack, tape: Tape, args, kwargs, inputs=None) -> None:
     with torch.no_grad():
         for module, replay in zip(stack.functions, tape.replays):
             with Replaying(module, replay, x.device):
-                f = stack.residual_of(module, xf, args, kwargs)
-            xf, _ = k.push(f)
+                out, base = stack.split_residual(module, xf, args, kwargs)
+            reuse = sole_owner(out)
+            xf, _ = k.push(out, base, reuse=reuse)
+            out = base = None
     tape.consumed = False
 
 
 @slow_attention()
 def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=False,
                 release=None) -> Tape | None:
-    """Walk the tape back to depth 0 exactly. ``on_layer(i, xf, f)`` sees each recompute.
+    """Walk the tape back to depth 0 exactly. ``on_layer(i, xf, out, skip)`` sees each
+    recompute: f(xf) = out - xf if ``skip`` (a block that adds its own skip connection),
+    else out.
 
     With ``on_layer`` the residual function is recomputed with autograd enabled (for the
     backward pass); otherwise without. ``consume`` unwinds the tape's own tensors in
@@ -234,31 +243,37 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
         buffer, x, v = tape.buffer.copy(), tape.x.clone(), tape.v.clone()
     k = exact.ExactKernels(x, stack.n).bind(x, v, buffer, tape.dtype)
     replays = tape.replays or [None] * len(stack.functions)
+    spare = None  # the last layer's float x, once nothing else holds it: the next one's memory
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
-        xf = k.undo_position()
+        xf = k.undo_position(spare if spare is not None and sole_owner(spare) else None)
+        if xf is spare:  # a new tensor on that memory: no hook of the old one carries over
+            xf = xf.detach()
+        spare = None
         # the gradient is taken inside the replay too: autograd may check saved buffers
         with Replaying(module, replays[i], x.device):
             if on_layer is None:
                 with torch.no_grad():
-                    f = stack.residual_of(module, xf, args, kwargs)
+                    out, base = stack.split_residual(module, xf, args, kwargs)
                 freeable = False
             else:
                 xf = xf.requires_grad_(True)
                 with torch.enable_grad():
-                    f = stack.residual_of(module, xf, args, kwargs)
-                freeable = _freeable(f, xf)
-            # f's data may go once the velocity is undone, before anything else is allocated
-            k.pop(f.detach(), release=functools.partial(free_storage, f) if freeable else None)
+                    out, base = stack.split_residual(module, xf, args, kwargs)
+                freeable = _freeable(out, xf)
+            # out's data may go once the velocity is undone, before anything else is allocated
+            k.pop(out.detach(), None if base is None else base.detach(),
+                  release=functools.partial(free_storage, out) if freeable else None)
             if i == 0:
                 if not buffer.is_empty() or (tape.origin is not None and fingerprint(x, v) != tape.origin):
                     raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
                 if consume and release is not None and release():
                     tape.x = tape.v = tape.buffer = x = v = buffer = k = None
             if on_layer is not None:
-                on_layer(i, xf, f)
-        # f's graph holds x_n (its leaf): let both go before the next layer's are made
-        f = xf = None
+                on_layer(i, xf, out, base is not None)
+        # out's graph holds x_n (its leaf): let both go before the next layer's are made
+        out = base = None
+        spare, xf = xf, None
     if buffer is None:
         return None
     return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype, origin=tape.origin)

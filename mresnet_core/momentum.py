@@ -171,7 +171,7 @@ class MomentumNet(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """x_L of the stack; extra arguments reach every function."""
-        return self.forward_state(x, *args, **kwargs).x
+        return self._state(x, args, kwargs, want_v=False).x
 
     def forward_state(self, x: torch.Tensor, *args, **kwargs) -> MomentumState:
         """(x_L, v_L) of the stack; with exact inversion also the exact tape.
@@ -180,15 +180,20 @@ class MomentumNet(nn.Module):
         the stack (the residual functions still run in autocast's precision): the
         momentum sums are accumulated as autocast accumulates its own, in every mode.
         """
+        return self._state(x, args, kwargs, want_v=True)
+
+    def _state(self, x, args, kwargs, want_v: bool) -> MomentumState:
+        """forward_state; without ``want_v`` the exact modes may leave v_L out (None):
+        it is a float tensor the size of x that `forward` would only throw away."""
         if isinstance(x, torch.Tensor) and x.dtype in HALF_DTYPES and autocast_enabled(x.device.type):
             x = x.float()
         if self._requested == "backprop":  # ordinary autograd: torch.compile may trace it
             self._check_input(x)
             return MomentumState(*self._plain(x, self._initial_velocity(x, none_for_zero=True), args, kwargs))
-        return self._forward_state_untraced(x, *args, **kwargs)
+        return self._forward_state_untraced(x, args, kwargs, want_v)
 
     @torch.compiler.disable
-    def _forward_state_untraced(self, x, *args, **kwargs) -> MomentumState:
+    def _forward_state_untraced(self, x, args, kwargs, want_v: bool) -> MomentumState:
         """forward_state of the other modes, which torch.compile runs as it is: their
         walks hold Python state (tapes, replay records, C kernels) a graph cannot."""
         self._check_input(x)
@@ -202,7 +207,7 @@ class MomentumNet(nn.Module):
         params = stack.params
         if mode == "recompute":
             return MomentumState(*RecomputeMomentum.apply(stack, len(params), x, v0, *params, *leaves))
-        call = ExactCall()
+        call = ExactCall(want_v=want_v)
         xL, vL = MemoryFreeMomentum.apply(stack, call, len(params), x, v0, *params, *leaves)
         if xL.requires_grad:
             xL = GradientHandoff.apply(xL, call)

@@ -87,6 +87,14 @@ class Stack:
                     out.append(p)
         return out
 
+    def split_residual(self, module, x, args, kwargs) -> tuple:
+        """(out, base) with f(x) = out - base, or (f(x), None): for a block that adds its
+        own skip connection the difference is left to the exact kernels, which take it as
+        they go (no full-size tensor for f, and in the backward pass no node for it)."""
+        if self.residual_of is residual_of_block:
+            return check_residual_output(module(x, *args, **kwargs), x, module), x
+        return self.residual_of(module, x, args, kwargs), None
+
     def versions(self) -> list:
         """The version counters of :attr:`params` now (see :meth:`check_unchanged`)."""
         return [version_of(p) for p in self.params]
@@ -164,12 +172,13 @@ def rng_snapshot(device: torch.device):
     return cpu, cuda
 
 
-def call_recording(stack: Stack, i: int, xf, args, kwargs):
-    """Evaluate f_i(x) and return what replaying it bit for bit needs (None: nothing)."""
+def call_recording(stack: Stack, i: int, xf, args, kwargs, split: bool = False):
+    """Evaluate f_i(x) and return what replaying it bit for bit needs (None: nothing);
+    ``split``: return ``stack.split_residual``'s (out, base) rather than f."""
     module = stack.functions[i]
     bufs = [b.detach().clone() for b in stack.layer_buffers[i]] or None
     cpu, cuda = rng_snapshot(xf.device)
-    f = stack.residual_of(module, xf, args, kwargs)
+    f = (stack.split_residual if split else stack.residual_of)(module, xf, args, kwargs)
     cpu_after, cuda_after = rng_snapshot(xf.device)
     replay = LayerReplay(
         cpu_rng=None if torch.equal(cpu, cpu_after) else cpu,

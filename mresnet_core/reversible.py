@@ -21,7 +21,7 @@ import torch
 
 from . import exact
 from .adjoint import MomentumAdjoint
-from ._torch_private import tree_unflatten, version_of
+from ._torch_private import sole_owner, tree_unflatten, version_of
 from .accounting import report_held
 from .exact_walk import Tape, replay_forward, run_forward, run_inverse
 from .replay import ForwardRecord, Stack, refuse_double_backward
@@ -32,9 +32,12 @@ class ExactCall:
     """What one call of the memory-free stack shares between its caller and its two
     autograd nodes: the exact ``tape`` its forward produced (for ``MomentumState``;
     dropped once backward has used it), and the ``incoming_grad`` dL/dx_L that
-    `GradientHandoff` hands to `MemoryFreeMomentum`'s backward."""
+    `GradientHandoff` hands to `MemoryFreeMomentum`'s backward. ``want_v``: whether the
+    caller uses v_L (else the forward returns None for it: no float tensor the size of
+    the state is made only to be thrown away)."""
 
     tape: Tape | None = None
+    want_v: bool = True
     incoming_grad: torch.Tensor | None = None
 
 
@@ -67,7 +70,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
         ctx.other_leaves = [None if t else a for a, t in zip(arg_leaves, ctx.leaf_is_tensor)]
         ctx.save_for_backward(*[a for a in arg_leaves if isinstance(a, torch.Tensor)])
         ctx.set_materialize_grads(False)  # an unused v_L gets no tensor of zeros
-        return x_top, exact.to_float(tape.v, tape.dtype)
+        return x_top, exact.to_float(tape.v, tape.dtype) if call.want_v else None
 
     @staticmethod
     def backward(ctx, grad_x, grad_v):
@@ -108,17 +111,21 @@ class MemoryFreeMomentum(torch.autograd.Function):
         grad_params: list = [None] * len(params)
         grad_args: list = [None] * len(wrt_args)
         handed, ctx.call.incoming_grad = ctx.call.incoming_grad, None  # see GradientHandoff
+        # a gradient no other node holds (not one an addition handed to two inputs) is ours
+        owned = handed is not None and handed.dtype == tape.dtype and sole_owner(handed)
         if handed is not None:
             grad_x = handed
-        adjoint = MomentumAdjoint(grad_x, grad_v, stack.gamma, tape.x.shape, tape.dtype, tape.x.device)
+        adjoint = MomentumAdjoint(grad_x, grad_v, stack.gamma, tape.x.shape, tape.dtype, tape.x.device,
+                                  grad_x_owned=owned)
         # from here on only the adjoint holds the incoming gradient, and it lets it go at
         # the first layer (a name in this frame would keep it alive to the end)
         handed = grad_x = grad_v = None
 
-        def on_layer(i, xf, f, source=params):
-            """Layer i's backward; ``source``: the parameters its graph was built with."""
+        def on_layer(i, xf, out, skip=False, source=params):
+            """Layer i's backward, f(xf) = out - xf if ``skip`` else out; ``source``: the
+            parameters its graph was built with."""
             mine = layer_params[i]
-            grads = adjoint.step(xf, f, [*(source[j] for j in mine), *wrt_args], last=i == 0)
+            grads = adjoint.step(xf, out, [*(source[j] for j in mine), *wrt_args], last=i == 0, skip=skip)
             for j, gp in zip(mine, grads[:len(mine)]):
                 if gp is not None:
                     grad_params[j] = gp if grad_params[j] is None else grad_params[j].add_(gp)
@@ -131,7 +138,7 @@ class MemoryFreeMomentum(torch.autograd.Function):
             for i in range(len(stack.functions) - 1, kept.start - 1, -1):
                 j = i - kept.start
                 # the kept graphs hold the forward's parameters, in the same order
-                on_layer(i, kept.xs[j], kept.fs[j], ctx.stack.params)
+                on_layer(i, kept.xs[j], kept.fs[j], source=ctx.stack.params)
                 kept.xs[j] = kept.fs[j] = None  # the graph is spent: let its leaf go too
             bottom = dataclasses.replace(stack, functions=stack.functions[:kept.start])
         run_inverse(bottom, tape, args, kwargs, on_layer=on_layer, consume=True,

@@ -85,6 +85,68 @@ def check_each_kernel(native, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_block_output_and_its_input_give_the_bits_of_their_difference(native, instruction_sets, dtype):
+    """push/pop given (out, base), the output and input of a block that adds its own skip
+    connection: the kernels take f = out - base as they go, with the bits of pushing and
+    popping torch's out - base, with every variant; with ``reuse`` the new float x is
+    written over out, and undo_position writes into the spare it is given."""
+    n = exact.gamma_numerator(0.9)
+    g = torch.Generator().manual_seed(11)
+    size = 20011
+    base = (torch.randn(size, generator=g, dtype=torch.float64) * 3).to(dtype)
+    outs = [(base.to(torch.float64) + torch.randn(size, generator=g, dtype=torch.float64)
+             * 10.0 ** torch.randint(-9, 3, (size,), generator=g)).to(dtype) for _ in range(3)]
+    x0 = exact.to_fixed(torch.randn(size, generator=g, dtype=dtype))
+    for isa in instruction_sets:
+        assert native.use_instruction_set(isa)
+        runs = []
+        for split in (False, True):
+            x, v = x0.clone(), torch.zeros_like(x0)
+            buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+            bound = exact.ExactKernels(x, n, backend="native").bind(x, v, buf, dtype)
+            trail = []
+            for out in outs:
+                if split:
+                    mine = out.clone()
+                    xf, peak = bound.push(mine, base, reuse=True)
+                    assert xf.data_ptr() == mine.data_ptr()  # written over the block output
+                else:
+                    xf, peak = bound.push(out - base)
+                trail.append((xf, peak, x.clone(), v.clone(), buf.state.clone()))
+            spare = torch.empty(size, dtype=dtype)
+            for out in reversed(outs):
+                xf = bound.undo_position(spare if split else None)
+                assert (xf.data_ptr() == spare.data_ptr()) == split
+                trail.append((xf.clone(), 0.0, x.clone(), v.clone(), buf.state.clone()))
+                bound.pop(out, base) if split else bound.pop(out - base)
+            assert torch.equal(x, x0) and not v.any() and buf.is_empty(), (isa, split)
+            runs.append(trail)
+        for a, b in zip(*runs, strict=True):
+            assert a[1] == b[1] and all(torch.equal(ta, tb) for ta, tb in (zip(a[:1] + a[2:], b[:1] + b[2:]))), isa
+
+
+def test_the_torch_kernels_take_a_block_output_and_its_input_too():
+    """The fallback (BoundKernels) takes the same (out, base) arguments: the same states
+    as pushing and popping out - base."""
+    n = exact.gamma_numerator(0.5)
+    g = torch.Generator().manual_seed(12)
+    base, out = torch.randn(999, generator=g), torch.randn(999, generator=g)
+    x0 = exact.to_fixed(torch.randn(999, generator=g))
+    states = []
+    for split in (False, True):
+        x, v = x0.clone(), torch.zeros_like(x0)
+        buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+        bound = exact.ExactKernels(x, n, backend="eager").bind(x, v, buf, torch.float32)
+        assert isinstance(bound, exact.BoundKernels)
+        xf, _ = bound.push(out.clone(), base, reuse=True) if split else bound.push(out - base)
+        states.append((xf, x.clone(), v.clone()))
+        bound.undo_position()
+        bound.pop(out, base) if split else bound.pop(out - base)
+        assert torch.equal(x, x0) and not v.any() and buf.is_empty()
+    assert all(torch.equal(a, b) for a, b in zip(*states, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_conversions_and_fingerprint_give_the_bits_of_the_torch_path(native, instruction_sets, dtype):
     """to_fixed (with its range peak, NaN included), to_float and the fingerprint: the
     same values as the torch and numpy code they replace, with every variant."""

@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from mresnet_core import MomentumNet
 from helpers import Scaled, grads, mlp_stack, rel_err
@@ -284,4 +285,65 @@ def test_gradients_through_a_learned_initial_velocity(gamma):
     free = MomentumNet(fns, gamma, memory_efficient=True, init_velocity=init)
     x = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     for a, b in zip(grads(free, x)[1], grads(plain, x)[1], strict=True):
+        assert rel_err(a, b) < 1e-6
+
+
+class AddsItsSkip(nn.Module):
+    """A block that adds its own skip connection, as torchvision's do: y = x + body(x)."""
+
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class SharedGradient(nn.Module):
+    """body(x) = 2 (x + w), w shaped like x: autograd hands one gradient tensor to both."""
+
+    def __init__(self, shape, seed):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+
+    def forward(self, x):
+        return 2 * (x + self.w)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 0.9])
+@pytest.mark.parametrize("via", ["forward", "forward_state"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_blocks_that_add_their_own_skip_match_autograd(gamma, via, residual):
+    """residual=False (converted torchvision blocks): the exact walks take f = y - x inside
+    the kernels and the adjoint takes J_f^T c = J_y^T c - c; the same gradients as
+    autograd through y - x. Also residual functions, among them f(x) = 2 (x + w), for
+    which autograd hands one tensor to x and w (the adjoint must not write to it)."""
+    bodies = [m for i, body in enumerate(mlp_stack(4)) for m in (body, SharedGradient((5, 6), i))]
+    plain, free = pair(bodies if residual else [AddsItsSkip(b) for b in bodies], gamma, residual=residual)
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+
+    def run(net):
+        out = net(x) if via == "forward" else net.forward_state(x).x
+        return torch.autograd.grad((out ** 2).sum(), [x, *net.parameters()])
+
+    for a, b in zip(run(free), run(plain), strict=True):
+        assert rel_err(a, b) < 1e-6
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_an_incoming_gradient_shared_with_another_input_is_left_alone(residual):
+    """loss = ((net(x) + u) ** 2).sum(): autograd hands one gradient tensor to net(x) and
+    to the leaf u (which may keep it as u.grad). The memory-free backward writes only to
+    gradients it alone holds, so u's gradient is autograd's."""
+    fns = mlp_stack(6) if residual else [AddsItsSkip(b) for b in mlp_stack(6)]
+    plain, free = pair(fns, 0.9, residual=residual)
+    x = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    results = []
+    for net in (plain, free):
+        u = torch.randn(5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        net.zero_grad(set_to_none=True)
+        ((net(x) + u) ** 2).sum().backward()
+        results.append([x.grad.clone(), u.grad.clone(), *[p.grad.clone() for p in net.parameters()]])
+        x.grad = None
+    for a, b in zip(*results, strict=True):
         assert rel_err(a, b) < 1e-6
