@@ -221,7 +221,8 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                 release=None) -> Tape | None:
     """Walk the tape back to depth 0 exactly. ``on_layer(i, xf, out, skip)`` sees each
     recompute: f(xf) = out - xf if ``skip`` (a block that adds its own skip connection),
-    else out.
+    else out; ``out`` is what to differentiate (`gradient_root`: a GradientEdge where
+    torch takes one, so that nothing of ours holds its memory).
 
     With ``on_layer`` the residual function is recomputed with autograd enabled (for the
     backward pass); otherwise without. ``consume`` unwinds the tape's own tensors in
@@ -246,7 +247,9 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
     spare = None  # the last layer's float x, once nothing else holds it: the next one's memory
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
-        xf = k.undo_position(spare if spare is not None and sole_owner(spare) else None)
+        if spare is not None and not sole_owner(spare):
+            spare = None  # held elsewhere: let it go before the next one is allocated
+        xf = k.undo_position(spare)
         if xf is spare:  # a new tensor on that memory: no hook of the old one carries over
             xf = xf.detach()
         spare = None
@@ -264,6 +267,10 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
             # out's data may go once the velocity is undone, before anything else is allocated
             k.pop(out.detach(), None if base is None else base.detach(),
                   release=functools.partial(free_storage, out) if freeable else None)
+            if on_layer is not None:
+                # from here on only the graph needs out, and it lets out's data go as soon
+                # as the node that saved it has run (a block's last ReLU saves its output)
+                out = gradient_root(out)
             if i == 0:
                 if not buffer.is_empty() or (tape.origin is not None and fingerprint(x, v) != tape.origin):
                     raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
@@ -277,6 +284,30 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
     if buffer is None:
         return None
     return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype, origin=tape.origin)
+
+
+@functools.lru_cache(maxsize=None)
+def _edges_as_roots() -> bool:
+    """Whether torch.autograd.grad takes a GradientEdge as its output (recent torch),
+    checked once on a small graph."""
+    try:
+        from torch.autograd.graph import get_gradient_edge
+        with torch.enable_grad():
+            x = torch.ones(2, requires_grad=True)
+            (g,) = torch.autograd.grad([get_gradient_edge(x * 3)], [x], [torch.ones(2)])
+        return bool(torch.equal(g, torch.full((2,), 3.0)))
+    except Exception:  # noqa: BLE001 - an older torch: differentiate from the tensor itself
+        return False
+
+
+def gradient_root(t: torch.Tensor):
+    """What to hand torch.autograd.grad as the output ``t``: its GradientEdge where torch
+    takes one, so that the caller's reference does not keep t's memory alive through the
+    backward pass of the graph that made it; else ``t``."""
+    if t.grad_fn is None or not _edges_as_roots():
+        return t
+    from torch.autograd.graph import get_gradient_edge
+    return get_gradient_edge(t)
 
 
 def _freeable(f: torch.Tensor, xf: torch.Tensor, held: int = 1) -> bool:
