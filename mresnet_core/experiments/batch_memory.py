@@ -198,10 +198,10 @@ def accuracy_vs_memory_free_stages(ks, *, depth: int, batch_size: int, width: in
     ``ks``, from the same initial weights and the same batches (``settings``: the
     trainer's fields: dataset, image_size, train_images, epochs, lr, ...). Rows: k,
     whole_step and activations peak of one training step at ``batch_size`` (bytes),
-    final test accuracy (%). Exact inversion gives the gradients of ordinary backprop up
-    to rounding, so the accuracy cannot depend on k; in float64 the rounding stays far
-    below what could change a prediction over a short training (in float32 it grows
-    through training like a change of seed). ``device``: where memory is measured and
+    final test accuracy (%), and the relative distance of the trained weights from the
+    first k's (``weights apart``). Exact inversion gives the gradients of ordinary
+    backprop up to rounding; through training those rounding differences grow (in
+    float64 too, more slowly), which the distance shows. ``device``: where memory is measured and
     the runs train ("auto": CUDA when available). With ``profile``, each run is cached
     (keyed on the settings that build its model too): a finished one is loaded, an
     interrupted one resumes."""
@@ -212,6 +212,7 @@ def accuracy_vs_memory_free_stages(ks, *, depth: int, batch_size: int, width: in
                            data_dir=settings.get("data_dir"))
     num_classes = len(settings["classes"]) if settings.get("classes") else 10
     rows = []
+    first = None
     for k in ks:
         model = with_memory_free_stacks(depth, k, num_classes, width=width, gamma=gamma, seed=seed, dtype=dt)
         model.to(where).train()
@@ -222,8 +223,11 @@ def accuracy_vs_memory_free_stages(ks, *, depth: int, batch_size: int, width: in
                      gamma=gamma, seed=seed, dtype=dtype)
         result = fit(profile, f"figure7-stages{k}", start_from=model, start_key=built, model=f"mresnet{depth}",
                      gamma=gamma, width=width, batch_size=batch_size, seed=seed, device=str(where), **settings)
+        weights = torch.cat([p.detach().reshape(-1).double().cpu() for p in model.parameters()])
+        first = weights if first is None else first
         rows.append({"memory-free stacks": k, "whole_step": step.whole_step, "activations": step.activations,
-                     "test accuracy": final_accuracy(result)})
+                     "test accuracy": final_accuracy(result),
+                     "weights apart": float((weights - first).norm() / first.norm())})
     return rows
 
 
