@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from . import exact_native
+
 
 class MomentumAdjoint:
     """Backpropagation through a momentum stack one layer at a time, last layer first
@@ -61,31 +63,61 @@ class MomentumAdjoint:
         gx = grads[0]
         # gx may be c itself (f(x) = x + ...) or another input's gradient (f(x + w))
         fresh = gx is not None and _writable(gx, [c, *grads[1:]])
+        # a gradient handed back may be c itself (f(x) = x + w): then c is replaced
+        aliased = any(_shares_memory(t, c) for t in grads[1:])
+        if not self._fused(gx, fresh, skip, lerp=not last and not aliased):
+            self._unfused(gx, fresh, skip)
+            if not last:
+                self.c = torch.lerp(c, self.a, 1.0 - gamma) if aliased else c.lerp_(self.a, 1.0 - gamma)
+        elif not last and aliased:
+            self.c = torch.lerp(c, self.a, 1.0 - gamma)
+        return list(grads[1:])
+
+    def _fused(self, gx, fresh: bool, skip: bool, lerp: bool) -> bool:
+        """a += J^T c (gx; - c if skip), then c's lerp (if ``lerp``), in one pass of the C
+        kernel where it applies (False: nothing done). a goes into memory of our own: a's
+        if owned, else gx's if ``fresh``, else a new tensor."""
+        c, a = self.c, self.a
+        if _shares_memory(gx, c):
+            return False  # the kernel reads gx while it writes c: only on distinct memory
+        if a is None:  # the first layer: a = gx + c / (1 - gamma) (- c if skip)
+            alpha = 1.0 / (1.0 - self.gamma) - (1.0 if skip else 0.0)
+        else:
+            alpha = -1.0 if skip else None
+        if a is not None and self.a_owned:
+            out = a
+        elif fresh:
+            out = gx
+        else:
+            out = torch.empty_like(c)
+        if not exact_native.adjoint_update(out, a, gx, c, alpha, 1.0 - self.gamma, lerp):
+            return False
+        self.a, self.a_owned = out, True
+        return True
+
+    def _unfused(self, gx, fresh: bool, skip: bool) -> None:
+        """``_fused``'s a, in torch operations."""
+        c = self.c
         if self.a is None:  # a = c / (1 - gamma): a_n = gx + a (- c if skip) in one pass
-            scale = 1.0 / (1.0 - gamma) - (1.0 if skip else 0.0)
+            scale = 1.0 / (1.0 - self.gamma) - (1.0 if skip else 0.0)
             if gx is None:
                 self.a = c * scale
             else:
                 self.a = gx.add_(c, alpha=scale) if fresh else torch.add(gx, c, alpha=scale)
-        else:
-            if gx is not None:  # before c changes
-                if self.a_owned:
-                    self.a.add_(gx)
-                elif fresh:  # autograd's own new tensor: a goes there
-                    self.a, self.a_owned = gx.add_(self.a), True
-                else:
-                    self.a, self.a_owned = self.a + gx, True
-            if skip:
-                if self.a_owned:
-                    self.a.sub_(c)
-                else:
-                    self.a, self.a_owned = self.a - c, True
-        if not last:
-            ptr = c.untyped_storage().data_ptr()
-            aliased = any(t is not None and t.untyped_storage().data_ptr() == ptr for t in grads[1:])
-            # a gradient handed back may be c itself (f(x) = x + w): then c is replaced
-            self.c = torch.lerp(c, self.a, 1.0 - gamma) if aliased else c.lerp_(self.a, 1.0 - gamma)
-        return list(grads[1:])
+            self.a_owned = True
+            return
+        if gx is not None:  # before c changes
+            if self.a_owned:
+                self.a.add_(gx)
+            elif fresh:  # autograd's own new tensor: a goes there
+                self.a, self.a_owned = gx.add_(self.a), True
+            else:
+                self.a, self.a_owned = self.a + gx, True
+        if skip:
+            if self.a_owned:
+                self.a.sub_(c)
+            else:
+                self.a, self.a_owned = self.a - c, True
 
     def result(self, want_v: bool):
         """(dL/dx_0, dL/dv_0 or None) after the last layer (or before any)."""
@@ -98,11 +130,15 @@ class MomentumAdjoint:
         return self.a, self.c * (self.gamma / (1.0 - self.gamma))
 
 
+def _shares_memory(t: torch.Tensor | None, other: torch.Tensor) -> bool:
+    """Whether ``t`` (None: no tensor) lies on ``other``'s memory."""
+    return t is not None and t.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()
+
+
 def _writable(g: torch.Tensor, others: list) -> bool:
     """Whether autograd's gradient g may be written to: a dense tensor on memory of its
     own, neither a view (an expanded one) nor sharing memory with any of ``others`` (the
     cotangent handed back, f(x) = x + ...; another input's gradient, f(x + w))."""
     if g._base is not None or not g.is_contiguous() or g.untyped_storage().nbytes() != g.nbytes:
         return False
-    ptr = g.untyped_storage().data_ptr()
-    return all(t is None or t.untyped_storage().data_ptr() != ptr for t in others)
+    return not any(_shares_memory(t, g) for t in others)

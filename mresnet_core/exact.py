@@ -357,6 +357,28 @@ class ExactKernels:
             warn_native_unavailable(self.native_missing)
         return BoundKernels(self, x, v, buffer, dtype)
 
+    def start(self, x0: torch.Tensor):
+        """A stack's start from float ``x0`` and v0 = 0 in one pass of the C kernels:
+        (bound kernels, x, v, buffer, float x_0, fingerprint of the exact x_0), or None
+        where they do not take it (then ``to_fixed``, a zero v, ``InformationBuffer.empty``
+        and ``bind``). x, v and the buffer's state are allocated but not written: the
+        first ``push`` of the bound kernels writes them, from x0 (so one must follow).
+        Raises FixedPointRangeError as ``to_fixed`` does."""
+        if (self.native is None or x0.device.type != "cpu" or x0.dtype not in exact_native.NativeKernels.DTYPES
+                or buffer_layout(self.n) != (STATE_BITS, WORD_BITS)
+                or self.n << (STATE_BITS - GAMMA_BITS) <= STATE_LOW):  # the first push would spill
+            return None
+        started = exact_native.stack_start(x0)
+        if started is None:
+            return None
+        xf, peak, digest, x0 = started
+        check_range(peak, "the input x0")
+        x = torch.empty(x0.shape, dtype=torch.int64)
+        v = torch.empty_like(x)
+        buffer = InformationBuffer.empty(x.shape, x.device, self.n, filled=False)
+        bound = exact_native.NativeBound(self.native, x, v, buffer, x0.dtype, start=x0)
+        return bound, x, v, buffer, xf, digest
+
 
 class BoundKernels:
     """One layer forward or back on one exact state (x, v, buffer), with the torch
@@ -373,14 +395,20 @@ class BoundKernels:
         f = out if base is None else (out.sub_(base) if reuse else out - base)
         return self.kernels.forward_step(self.x, self.v, self.buffer.state, f)
 
-    def undo_position(self, spare=None):
-        """x <- x - v; returns float x (``spare``: a tensor the C kernels may write it to)."""
+    def undo_position(self, spare=None, digest=False):
+        """x <- x - v; returns float x (``spare``: a tensor the C kernels may write it to;
+        ``digest``: for the C kernels' fingerprint, see ``digests``)."""
         return self.kernels.undo_position(self.x, self.v, self.dtype)
 
-    def pop(self, out, base=None, release=None) -> None:
+    def digests(self):
+        """The fingerprints the C kernels take as they go; None here (the caller takes them)."""
+        return None
+
+    def pop(self, out, base=None, release=None, digest=False) -> None:
         """`undo_velocity` then ``buffer.after_pop``: the velocity back, given f(x_n) =
         out - base (``base`` None: out). ``release()``, if given, is called in between:
-        out is no longer needed there, and nothing has been allocated yet."""
+        out is no longer needed there, and nothing has been allocated yet. ``digest``:
+        as in ``undo_position``."""
         f = out if base is None else out - base
         self.kernels.undo_velocity(self.v, self.buffer.state, f)
         f = out = release() if release is not None else None
@@ -444,13 +472,16 @@ class InformationBuffer:
     word_bits: int = WORD_BITS
 
     @classmethod
-    def empty(cls, shape, device, n: int = 2) -> "InformationBuffer":
-        """An empty buffer for gamma = n / 2**16 (the layout depends on n, see above)."""
+    def empty(cls, shape, device, n: int = 2, filled: bool = True) -> "InformationBuffer":
+        """An empty buffer for gamma = n / 2**16 (the layout depends on n, see above).
+        ``filled`` False: the state is allocated but not written (for a first forward
+        step that writes it without reading it, ``ExactKernels.start``)."""
         state_bits, word_bits = buffer_layout(n)
         low = 1 << (state_bits - word_bits)
         dtype = torch.int32 if state_bits < 32 else torch.int64
-        return cls(torch.full(shape, low, dtype=dtype, device=device), [], low, low,
-                   state_bits, word_bits)
+        state = (torch.full(shape, low, dtype=dtype, device=device) if filled
+                 else torch.empty(shape, dtype=dtype, device=device))
+        return cls(state, [], low, low, state_bits, word_bits)
 
     @property
     def low(self) -> int:
@@ -517,8 +548,8 @@ class InformationBuffer:
     def is_empty(self) -> bool:
         if self.words:
             return False
-        if not self.state.numel():
-            return True
+        if not self.state.numel() or self.lower == self.upper == self.low:
+            return True  # the bounds alone say every state is low (the C kernels track them exactly)
         lo, hi = torch.aminmax(self.state)  # no full-size comparison tensor
         return int(lo) == self.low == int(hi)
 

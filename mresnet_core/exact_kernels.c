@@ -50,6 +50,7 @@ typedef uint32_t u32;
 #define INV_SCALE 9.094947017729282e-13 /* 2**-40: exact.INV_SCALE */
 #define SCALE 1099511627776.0            /* 2**40: exact.SCALE */
 #define BLOCK 4096                       /* elements per parallel work item */
+#define STATE_LOW_31 (1 << 23)           /* exact.STATE_LOW: every state of an empty buffer */
 
 /* below PARALLEL_MIN elements a parallel region costs more than it saves */
 #define PARALLEL_MIN 16384
@@ -65,11 +66,23 @@ typedef uint32_t u32;
 #define PARALLEL_FOR_PEAK                                                                    \
     _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
              reduction(max : peak)")
+#define PARALLEL_FOR_DIGEST                                                                  \
+    _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
+             reduction(+ : sum) reduction(^ : bits)")
+#define PARALLEL_FOR_PEAK_DIGEST                                                             \
+    _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
+             reduction(max : peak) reduction(+ : sum) reduction(^ : bits)")
+#define PARALLEL_FOR_STATES_DIGEST                                                           \
+    _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
+             reduction(min : smin) reduction(max : smax) reduction(+ : sum) reduction(^ : bits)")
 #else
 #define PARALLEL_FOR
 #define PARALLEL_FOR_MAX_PEAK
 #define PARALLEL_FOR_MIN_STATE
 #define PARALLEL_FOR_PEAK
+#define PARALLEL_FOR_DIGEST
+#define PARALLEL_FOR_PEAK_DIGEST
+#define PARALLEL_FOR_STATES_DIGEST
 #endif
 
 /* the loop has no dependence between iterations (an output may be an input's array,
@@ -156,13 +169,18 @@ static double from_abs_bits_f64(u64 b) { double t; memcpy(&t, &b, 8); return t; 
 
 /* ---- dispatch ---- */
 typedef double (*forward_f32_fn)(i64 *, i64 *, i32 *, const float *, const float *, float *, i64, i64, int,
-                                 i32 *);
+                                 i32 *, const float *);
 typedef double (*forward_f64_fn)(i64 *, i64 *, i32 *, const double *, const double *, double *, i64, i64, int,
-                                 i32 *);
-typedef void (*position_f32_fn)(i64 *, const i64 *, float *, i64, int);
-typedef void (*position_f64_fn)(i64 *, const i64 *, double *, i64, int);
-typedef i32 (*velocity_f32_fn)(i64 *, i32 *, const float *, const float *, i64, i64, int);
-typedef i32 (*velocity_f64_fn)(i64 *, i32 *, const double *, const double *, i64, i64, int);
+                                 i32 *, const double *);
+typedef void (*position_f32_fn)(i64 *, const i64 *, float *, i64, int, i64 *);
+typedef void (*position_f64_fn)(i64 *, const i64 *, double *, i64, int, i64 *);
+typedef i32 (*velocity_f32_fn)(i64 *, i32 *, const float *, const float *, i64, i64, int, i32 *, i64 *);
+typedef i32 (*velocity_f64_fn)(i64 *, i32 *, const double *, const double *, i64, i64, int, i32 *, i64 *);
+typedef double (*start_f32_fn)(const float *, float *, i64, int, i64 *);
+typedef double (*start_f64_fn)(const double *, double *, i64, int, i64 *);
+typedef void (*adjoint_f32_fn)(float *, const float *, const float *, float *, i64, double, double, int, int, int);
+typedef void (*adjoint_f64_fn)(double *, const double *, const double *, double *, i64, double, double, int, int,
+                               int);
 typedef double (*to_fixed_f32_fn)(const float *, i64 *, i64, int);
 typedef double (*to_fixed_f64_fn)(const double *, i64 *, i64, int);
 typedef void (*to_float_f32_fn)(const i64 *, float *, i64, int);
@@ -181,11 +199,16 @@ struct variant {
     to_float_f32_fn to_float_f32;
     to_fixed_f64_fn to_fixed_f64;
     to_float_f64_fn to_float_f64;
+    start_f32_fn stack_start_f32;
+    start_f64_fn stack_start_f64;
+    adjoint_f32_fn adjoint_update_f32;
+    adjoint_f64_fn adjoint_update_f64;
 };
 #define ENTRY(v, test)                                                                        \
     {#v, test, forward_step_f32_##v, undo_position_f32_##v, undo_velocity_f32_##v,           \
      forward_step_f64_##v, undo_position_f64_##v, undo_velocity_f64_##v, to_fixed_f32_##v,       \
-     to_float_f32_##v, to_fixed_f64_##v, to_float_f64_##v}
+     to_float_f32_##v, to_fixed_f64_##v, to_float_f64_##v, stack_start_f32_##v, stack_start_f64_##v,  \
+     adjoint_update_f32_##v, adjoint_update_f64_##v}
 
 static int always(void) { return 1; }
 #ifdef EXACT_X86
@@ -252,33 +275,62 @@ int exact_kernels_use_isa(const char *name) {
  * to xf and the largest buffer state after the push to *state_max, and returns
  * max(|xf|, |f|) for the range check. gamma = n / 2**16. The residual is f = out - base
  * (rounded in T, as torch's out - base) for a block that adds its own skip connection,
- * f = out where base is NULL; xf may be out's own array (overwritten as it is read). */
+ * f = out where base is NULL; xf may be out's own array (overwritten as it is read).
+ * x0 non-NULL: the stack's first layer, from x = to_fixed(x0), v = 0 and an empty
+ * buffer (x, v and state are then written only: they may be uninitialised). */
 double forward_step_f32(i64 *x, i64 *v, i32 *state, const float *out, const float *base, float *xf,
-                        i64 count, i64 n, int threads, i32 *state_max) {
-    return active->forward_step_f32(x, v, state, out, base, xf, count, n, threads, state_max);
+                        i64 count, i64 n, int threads, i32 *state_max, const float *x0) {
+    return active->forward_step_f32(x, v, state, out, base, xf, count, n, threads, state_max, x0);
 }
 double forward_step_f64(i64 *x, i64 *v, i32 *state, const double *out, const double *base, double *xf,
-                        i64 count, i64 n, int threads, i32 *state_max) {
-    return active->forward_step_f64(x, v, state, out, base, xf, count, n, threads, state_max);
+                        i64 count, i64 n, int threads, i32 *state_max, const double *x0) {
+    return active->forward_step_f64(x, v, state, out, base, xf, count, n, threads, state_max, x0);
 }
 
-/* x <- x - v (exact.torch_undo_position); writes float(x) to xf */
-void undo_position_f32(i64 *x, const i64 *v, float *xf, i64 count, int threads) {
-    active->undo_position_f32(x, v, xf, count, threads);
+/* x <- x - v (exact.torch_undo_position); writes float(x) to xf, and where digest is
+ * not NULL the wrapping sum and xor of the new x to digest[0..1] (fingerprint_i64's) */
+void undo_position_f32(i64 *x, const i64 *v, float *xf, i64 count, int threads, i64 *digest) {
+    active->undo_position_f32(x, v, xf, count, threads, digest);
 }
-void undo_position_f64(i64 *x, const i64 *v, double *xf, i64 count, int threads) {
-    active->undo_position_f64(x, v, xf, count, threads);
+void undo_position_f64(i64 *x, const i64 *v, double *xf, i64 count, int threads, i64 *digest) {
+    active->undo_position_f64(x, v, xf, count, threads, digest);
 }
 
 /* the inverse of forward_step's velocity update, given f(x_n) = out - base (or out where
  * base is NULL, as in forward_step) (exact.torch_undo_velocity); returns the smallest
- * buffer state after the pop (INT32_MAX for no element) */
-i32 undo_velocity_f32(i64 *v, i32 *state, const float *out, const float *base, i64 count, i64 n, int threads) {
-    return active->undo_velocity_f32(v, state, out, base, count, n, threads);
+ * buffer state after the pop (INT32_MAX for no element), writes the largest to
+ * *state_max (INT32_MIN for no element) and, where digest is not NULL, the wrapping sum
+ * and xor of the new v to digest[0..1] */
+i32 undo_velocity_f32(i64 *v, i32 *state, const float *out, const float *base, i64 count, i64 n, int threads,
+                      i32 *state_max, i64 *digest) {
+    return active->undo_velocity_f32(v, state, out, base, count, n, threads, state_max, digest);
 }
 i32 undo_velocity_f64(i64 *v, i32 *state, const double *out, const double *base, i64 count, i64 n,
-                      int threads) {
-    return active->undo_velocity_f64(v, state, out, base, count, n, threads);
+                      int threads, i32 *state_max, i64 *digest) {
+    return active->undo_velocity_f64(v, state, out, base, count, n, threads, state_max, digest);
+}
+
+/* a stack's start for v0 = 0 (exact.to_fixed, exact.to_float and fingerprint_i64 in one
+ * pass, without storing the int64 x): float(to_fixed(t)) into xf, the digest of
+ * to_fixed(t) into digest[0..1]; returns max |t| (NaN above inf) for the range check */
+double stack_start_f32(const float *t, float *xf, i64 count, int threads, i64 *digest) {
+    return active->stack_start_f32(t, xf, count, threads, digest);
+}
+double stack_start_f64(const double *t, double *xf, i64 count, int threads, i64 *digest) {
+    return active->stack_start_f64(t, xf, count, threads, digest);
+}
+
+/* one layer of the momentum adjoint's element-wise update (adjoint.py), in one pass:
+ * a' = a + g + alpha c (a or g NULL: left out; has_alpha 0: no c term), written to
+ * a_out (which may be a's or g's array); then, unless lerp is 0, c <- lerp(c, a', w)
+ * in place, computed from c (lerp 1, for w < 0.5) or from a' (lerp 2), as torch does */
+void adjoint_update_f32(float *a_out, const float *a, const float *g, float *c, i64 count, double alpha,
+                        double w, int has_alpha, int lerp, int threads) {
+    active->adjoint_update_f32(a_out, a, g, c, count, alpha, w, has_alpha, lerp, threads);
+}
+void adjoint_update_f64(double *a_out, const double *a, const double *g, double *c, i64 count, double alpha,
+                        double w, int has_alpha, int lerp, int threads) {
+    active->adjoint_update_f64(a_out, a, g, c, count, alpha, w, has_alpha, lerp, threads);
 }
 
 /* float -> int64 fixed point, truncated (exact.to_fixed); returns max |t| (NaN above inf)
@@ -360,7 +412,7 @@ i32 refill_words(i32 *restrict state, i64 count, i32 low, const uint8_t *restric
 /* the build's identity, checked by the loader: the interface version, the hash of the
  * source and flags it was built from (-DEXACT_KERNELS_KEY, set by setup.py and
  * exact_native.py; empty if not given), and whether it runs on OpenMP threads */
-int exact_kernels_version(void) { return 6; }
+int exact_kernels_version(void) { return 7; }
 #ifndef EXACT_KERNELS_KEY
 #define EXACT_KERNELS_KEY ""
 #endif
@@ -409,11 +461,14 @@ int exact_kernels_openmp(void) {
 #define ABS_BITS CAT(abs_bits_, TYPE)
 #define FROM_ABS_BITS CAT(from_abs_bits_, TYPE)
 
-/* one block [start, end) of forward_step; with_base is a constant at each call, so that
- * each case compiles to its own loop */
+/* one block [start, end) of forward_step; with_base and first are constants at each call,
+ * so that each case compiles to its own loop. first: the stack's first layer, from the
+ * float input x0 (`start`) with v = 0 and an empty buffer, neither read (x, v and state
+ * are only written) */
 VARIANT_TARGET ALWAYS_INLINE void NAME(forward_block)(i64 *restrict x, i64 *restrict v, i32 *restrict state,
-                                                      const T *out, const T *base, T *xf, i64 start, i64 end,
-                                                      i64 n, const int with_base, PEAK_T *peak, i32 *smax)
+                                                      const T *out, const T *base, T *xf, const T *x0, i64 start,
+                                                      i64 end, i64 n, const int with_base, const int first,
+                                                      PEAK_T *peak, i32 *smax)
 {
     const double inv_n = 1.0 / (double)n;
     const double k = (double)((65536 - n) << 24); /* (1 - gamma) 2**40 */
@@ -422,11 +477,11 @@ VARIANT_TARGET ALWAYS_INLINE void NAME(forward_block)(i64 *restrict x, i64 *rest
     SAME_INDEX_ONLY
     for (i64 i = start; i < end; i++) {
         /* pop s = state mod n from the buffer state */
-        const i32 st = state[i];
+        const i32 st = first ? STATE_LOW_31 : state[i];
         const i32 q = (i32)(((double)st + 0.5) * inv_n);
         const u32 s = (u32)st - (u32)q * (u32)n;
         /* v' = floor((v n + s) / 2**16) + (1 - gamma) f; push z mod 2**16 */
-        const i64 vi = v[i];
+        const i64 vi = first ? 0 : v[i];
         const u32 z = (u32)(vi & 0xFFFF) * (u32)n + s;
         const T fi = with_base ? (T)(out[i] - base[i]) : out[i];
         const i64 inc = TRUNC_TO_I64((double)fi * k);
@@ -435,7 +490,8 @@ VARIANT_TARGET ALWAYS_INLINE void NAME(forward_block)(i64 *restrict x, i64 *rest
         state[i] = ns;
         local_smax = ns > local_smax ? ns : local_smax;
         v[i] = nv;
-        const i64 nx = (i64)((u64)x[i] + (u64)nv);
+        const i64 xi = first ? TRUNC_TO_I64((double)x0[i] * SCALE) : x[i]; /* to_fixed's */
+        const i64 nx = (i64)((u64)xi + (u64)nv);
         x[i] = nx;
         const T o = (T)(TO_F64(nx) * INV_SCALE);
         xf[i] = o;
@@ -449,7 +505,8 @@ VARIANT_TARGET ALWAYS_INLINE void NAME(forward_block)(i64 *restrict x, i64 *rest
 
 VARIANT_TARGET
 static double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict state, const T *out,
-                                 const T *base, T *xf, i64 count, i64 n, int threads, i32 *state_max)
+                                 const T *base, T *xf, i64 count, i64 n, int threads, i32 *state_max,
+                                 const T *x0)
 {
     PEAK_T peak = 0;
     i32 smax = 0;
@@ -458,10 +515,14 @@ static double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict
         const i64 end = start + BLOCK < count ? start + BLOCK : count;
         PEAK_T local;
         i32 local_smax;
-        if (base)
-            NAME(forward_block)(x, v, state, out, base, xf, start, end, n, 1, &local, &local_smax);
+        if (x0 && base)
+            NAME(forward_block)(x, v, state, out, base, xf, x0, start, end, n, 1, 1, &local, &local_smax);
+        else if (x0)
+            NAME(forward_block)(x, v, state, out, base, xf, x0, start, end, n, 0, 1, &local, &local_smax);
+        else if (base)
+            NAME(forward_block)(x, v, state, out, base, xf, x0, start, end, n, 1, 0, &local, &local_smax);
         else
-            NAME(forward_block)(x, v, state, out, base, xf, start, end, n, 0, &local, &local_smax);
+            NAME(forward_block)(x, v, state, out, base, xf, x0, start, end, n, 0, 0, &local, &local_smax);
         peak = local > peak ? local : peak;
         smax = local_smax > smax ? local_smax : smax;
     }
@@ -469,68 +530,207 @@ static double NAME(forward_step)(i64 *restrict x, i64 *restrict v, i32 *restrict
     return FROM_ABS_BITS(peak);
 }
 
+/* one block [start, end) of undo_position (with_digest: also the wrapping sum and xor of
+ * the new x, into digest[0..1]) */
+VARIANT_TARGET ALWAYS_INLINE void NAME(position_block)(i64 *restrict x, const i64 *restrict v, T *restrict xf,
+                                                       i64 start, i64 end, const int with_digest, u64 *digest)
+{
+    u64 sum = 0, bits = 0;
+    for (i64 i = start; i < end; i++) {
+        const i64 nx = (i64)((u64)x[i] - (u64)v[i]);
+        x[i] = nx;
+        xf[i] = (T)(TO_F64(nx) * INV_SCALE);
+        if (with_digest) {
+            sum += (u64)nx;
+            bits ^= (u64)nx;
+        }
+    }
+    digest[0] = sum;
+    digest[1] = bits;
+}
+
 VARIANT_TARGET
 static void NAME(undo_position)(i64 *restrict x, const i64 *restrict v, T *restrict xf, i64 count,
-                                int threads)
+                                int threads, i64 *digest)
 {
-    PARALLEL_FOR
+    u64 sum = 0, bits = 0;
+    const int with_digest = digest != NULL;
+    PARALLEL_FOR_DIGEST
     for (i64 start = 0; start < count; start += BLOCK) {
         const i64 end = start + BLOCK < count ? start + BLOCK : count;
-        for (i64 i = start; i < end; i++) {
-            const i64 nx = (i64)((u64)x[i] - (u64)v[i]);
-            x[i] = nx;
-            xf[i] = (T)(TO_F64(nx) * INV_SCALE);
-        }
+        u64 local[2];
+        if (with_digest)
+            NAME(position_block)(x, v, xf, start, end, 1, local);
+        else
+            NAME(position_block)(x, v, xf, start, end, 0, local);
+        sum += local[0];
+        bits ^= local[1];
+    }
+    if (digest) {
+        digest[0] = (i64)sum;
+        digest[1] = (i64)bits;
     }
 }
 
-/* one block [start, end) of undo_velocity (with_base as in forward_block); returns the
- * smallest state */
-VARIANT_TARGET ALWAYS_INLINE i32 NAME(velocity_block)(i64 *restrict v, i32 *restrict state, const T *restrict out,
-                                                      const T *restrict base, i64 start, i64 end, i64 n,
-                                                      const int with_base)
+/* one block [start, end) of undo_velocity (with_base as in forward_block; with_digest:
+ * also the wrapping sum and xor of the new v); the smallest and largest states go to
+ * range[0] and range[1] */
+VARIANT_TARGET ALWAYS_INLINE void NAME(velocity_block)(i64 *restrict v, i32 *restrict state, const T *restrict out,
+                                                       const T *restrict base, i64 start, i64 end, i64 n,
+                                                       const int with_base, const int with_digest, i32 *range,
+                                                       u64 *digest)
 {
     const double inv_n = 1.0 / (double)n, dn = (double)n;
     const double k = (double)((65536 - n) << 24);
-    i32 local_smin = INT32_MAX;
+    i32 local_smin = INT32_MAX, local_smax = INT32_MIN;
+    u64 sum = 0, bits = 0;
     for (i64 i = start; i < end; i++) {
         const T fi = with_base ? (T)(out[i] - base[i]) : out[i];
         const i64 a = (i64)((u64)v[i] - (u64)TRUNC_TO_I64((double)fi * k));
-        /* hi, zh = divmod(a, n): a = A 2**16 + B, two exact float64 passes */
+        /* v, s = divmod(a 2**16 + (state mod 2**16), n) (torch_undo_velocity's hi 2**16 + lo
+         * and s), in two exact float64 passes (floor_divmod_near): with A = a >> 16
+         * (|A| < 2**46) and B = a mod 2**16, A = q1 n + r1, then R = r1 2**32 + B 2**16
+         * + (state mod 2**16) < n 2**32 <= 2**48 gives R = q n + s: v = q1 2**32 + q */
         const double a_hi = small_to_f64(a >> 16);
         const double q1 = __builtin_floor((a_hi + 0.5) * inv_n);
         const double r1 = a_hi - q1 * dn;
-        const double w = r1 * 65536.0 + (double)(i32)(a & 0xFFFF);
-        const double q2 = __builtin_trunc((w + 0.5) * inv_n);
-        const double zh = w - q2 * dn;
-        /* lo, s = divmod(zh 2**16 + (state mod 2**16), n); push s back */
         const i32 st = state[i];
-        const double w2 = zh * 65536.0 + (double)(st & 0xFFFF);
-        const double lo = __builtin_trunc((w2 + 0.5) * inv_n);
-        const i32 s = (i32)(w2 - lo * dn);
+        const u32 low = ((u32)a << 16) | ((u32)st & 0xFFFFu);
+        const double r = r1 * 4294967296.0 + small_to_f64((i64)low);
+        const double q = __builtin_trunc((r + 0.5) * inv_n);
+        const i32 s = (i32)(r - q * dn);
+        /* push s back */
         const i32 ns = (i32)((u32)(st >> 16) * (u32)n + (u32)s);
         state[i] = ns;
         local_smin = ns < local_smin ? ns : local_smin;
-        /* v = hi 2**16 + lo = q1 2**32 + (q2 2**16 + lo) */
-        v[i] = (i64)(((u64)small_to_i64(q1) << 32) + (u64)small_to_i64(q2 * 65536.0 + lo));
+        local_smax = ns > local_smax ? ns : local_smax;
+        const i64 nv = (i64)(((u64)small_to_i64(q1) << 32) + (u64)small_to_i64(q));
+        v[i] = nv;
+        if (with_digest) {
+            sum += (u64)nv;
+            bits ^= (u64)nv;
+        }
     }
-    return local_smin;
+    range[0] = local_smin;
+    range[1] = local_smax;
+    digest[0] = sum;
+    digest[1] = bits;
 }
 
 VARIANT_TARGET
 static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *restrict out,
-                               const T *restrict base, i64 count, i64 n, int threads)
+                               const T *restrict base, i64 count, i64 n, int threads, i32 *state_max,
+                               i64 *digest)
 {
-    i32 smin = INT32_MAX;
-    PARALLEL_FOR_MIN_STATE
+    i32 smin = INT32_MAX, smax = INT32_MIN;
+    u64 sum = 0, bits = 0;
+    const int with_digest = digest != NULL;
+    PARALLEL_FOR_STATES_DIGEST
     for (i64 start = 0; start < count; start += BLOCK) {
         const i64 end = start + BLOCK < count ? start + BLOCK : count;
-        const i32 local_smin = base ? NAME(velocity_block)(v, state, out, base, start, end, n, 1)
-                                    : NAME(velocity_block)(v, state, out, base, start, end, n, 0);
-        smin = local_smin < smin ? local_smin : smin;
+        i32 range[2];
+        u64 local[2];
+        if (base && with_digest)
+            NAME(velocity_block)(v, state, out, base, start, end, n, 1, 1, range, local);
+        else if (base)
+            NAME(velocity_block)(v, state, out, base, start, end, n, 1, 0, range, local);
+        else if (with_digest)
+            NAME(velocity_block)(v, state, out, base, start, end, n, 0, 1, range, local);
+        else
+            NAME(velocity_block)(v, state, out, base, start, end, n, 0, 0, range, local);
+        smin = range[0] < smin ? range[0] : smin;
+        smax = range[1] > smax ? range[1] : smax;
+        sum += local[0];
+        bits ^= local[1];
+    }
+    if (state_max)
+        *state_max = smax;
+    if (digest) {
+        digest[0] = (i64)sum;
+        digest[1] = (i64)bits;
     }
     return smin;
 }
+
+/* a stack's start for v0 = 0: float(to_fixed(t)) into xf, the digest (wrapping sum, xor)
+ * of to_fixed(t), and max |t| (NaN above inf) for the range check; the int64 x itself is
+ * left to the first layer's forward_step, which takes t as x0 */
+VARIANT_TARGET
+static double NAME(stack_start)(const T *restrict t, T *restrict xf, i64 count, int threads, i64 *digest)
+{
+    PEAK_T peak = 0;
+    u64 sum = 0, bits = 0;
+    PARALLEL_FOR_PEAK_DIGEST
+    for (i64 start = 0; start < count; start += BLOCK) {
+        const i64 end = start + BLOCK < count ? start + BLOCK : count;
+        PEAK_T local = 0;
+        u64 local_sum = 0, local_bits = 0;
+        for (i64 i = start; i < end; i++) {
+            const T ti = t[i];
+            const i64 fx = TRUNC_TO_I64((double)ti * SCALE);
+            xf[i] = (T)(TO_F64(fx) * INV_SCALE);
+            local_sum += (u64)fx;
+            local_bits ^= (u64)fx;
+            const PEAK_T a = ABS_BITS(ti);
+            local = a > local ? a : local;
+        }
+        peak = local > peak ? local : peak;
+        sum += local_sum;
+        bits ^= local_bits;
+    }
+    digest[0] = (i64)sum;
+    digest[1] = (i64)bits;
+    return FROM_ABS_BITS(peak);
+}
+
+/* one block of adjoint_update; the flags are constants at each call (its own loop each) */
+VARIANT_TARGET ALWAYS_INLINE void NAME(adjoint_block)(T *a_out, const T *a, const T *g, T *c, i64 start, i64 end,
+                                                      T alpha, T w, const int has_a, const int has_g,
+                                                      const int has_alpha, const int lerp)
+{
+    const T rest = (T)1 - w;
+    SAME_INDEX_ONLY
+    for (i64 i = start; i < end; i++) {
+        const T ci = c[i];
+        T ai = has_a ? a[i] : (T)0;
+        if (has_g)
+            ai = has_a ? ai + g[i] : g[i];
+        if (has_alpha)
+            ai = (has_a || has_g) ? ai + alpha * ci : alpha * ci;
+        a_out[i] = ai;
+        if (lerp == 1) /* torch's lerp: from the nearer end */
+            c[i] = ci + w * (ai - ci);
+        else if (lerp == 2)
+            c[i] = ai - (ai - ci) * rest;
+    }
+}
+
+#define ADJOINT_CASE(ha, hg, hal, lp)                                                        \
+    case (ha) | (hg) << 1 | (hal) << 2 | (lp) << 3:                                          \
+        NAME(adjoint_block)(a_out, a, g, c, start, end, alpha, w, ha, hg, hal, lp);        \
+        break;
+#define ADJOINT_CASES(lp)                                                                    \
+    ADJOINT_CASE(0, 0, 0, lp) ADJOINT_CASE(1, 0, 0, lp) ADJOINT_CASE(0, 1, 0, lp)            \
+    ADJOINT_CASE(1, 1, 0, lp) ADJOINT_CASE(0, 0, 1, lp) ADJOINT_CASE(1, 0, 1, lp)            \
+    ADJOINT_CASE(0, 1, 1, lp) ADJOINT_CASE(1, 1, 1, lp)
+
+VARIANT_TARGET
+static void NAME(adjoint_update)(T *a_out, const T *a, const T *g, T *c, i64 count, double alpha, double w,
+                                 int has_alpha, int lerp, int threads)
+{
+    const int flags = (a != NULL) | (g != NULL) << 1 | (has_alpha != 0) << 2 | lerp << 3;
+    PARALLEL_FOR
+    for (i64 start = 0; start < count; start += BLOCK) {
+        const i64 end = start + BLOCK < count ? start + BLOCK : count;
+        switch (flags) {
+            ADJOINT_CASES(0)
+            ADJOINT_CASES(1)
+            ADJOINT_CASES(2)
+        }
+    }
+}
+#undef ADJOINT_CASE
+#undef ADJOINT_CASES
 
 VARIANT_TARGET
 static double NAME(to_fixed)(const T *restrict t, i64 *restrict x, i64 count, int threads)

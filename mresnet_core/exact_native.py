@@ -51,7 +51,7 @@ except ImportError:  # Windows: no run-time builds (library() is for Linux)
 SOURCE = Path(__file__).with_name("exact_kernels.c")
 #: The library ``setup.py`` builds into the package.
 INSTALLED_LIBRARY = Path(__file__).with_name("libexact_kernels.so")
-VERSION = 6  # exact_kernels_version() of a library built from SOURCE
+VERSION = 7  # exact_kernels_version() of a library built from SOURCE
 #: Compiler flags of every build (setup.py has the same list; a test checks it). Never
 #: -ffast-math; -ffp-contract=off: a fused multiply-add would round differently.
 CFLAGS = ["-O3", "-std=c11", "-fPIC", "-fno-trapping-math", "-ffp-contract=off"]
@@ -253,10 +253,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     for t in _TYPES.values():
         fs = getattr(lib, f"forward_step_{t}")
-        fs.argtypes, fs.restype = [p, p, p, p, p, p, i64, i64, i32, p], ctypes.c_double
-        getattr(lib, f"undo_position_{t}").argtypes = [p, p, p, i64, i32]
+        fs.argtypes, fs.restype = [p, p, p, p, p, p, i64, i64, i32, p, p], ctypes.c_double
+        getattr(lib, f"undo_position_{t}").argtypes = [p, p, p, i64, i32, p]
         uv = getattr(lib, f"undo_velocity_{t}")
-        uv.argtypes, uv.restype = [p, p, p, p, i64, i64, i32], i32
+        uv.argtypes, uv.restype = [p, p, p, p, i64, i64, i32, p, p], i32
+        st = getattr(lib, f"stack_start_{t}")
+        st.argtypes, st.restype = [p, p, i64, i32, p], ctypes.c_double
+        getattr(lib, f"adjoint_update_{t}").argtypes = [p, p, p, p, i64, ctypes.c_double, ctypes.c_double,
+                                                         i32, i32, i32]
         tf = getattr(lib, f"to_fixed_{t}")
         tf.argtypes, tf.restype = [p, p, i64, i32], ctypes.c_double
         getattr(lib, f"to_float_{t}").argtypes = [p, p, i64, i32]
@@ -457,6 +461,43 @@ def fingerprint(x: torch.Tensor):
     return [out[0], out[1]]
 
 
+def stack_start(t: torch.Tensor):
+    """(float(to_fixed(t)), max |t|, fingerprint of to_fixed(t), t contiguous) in one pass
+    by the C kernel, for a stack starting from v0 = 0 whose first layer's forward step
+    takes t itself as x0 (``NativeBound.push``: the int64 x is never stored on its own);
+    None where it does not apply (another device or dtype, no library)."""
+    lib = library() if t.device.type == "cpu" and t.dtype in _TYPES else None
+    if lib is None:
+        return None
+    t = t.detach().contiguous()
+    xf = torch.empty(t.shape, dtype=t.dtype)
+    digest = (ctypes.c_int64 * 2)()
+    peak = getattr(lib, f"stack_start_{_TYPES[t.dtype]}")(t.data_ptr(), xf.data_ptr(), t.numel(),
+                                                           torch.get_num_threads(), ctypes.addressof(digest))
+    return xf, peak, [digest[0], digest[1]], t
+
+
+def _plain(t: torch.Tensor | None, like: torch.Tensor) -> bool:
+    """Whether ``t`` is None or a contiguous CPU tensor of ``like``'s dtype and size."""
+    return t is None or (t.device.type == "cpu" and t.dtype is like.dtype and t.is_contiguous()
+                         and t.numel() == like.numel())
+
+
+def adjoint_update(a_out, a, g, c, alpha: float | None, w: float, lerp: bool) -> bool:
+    """One layer of ``adjoint.MomentumAdjoint`` in one pass: a_out = a + g + alpha c (a, g
+    or alpha None: left out), then c <- lerp(c, a_out, w) in place if ``lerp``. a_out may
+    be a or g, not c; g may not share c's memory. False (nothing done) where the C
+    kernel does not apply: another device or dtype, a layout, no library."""
+    lib = library() if c.device.type == "cpu" and c.dtype in _TYPES else None
+    if lib is None or not all(_plain(t, c) for t in (a_out, a, g, c)):
+        return False
+    fn = getattr(lib, f"adjoint_update_{_TYPES[c.dtype]}")
+    fn(a_out.data_ptr(), None if a is None else a.data_ptr(), None if g is None else g.data_ptr(), c.data_ptr(),
+       c.numel(), 0.0 if alpha is None else float(alpha), float(w), alpha is not None,
+       0 if not lerp else (1 if abs(w) < 0.5 else 2), torch.get_num_threads())
+    return True
+
+
 class NativeKernels:
     """The three exact steps of ``exact.ExactKernels`` for gamma = n / 2**16, in C.
 
@@ -496,14 +537,14 @@ class NativeKernels:
         xf = torch.empty(x.shape, dtype=f.dtype)
         peak = getattr(self.lib, f"forward_step_{_TYPES[f.dtype]}")(
             x.data_ptr(), v.data_ptr(), state.data_ptr(), f.data_ptr(), None, xf.data_ptr(), x.numel(),
-            self.n, torch.get_num_threads(), ctypes.addressof(self._max))
+            self.n, torch.get_num_threads(), ctypes.addressof(self._max), None)
         return xf, peak, self._max.value
 
     def undo_position(self, x, v, dtype):
         """In place: x <- x - v; returns float x."""
         xf = torch.empty(x.shape, dtype=dtype)
         getattr(self.lib, f"undo_position_{_TYPES[dtype]}")(
-            x.data_ptr(), v.data_ptr(), xf.data_ptr(), x.numel(), torch.get_num_threads())
+            x.data_ptr(), v.data_ptr(), xf.data_ptr(), x.numel(), torch.get_num_threads(), None)
         return xf
 
     def undo_velocity(self, v, state, f) -> int:
@@ -511,7 +552,8 @@ class NativeKernels:
         the smallest buffer state."""
         f = self._like(f, v)
         return getattr(self.lib, f"undo_velocity_{_TYPES[f.dtype]}")(
-            v.data_ptr(), state.data_ptr(), f.data_ptr(), None, v.numel(), self.n, torch.get_num_threads())
+            v.data_ptr(), state.data_ptr(), f.data_ptr(), None, v.numel(), self.n, torch.get_num_threads(), None,
+            None)
 
     def spill(self, state: torch.Tensor, limit: int):
         """Move the low byte of every state >= limit into a new word (uint8, element
@@ -536,11 +578,15 @@ class NativeKernels:
 class NativeBound:
     """The C kernels bound to one exact state (x, v, buffer; updated in place) and one
     residual dtype, checked once by ``exact.ExactKernels.bind``: each layer is then one
-    C call. The kernels return the largest (forward) or smallest (inverse) buffer state
-    as they go, so the buffer's bounds are exact and spilling or refilling reads the
-    state only when a word moves (what ``exact.BoundKernels`` leaves to the buffer)."""
+    C call. The kernels return the largest (forward) or smallest and largest (inverse)
+    buffer state as they go, so the buffer's bounds are exact and spilling or refilling
+    reads the state only when a word moves (what ``exact.BoundKernels`` leaves to the
+    buffer). ``start``: the float x0 of a stack that starts from v0 = 0 and an empty
+    buffer whose x, v and state are not written yet (``exact.ExactKernels.start``): the
+    first push takes them from it.
+    """
 
-    def __init__(self, kernels: NativeKernels, x, v, buffer, dtype: torch.dtype):
+    def __init__(self, kernels: NativeKernels, x, v, buffer, dtype: torch.dtype, start=None):
         self.kernels, self.x, self.v, self.buffer, self.dtype = kernels, x, v, buffer, dtype
         self.shape, self.count, self.n = x.shape, x.numel(), kernels.n
         self.pointers = (x.data_ptr(), v.data_ptr(), buffer.state.data_ptr())
@@ -552,6 +598,10 @@ class NativeBound:
         self.limit = buffer.spill_limit(self.n)
         self._max = ctypes.c_int32(0)
         self._max_address = ctypes.addressof(self._max)
+        self.start = start
+        # fingerprints of x and v taken by the last undo_position and pop that asked
+        self._digest_x, self._digest_v = (ctypes.c_int64 * 2)(), (ctypes.c_int64 * 2)()
+        self._digested = [False, False]
 
     def _operand(self, t: torch.Tensor) -> torch.Tensor:
         if t.dtype is not self.dtype or t.shape != self.shape or t.device.type != "cpu":
@@ -566,40 +616,56 @@ class NativeBound:
         contiguous = self._operand(out)
         base_ptr = self._operand(base).data_ptr() if base is not None else None
         buffer = self.buffer
-        if buffer.upper >= self.limit:
+        start, self.start = self.start, None
+        if start is None and buffer.upper >= self.limit:
             word, buffer.upper = self.kernels.spill(buffer.state, self.limit)
             if word is not None:
                 buffer.words.append(word)
         xf = contiguous if reuse or contiguous is not out else torch.empty(self.shape, dtype=self.dtype)
         x, v, state = self.pointers
         peak = self._forward(x, v, state, contiguous.data_ptr(), base_ptr, xf.data_ptr(), self.count, self.n,
-                             torch.get_num_threads(), self._max_address)
+                             torch.get_num_threads(), self._max_address,
+                             None if start is None else start.data_ptr())
         buffer.upper, buffer.lower = self._max.value, -1  # the smallest unknown, as after before_push
+        self._digested = [False, False]
         return xf, peak
 
-    def undo_position(self, spare=None):
+    def undo_position(self, spare=None, digest=False):
         """x <- x - v; returns float x, written into ``spare`` (a tensor of the caller's
-        that nothing else holds) where given and of the right kind."""
+        that nothing else holds) where given and of the right kind. ``digest``: also
+        take the fingerprint of the new x (``digests``)."""
         xf = spare if (spare is not None and spare.dtype is self.dtype and spare.shape == self.shape
                        and spare.device.type == "cpu" and spare.is_contiguous()) else None
         xf = torch.empty(self.shape, dtype=self.dtype) if xf is None else xf
-        self._position(self.pointers[0], self.pointers[1], xf.data_ptr(), self.count, torch.get_num_threads())
+        self._position(self.pointers[0], self.pointers[1], xf.data_ptr(), self.count, torch.get_num_threads(),
+                       ctypes.addressof(self._digest_x) if digest else None)
+        self._digested = [digest, False]
         return xf
 
-    def pop(self, out, base=None, release=None) -> None:
+    def pop(self, out, base=None, release=None, digest=False) -> None:
         """The velocity back, given f(x_n) = out - base (``base`` None: out), then a word
         refilled if a state fell below the buffer's low bound; ``release`` as in
-        ``exact.BoundKernels.pop``."""
+        ``exact.BoundKernels.pop``. ``digest``: also take the fingerprint of the new v."""
         out = self._operand(out)
         base_ptr = self._operand(base).data_ptr() if base is not None else None
         buffer = self.buffer
         smallest = self._velocity(self.pointers[1], self.pointers[2], out.data_ptr(), base_ptr, self.count,
-                                  self.n, torch.get_num_threads())
+                                  self.n, torch.get_num_threads(), self._max_address,
+                                  ctypes.addressof(self._digest_v) if digest else None)
+        self._digested[1] = digest
         out = release() if release is not None else None
-        low = buffer.low
+        low, largest = buffer.low, self._max.value
         if smallest < low:
             total = self.kernels.refill_count(buffer.state, low)
             if not buffer.words or buffer.words[-1].numel() != total:
                 raise ReconstructionError("information buffer out of step: " + NOT_REPLAYABLE)
             smallest = self.kernels.refill(buffer.state, low, buffer.words.pop())
-        buffer.lower, buffer.upper = smallest, 1 << 62  # as after after_pop
+            largest = 1 << 62  # unknown: refilled states grew
+        buffer.lower, buffer.upper = smallest, largest
+
+    def digests(self):
+        """[fingerprint of x, fingerprint of v] (``exact_walk.fingerprint``'s) as the last
+        ``undo_position`` and ``pop`` left them, if both were asked for in a row; else None."""
+        if not all(self._digested):
+            return None
+        return [[self._digest_x[0], self._digest_x[1]], [self._digest_v[0], self._digest_v[1]]]

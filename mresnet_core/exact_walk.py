@@ -125,11 +125,18 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
     """
     dtype = x0.dtype
     depth = len(stack.functions)
-    x, v, buffer = initial_state(stack, x0, v0)
-    # v0 = None: v is zeros, whose fingerprint is [0, 0] in every branch of fingerprint
-    origin = fingerprint(x, v) if v0 is not None else fingerprint(x) + [[0, 0]]
-    kernels = exact.ExactKernels(x, stack.n)
-    k = kernels.bind(x, v, buffer, dtype)
+    kernels = exact.ExactKernels(x0, stack.n)
+    # from v0 = 0, the C kernels take the start and the first layer's step in two passes
+    # (x, v and the buffer are first written by that step)
+    started = kernels.start(x0) if depth > stack.kept and v0 is None else None
+    if started is not None:
+        k, x, v, buffer, xf, digest = started
+        origin = [digest, [0, 0]]  # v0 = 0: [0, 0] in every branch of fingerprint
+    else:
+        x, v, buffer = initial_state(stack, x0, v0)
+        origin = fingerprint(x, v) if v0 is not None else fingerprint(x) + [[0, 0]]
+        k = kernels.bind(x, v, buffer, dtype)
+        xf = exact.to_float(x, dtype)
     replays = []
     kept = None
     start = depth - min(stack.kept, depth)
@@ -138,7 +145,6 @@ def run_forward(stack: Stack, x0: torch.Tensor, v0: torch.Tensor, args, kwargs):
     # layer (a list of small tensors would pin freed memory)
     peak_per_layer = torch.zeros(depth, dtype=torch.float64, device=x.device)
     float_peaks = [0.0] * depth
-    xf = exact.to_float(x, dtype)
     with torch.no_grad():
         for i in range(depth):
             if i < start:
@@ -249,7 +255,7 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
         module = stack.functions[i]
         if spare is not None and not sole_owner(spare):
             spare = None  # held elsewhere: let it go before the next one is allocated
-        xf = k.undo_position(spare)
+        xf = k.undo_position(spare, digest=i == 0)
         if xf is spare:  # a new tensor on that memory: no hook of the old one carries over
             xf = xf.detach()
         spare = None
@@ -266,13 +272,14 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                 freeable = _freeable(out, xf)
             # out's data may go once the velocity is undone, before anything else is allocated
             k.pop(out.detach(), None if base is None else base.detach(),
-                  release=functools.partial(free_storage, out) if freeable else None)
+                  release=functools.partial(free_storage, out) if freeable else None, digest=i == 0)
             if on_layer is not None:
                 # from here on only the graph needs out, and it lets out's data go as soon
                 # as the node that saved it has run (a block's last ReLU saves its output)
                 out = gradient_root(out)
             if i == 0:
-                if not buffer.is_empty() or (tape.origin is not None and fingerprint(x, v) != tape.origin):
+                if not buffer.is_empty() or (tape.origin is not None
+                                             and (k.digests() or fingerprint(x, v)) != tape.origin):
                     raise exact.ReconstructionError(exact.NOT_REPLAYABLE)
                 if consume and release is not None and release():
                     tape.x = tape.v = tape.buffer = x = v = buffer = k = None

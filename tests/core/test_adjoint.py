@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from mresnet_core import adjoint as adjoint_module
 from mresnet_core.adjoint import MomentumAdjoint
 
 
@@ -15,7 +16,12 @@ def plain_layers(fns, gamma, x, v):
 
 @pytest.mark.parametrize("gamma", [0.0, 0.3, 0.9, 1.0])
 @pytest.mark.parametrize("with_b", [False, True])
-def test_adjoint_of_three_layers_matches_autograd(gamma, with_b):
+@pytest.mark.parametrize("fused", [True, False])
+def test_adjoint_of_three_layers_matches_autograd(gamma, with_b, fused, monkeypatch):
+    """Both ways of the element-wise update: the C kernel's one pass (where the library
+    is there) and the torch operations."""
+    if not fused:
+        monkeypatch.setattr(adjoint_module.exact_native, "adjoint_update", lambda *args: False)
     torch.manual_seed(0)
     fns = [nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 4)).double() for _ in range(3)]
     x0 = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)

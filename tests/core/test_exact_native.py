@@ -170,6 +170,135 @@ def test_conversions_and_fingerprint_give_the_bits_of_the_torch_path(native, ins
     assert native.to_float(x[::2], dtype) is None and native.fingerprint(x[::2]) is None  # not contiguous
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [257, 58982, 65536])
+def test_a_stack_start_from_the_float_input_gives_the_bits_of_the_separate_steps(native, instruction_sets,
+                                                                                 n, dtype):
+    """ExactKernels.start and the first push that takes x0 (x, v and the buffer state
+    written, never read): the float x_0 and fingerprint of to_float(to_fixed(x0)) and
+    fingerprint(to_fixed(x0)), then the x, v, state, float x, peak and largest state of a
+    push from to_fixed(x0), zeros and an empty buffer, with every variant; with and
+    without a block's input as base. x, v and the state start as garbage, so a kernel
+    that read them would fail."""
+    g = torch.Generator().manual_seed(n)
+    size = 20011
+    x0 = (torch.randn(size, generator=g, dtype=torch.float64)
+          * 10.0 ** torch.randint(-14, 6, (size,), generator=g)).to(dtype)
+    x0[:3] = torch.tensor([-0.0, 2.0 ** -41, -(2.0 ** -40)])
+    out = (torch.randn(size, generator=g, dtype=torch.float64) * 5).to(dtype)
+    for isa in instruction_sets:
+        assert native.use_instruction_set(isa)
+        for with_base in (False, True):
+            x, v = exact.to_fixed(x0), torch.zeros(size, dtype=torch.int64)
+            buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+            ref_xf0, ref_digest = exact.to_float(x, dtype), exact_native.fingerprint(x)
+            bound = exact.ExactKernels(x, n, backend="native").bind(x, v, buf, dtype)
+            ref = bound.push(out, ref_xf0 if with_base else None)
+            started = exact.ExactKernels(x0, n, backend="native").start(x0)
+            k, x2, v2, buf2, xf0, digest = started
+            for t in (x2, v2, buf2.state):
+                t.fill_(-12345)  # whatever the memory held: never read
+            assert torch.equal(xf0, ref_xf0) and digest == ref_digest, isa
+            got = k.push(out, xf0 if with_base else None)
+            assert torch.equal(got[0], ref[0]) and got[1] == ref[1], isa
+            assert torch.equal(x2, x) and torch.equal(v2, v) and torch.equal(buf2.state, buf.state), isa
+            assert buf2.upper == buf.upper == int(buf.state.max()) and buf2.lower == -1
+            assert k.start is None  # only the first push starts from x0
+
+
+def test_a_stack_start_refuses_what_to_fixed_refuses(native):
+    """The range check of ExactKernels.start is to_fixed's: inf, NaN and values beyond
+    the fixed-point range are refused before anything is written; dtypes and layouts the
+    C kernels do not take get None (the separate steps)."""
+    n = exact.gamma_numerator(0.9)
+    k = exact.ExactKernels(torch.zeros(8), n, backend="native")
+    for bad in (float("inf"), float("nan"), 2 * exact.VALUE_LIMIT):
+        x0 = torch.zeros(8)
+        x0[3] = bad
+        with pytest.raises(exact.FixedPointRangeError):
+            k.start(x0)
+    assert k.start(torch.zeros(8, dtype=torch.float16)) is None
+    assert exact.ExactKernels(torch.zeros(8), 100, backend="native").start(torch.zeros(8)) is None  # 62-bit state
+    # gamma = 2**-8: an empty buffer's state is at the spill limit, the first push spills
+    assert exact.ExactKernels(torch.zeros(8), 256, backend="native").start(torch.zeros(8)) is None
+    assert exact.ExactKernels(torch.zeros(8), n, backend="eager").start(torch.zeros(8)) is None
+
+
+@pytest.mark.parametrize("with_base", [False, True])
+def test_the_inverse_kernels_take_the_fingerprints_and_state_bounds_as_they_go(native, instruction_sets,
+                                                                              with_base):
+    """undo_position and pop asked for digests: the fingerprints (exact_walk's) of the x
+    and v they leave, and the exact smallest and largest buffer state (the buffer then
+    knows it is empty from its bounds alone); digests() is None unless both were asked
+    in a row."""
+    n = exact.gamma_numerator(0.9)
+    g = torch.Generator().manual_seed(5)
+    size = 20011
+    base = torch.randn(size, generator=g)
+    outs = [torch.randn(size, generator=g) * 3 for _ in range(4)]
+    x0 = exact.to_fixed(torch.randn(size, generator=g))
+    for isa in instruction_sets:
+        assert native.use_instruction_set(isa)
+        x, v = x0.clone(), torch.zeros_like(x0)
+        buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+        bound = exact.ExactKernels(x, n, backend="native").bind(x, v, buf, torch.float32)
+        for out in outs:
+            bound.push(out, base if with_base else None)
+        for i, out in reversed(list(enumerate(outs))):
+            bound.undo_position(digest=True)
+            assert bound.digests() is None  # v's not taken yet
+            bound.pop(out, base if with_base else None, digest=i % 2 == 0)
+            if i % 2 == 0:
+                assert bound.digests() == [exact_native.fingerprint(x), exact_native.fingerprint(v)], isa
+            else:
+                assert bound.digests() is None
+            assert buf.lower == int(buf.state.min()) and buf.upper == int(buf.state.max()), isa
+            assert buf.is_empty() == (i == 0)
+        assert torch.equal(x, x0) and not v.any() and bound.digests() == [exact_native.fingerprint(x0), [0, 0]]
+
+
+def _adjoint_reference(a, g, c, alpha, w, lerp):
+    """adjoint_update in torch operations, in float64."""
+    a64 = torch.zeros_like(c, dtype=torch.float64)
+    for t in (a, g):
+        if t is not None:
+            a64 += t.double()
+    if alpha is not None:
+        a64 += alpha * c.double()
+    c64 = c.double() + w * (a64 - c.double()) if lerp else c.double()
+    return a64, c64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_adjoint_update_is_the_sum_and_lerp_in_one_pass(native, instruction_sets, dtype):
+    """adjoint_update for every combination of its terms (a, g, the multiple of c, the
+    lerp from either end), with the result written over a, over g or elsewhere: the
+    values of the torch operations it replaces, to the rounding of a few operations."""
+    gen = torch.Generator().manual_seed(9)
+    size = 20011
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for isa in instruction_sets:
+        assert native.use_instruction_set(isa)
+        for has_a in (False, True):
+            for has_g in (False, True):
+                for alpha in (None, -1.0, 9.0):
+                    for w, lerp in ((0.1, True), (0.9, True), (1.0, True), (0.1, False)):
+                        a, g, c = (torch.randn(size, generator=gen, dtype=dtype) for _ in range(3))
+                        a_in, g_in = (a if has_a else None), (g if has_g else None)
+                        want_a, want_c = _adjoint_reference(a_in, g_in, c, alpha, w, lerp)
+                        out = a if has_a else (g if has_g else torch.empty_like(c))
+                        assert exact_native.adjoint_update(out, a_in, g_in, c, alpha, w, lerp)
+                        assert torch.allclose(out.double(), want_a, **tol), (isa, has_a, has_g, alpha)
+                        assert torch.allclose(c.double(), want_c, **tol), (isa, has_a, has_g, alpha, w)
+                        if lerp and w == 1.0:
+                            assert torch.equal(c, out)  # lerp's far end exactly, as torch's
+    c = torch.randn(8, dtype=dtype)
+    assert not exact_native.adjoint_update(c.clone(), None, c[::1].expand(2, 8)[0], torch.randn(16)[::2], None,
+                                           0.1, True)  # a strided c: not taken
+    assert not exact_native.adjoint_update(torch.empty(8, dtype=torch.float16), None, None,
+                                           torch.zeros(8, dtype=torch.float16), 1.0, 0.1, True)
+
+
 @pytest.mark.parametrize("gamma", [256 / 65536, 0.3, 0.9, 0.95, 1.0])
 def test_a_deep_stack_of_steps_matches_the_torch_path_word_for_word(native, gamma):
     """push/pop with spills and refills: the same x, v, buffer state and words after

@@ -37,9 +37,8 @@ REGRESSIONS = {
          "            return check_residual_output(module(x, *args, **kwargs), x, module) * 0 + x, x  # regression\n")],
     # the memory-free backward hands back zero gradients for the stacks' parameters
     "memory-free parameter gradients zeroed": [
-        ("adjoint.py", "            self.c = torch.lerp(c, self.a, 1.0 - gamma) if aliased else c.lerp_(self.a, 1.0 - gamma)\n"
-                       "        return list(grads[1:])\n",
-         "            self.c = torch.lerp(c, self.a, 1.0 - gamma) if aliased else c.lerp_(self.a, 1.0 - gamma)\n"
+        ("adjoint.py", "            self.c = torch.lerp(c, self.a, 1.0 - gamma)\n        return list(grads[1:])\n",
+         "            self.c = torch.lerp(c, self.a, 1.0 - gamma)\n"
          "        return [None if g is None else torch.zeros_like(g) for g in grads[1:]]  # regression\n")],
     # the memory-free forward keeps every layer's float activation on its tape until the
     # backward pass ends, without reporting it: only a measured peak can see it
