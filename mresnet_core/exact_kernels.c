@@ -143,13 +143,15 @@ static double from_abs_bits_f64(u64 b) { double t; memcpy(&t, &b, 8); return t; 
 #define VARIANT avx512
 #define VARIANT_TARGET AVX512_TARGET
 #define NATIVE_I64_CONVERSIONS 1 /* AVX512DQ converts int64 <-> float64 in one instruction */
+#define VARIANT_FMA 1             /* fused multiply-adds where torch's vector code takes them */
 #include "exact_kernels.c"
 #undef NATIVE_I64_CONVERSIONS
 #undef VARIANT
 #undef VARIANT_TARGET
 #define VARIANT avx2
-#define VARIANT_TARGET __attribute__((target("avx2")))
+#define VARIANT_TARGET __attribute__((target("avx2,fma")))
 #include "exact_kernels.c"
+#undef VARIANT_FMA
 #undef VARIANT
 #undef VARIANT_TARGET
 #define VARIANT sse41
@@ -216,7 +218,7 @@ static int has_avx512(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
            && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 }
-static int has_avx2(void) { return __builtin_cpu_supports("avx2"); }
+static int has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 static int has_sse41(void) { return __builtin_cpu_supports("sse4.1"); }
 #endif
 
@@ -432,17 +434,21 @@ int exact_kernels_openmp(void) {
 #define T float
 #define TYPE f32
 #define PEAK_T u32
+#define FMA_T __builtin_fmaf
 #include "exact_kernels.c"
 #undef T
 #undef TYPE
 #undef PEAK_T
+#undef FMA_T
 #define T double
 #define TYPE f64
 #define PEAK_T u64
+#define FMA_T __builtin_fma
 #include "exact_kernels.c"
 #undef T
 #undef TYPE
 #undef PEAK_T
+#undef FMA_T
 #undef EXACT_KERNELS_PASS
 #define EXACT_KERNELS_PASS 1
 
@@ -683,27 +689,37 @@ static double NAME(stack_start)(const T *restrict t, T *restrict xf, i64 count, 
     return FROM_ABS_BITS(peak);
 }
 
+/* x y + z as torch's vector code computes a + alpha b and lerp: rounded once where the
+ * variant has fused multiply-adds (its results are then torch's on such CPUs), else twice.
+ * Not contracted by the compiler (-ffp-contract=off): only where written so. */
+#if VARIANT_FMA
+#define MULADD(x, y, z) FMA_T(x, y, z)
+#else
+#define MULADD(x, y, z) ((x) * (y) + (z))
+#endif
+
 /* one block of adjoint_update; the flags are constants at each call (its own loop each) */
 VARIANT_TARGET ALWAYS_INLINE void NAME(adjoint_block)(T *a_out, const T *a, const T *g, T *c, i64 start, i64 end,
                                                       T alpha, T w, const int has_a, const int has_g,
                                                       const int has_alpha, const int lerp)
 {
-    const T rest = (T)1 - w;
+    const T w_minus_1 = w - (T)1;
     SAME_INDEX_ONLY
     for (i64 i = start; i < end; i++) {
         const T ci = c[i];
         T ai = has_a ? a[i] : (T)0;
         if (has_g)
             ai = has_a ? ai + g[i] : g[i];
-        if (has_alpha)
-            ai = (has_a || has_g) ? ai + alpha * ci : alpha * ci;
+        if (has_alpha) /* torch's add(g, c, alpha=...); alpha -1: a - c exactly rounded */
+            ai = (has_a || has_g) ? MULADD(alpha, ci, ai) : alpha * ci;
         a_out[i] = ai;
         if (lerp == 1) /* torch's lerp: from the nearer end */
-            c[i] = ci + w * (ai - ci);
+            c[i] = MULADD(w, ai - ci, ci);
         else if (lerp == 2)
-            c[i] = ai - (ai - ci) * rest;
+            c[i] = MULADD(w_minus_1, ai - ci, ai);
     }
 }
+#undef MULADD
 
 #define ADJOINT_CASE(ha, hg, hal, lp)                                                        \
     case (ha) | (hg) << 1 | (hal) << 2 | (lp) << 3:                                          \

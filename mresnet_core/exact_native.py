@@ -485,9 +485,11 @@ def _plain(t: torch.Tensor | None, like: torch.Tensor) -> bool:
 
 def adjoint_update(a_out, a, g, c, alpha: float | None, w: float, lerp: bool) -> bool:
     """One layer of ``adjoint.MomentumAdjoint`` in one pass: a_out = a + g + alpha c (a, g
-    or alpha None: left out), then c <- lerp(c, a_out, w) in place if ``lerp``. a_out may
-    be a or g, not c; g may not share c's memory. False (nothing done) where the C
-    kernel does not apply: another device or dtype, a layout, no library."""
+    or alpha None: left out), then c <- lerp(c, a_out, w) in place if ``lerp``, rounded
+    as torch's add and lerp round them (the same bits where both use fused multiply-adds:
+    the AVX2 and AVX-512 variants). a_out may be a or g, not c; g may not share c's
+    memory. False (nothing done) where the C kernel does not apply: another device or
+    dtype, a layout, no library."""
     lib = library() if c.device.type == "cpu" and c.dtype in _TYPES else None
     if lib is None or not all(_plain(t, c) for t in (a_out, a, g, c)):
         return False

@@ -269,16 +269,40 @@ def _adjoint_reference(a, g, c, alpha, w, lerp):
     return a64, c64
 
 
+def _torch_steps(a, g, c, alpha, w, skip):
+    """MomentumAdjoint's torch operations for (a + g - c if skip), or g + alpha c for a
+    None, then c's lerp: (a, c) as new tensors."""
+    if a is None:
+        a = g.clone().add_(c, alpha=alpha)
+    else:
+        a = a.clone().add_(g)
+        if skip:
+            a.sub_(c)
+    return a, c.clone().lerp_(a, w)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_adjoint_update_is_the_sum_and_lerp_in_one_pass(native, instruction_sets, dtype):
     """adjoint_update for every combination of its terms (a, g, the multiple of c, the
     lerp from either end), with the result written over a, over g or elsewhere: the
-    values of the torch operations it replaces, to the rounding of a few operations."""
+    values of the torch operations it replaces, to the rounding of a few operations;
+    and their bits in the variants with fused multiply-adds where torch's own vector
+    code has them too (AVX2, AVX-512), as MomentumAdjoint uses it."""
     gen = torch.Generator().manual_seed(9)
     size = 20011
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch_fma = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     for isa in instruction_sets:
         assert native.use_instruction_set(isa)
+        if torch_fma and isa in ("avx512", "avx2"):
+            for w in (0.1, 0.9, 1.0):
+                a, g, c = (torch.randn(size, generator=gen, dtype=dtype) for _ in range(3))
+                for a_in, alpha, skip in ((a, -1.0, True), (a, None, False), (None, 9.0, False)):
+                    want_a, want_c = _torch_steps(a_in, g, c, alpha, w, skip)
+                    got_a, got_c = (a.clone() if a_in is not None else torch.empty_like(c)), c.clone()
+                    assert exact_native.adjoint_update(got_a, None if a_in is None else got_a, g, got_c, alpha, w,
+                                                       True)
+                    assert torch.equal(got_a, want_a) and torch.equal(got_c, want_c), (isa, w, alpha)
         for has_a in (False, True):
             for has_g in (False, True):
                 for alpha in (None, -1.0, 9.0):
