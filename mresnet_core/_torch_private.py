@@ -176,6 +176,11 @@ def sole_owner(t: torch.Tensor, held: int = 1) -> bool:
     return _within(_counts(t), held)
 
 
+def _as_is(t):
+    """A saved-tensor hook that keeps the tensor as it is."""
+    return t
+
+
 @functools.lru_cache(maxsize=None)
 def check_freeing() -> bool:
     """Whether the rules behind freeing a recomputed residual early hold on this torch,
@@ -188,7 +193,10 @@ def check_freeing() -> bool:
     try:
         if _generated_nodes is None:
             return False
-        with torch.inference_mode(False), torch.enable_grad():  # first asked from inside a no_grad walk
+        # first asked from inside a no_grad walk, maybe one whose saved tensors are being
+        # counted (accounting.saved_tensors): the probe's own go to an inner hook
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autograd.graph.saved_tensors_hooks(_as_is, _as_is)):
             x = torch.ones(2, 2, requires_grad=True)
             kept, product = torch.tanh(x), x @ x
         if not _class_saves_output(kept.grad_fn, 0) or _class_saves_output(product.grad_fn, 0):

@@ -404,15 +404,18 @@ class BoundKernels:
         """The fingerprints the C kernels take as they go; None here (the caller takes them)."""
         return None
 
-    def pop(self, out, base=None, release=None, digest=False) -> None:
+    def pop(self, out, base=None, release=None, digest=False, then_position=False, spare=None):
         """`undo_velocity` then ``buffer.after_pop``: the velocity back, given f(x_n) =
         out - base (``base`` None: out). ``release()``, if given, is called in between:
         out is no longer needed there, and nothing has been allocated yet. ``digest``:
-        as in ``undo_position``."""
+        as in ``undo_position``. ``then_position``: then the layer below's
+        ``undo_position(spare, digest)`` too, whose float x is returned (the C kernels
+        take both in one pass)."""
         f = out if base is None else out - base
         self.kernels.undo_velocity(self.v, self.buffer.state, f)
         f = out = release() if release is not None else None
         self.buffer.after_pop(self.kernels.n)
+        return self.undo_position(spare, digest) if then_position else None
 
 
 # --------------------------------------------------------------------------------------

@@ -176,8 +176,10 @@ typedef double (*forward_f64_fn)(i64 *, i64 *, i32 *, const double *, const doub
                                  i32 *, const double *);
 typedef void (*position_f32_fn)(i64 *, const i64 *, float *, i64, int, i64 *);
 typedef void (*position_f64_fn)(i64 *, const i64 *, double *, i64, int, i64 *);
-typedef i32 (*velocity_f32_fn)(i64 *, i32 *, const float *, const float *, i64, i64, int, i32 *, i64 *);
-typedef i32 (*velocity_f64_fn)(i64 *, i32 *, const double *, const double *, i64, i64, int, i32 *, i64 *);
+typedef i32 (*velocity_f32_fn)(i64 *, i32 *, const float *, const float *, i64 *, float *, i64, i64, int, i32 *,
+                                i64 *);
+typedef i32 (*velocity_f64_fn)(i64 *, i32 *, const double *, const double *, i64 *, double *, i64, i64, int,
+                                i32 *, i64 *);
 typedef double (*start_f32_fn)(const float *, float *, i64, int, i64 *);
 typedef double (*start_f64_fn)(const double *, double *, i64, int, i64 *);
 typedef void (*adjoint_f32_fn)(float *, const float *, const float *, float *, i64, double, double, int, int, int);
@@ -301,15 +303,17 @@ void undo_position_f64(i64 *x, const i64 *v, double *xf, i64 count, int threads,
 /* the inverse of forward_step's velocity update, given f(x_n) = out - base (or out where
  * base is NULL, as in forward_step) (exact.torch_undo_velocity); returns the smallest
  * buffer state after the pop (INT32_MAX for no element), writes the largest to
- * *state_max (INT32_MIN for no element) and, where digest is not NULL, the wrapping sum
- * and xor of the new v to digest[0..1] */
-i32 undo_velocity_f32(i64 *v, i32 *state, const float *out, const float *base, i64 count, i64 n, int threads,
-                      i32 *state_max, i64 *digest) {
-    return active->undo_velocity_f32(v, state, out, base, count, n, threads, state_max, digest);
+ * *state_max (INT32_MIN for no element). Where xf is NULL, digest (if not NULL) takes the
+ * wrapping sum and xor of the new v; otherwise the same pass goes on to the layer below's
+ * undo_position with that v (x <- x - v, float x into xf, which may be out's memory) and
+ * digest takes the new x's */
+i32 undo_velocity_f32(i64 *v, i32 *state, const float *out, const float *base, i64 *x, float *xf, i64 count,
+                      i64 n, int threads, i32 *state_max, i64 *digest) {
+    return active->undo_velocity_f32(v, state, out, base, x, xf, count, n, threads, state_max, digest);
 }
-i32 undo_velocity_f64(i64 *v, i32 *state, const double *out, const double *base, i64 count, i64 n,
-                      int threads, i32 *state_max, i64 *digest) {
-    return active->undo_velocity_f64(v, state, out, base, count, n, threads, state_max, digest);
+i32 undo_velocity_f64(i64 *v, i32 *state, const double *out, const double *base, i64 *x, double *xf, i64 count,
+                      i64 n, int threads, i32 *state_max, i64 *digest) {
+    return active->undo_velocity_f64(v, state, out, base, x, xf, count, n, threads, state_max, digest);
 }
 
 /* a stack's start for v0 = 0 (exact.to_fixed, exact.to_float and fingerprint_i64 in one
@@ -414,7 +418,7 @@ i32 refill_words(i32 *restrict state, i64 count, i32 low, const uint8_t *restric
 /* the build's identity, checked by the loader: the interface version, the hash of the
  * source and flags it was built from (-DEXACT_KERNELS_KEY, set by setup.py and
  * exact_native.py; empty if not given), and whether it runs on OpenMP threads */
-int exact_kernels_version(void) { return 7; }
+int exact_kernels_version(void) { return 8; }
 #ifndef EXACT_KERNELS_KEY
 #define EXACT_KERNELS_KEY ""
 #endif
@@ -578,18 +582,29 @@ static void NAME(undo_position)(i64 *restrict x, const i64 *restrict v, T *restr
     }
 }
 
-/* one block [start, end) of undo_velocity (with_base as in forward_block; with_digest:
- * also the wrapping sum and xor of the new v); the smallest and largest states go to
- * range[0] and range[1] */
-VARIANT_TARGET ALWAYS_INLINE void NAME(velocity_block)(i64 *restrict v, i32 *restrict state, const T *restrict out,
-                                                       const T *restrict base, i64 start, i64 end, i64 n,
-                                                       const int with_base, const int with_digest, i32 *range,
-                                                       u64 *digest)
+/* one block [start, end) of undo_velocity (with_base as in forward_block); mode: what else
+ * the pass does with the new v. VELOCITY_DIGEST: the wrapping sum and xor of v into
+ * digest[0..1]. THEN_POSITION: also the next layer down's undo_position, x <- x - v and
+ * float(x) into xf (which may be out's own memory: each element is read before it is
+ * written), so that v is streamed once for both; POSITION_DIGEST: that, and the digest of
+ * the new x. The smallest and largest states go to range[0] and range[1]. */
+#ifndef VELOCITY_MODES
+#define VELOCITY_MODES
+#define VELOCITY_ONLY 0
+#define VELOCITY_DIGEST 1
+#define THEN_POSITION 2
+#define POSITION_DIGEST 3
+#endif
+VARIANT_TARGET ALWAYS_INLINE void NAME(velocity_block)(i64 *restrict v, i32 *restrict state, const T *out,
+                                                       const T *base, i64 *restrict x, T *xf, i64 start,
+                                                       i64 end, i64 n, const int with_base, const int mode,
+                                                       i32 *range, u64 *digest)
 {
     const double inv_n = 1.0 / (double)n, dn = (double)n;
     const double k = (double)((65536 - n) << 24);
     i32 local_smin = INT32_MAX, local_smax = INT32_MIN;
     u64 sum = 0, bits = 0;
+    SAME_INDEX_ONLY
     for (i64 i = start; i < end; i++) {
         const T fi = with_base ? (T)(out[i] - base[i]) : out[i];
         const i64 a = (i64)((u64)v[i] - (u64)TRUNC_TO_I64((double)fi * k));
@@ -612,9 +627,18 @@ VARIANT_TARGET ALWAYS_INLINE void NAME(velocity_block)(i64 *restrict v, i32 *res
         local_smax = ns > local_smax ? ns : local_smax;
         const i64 nv = (i64)(((u64)small_to_i64(q1) << 32) + (u64)small_to_i64(q));
         v[i] = nv;
-        if (with_digest) {
+        if (mode == VELOCITY_DIGEST) {
             sum += (u64)nv;
             bits ^= (u64)nv;
+        }
+        if (mode >= THEN_POSITION) { /* undo_position's, on the v just made */
+            const i64 nx = (i64)((u64)x[i] - (u64)nv);
+            x[i] = nx;
+            xf[i] = (T)(TO_F64(nx) * INV_SCALE);
+            if (mode == POSITION_DIGEST) {
+                sum += (u64)nx;
+                bits ^= (u64)nx;
+            }
         }
     }
     range[0] = local_smin;
@@ -623,27 +647,31 @@ VARIANT_TARGET ALWAYS_INLINE void NAME(velocity_block)(i64 *restrict v, i32 *res
     digest[1] = bits;
 }
 
+#define VELOCITY_CASE(with_base, mode)                                                                 \
+    NAME(velocity_block)(v, state, out, base, x, xf, start, end, n, with_base, mode, range, local)
+
 VARIANT_TARGET
-static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *restrict out,
-                               const T *restrict base, i64 count, i64 n, int threads, i32 *state_max,
-                               i64 *digest)
+static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *out, const T *base, i64 *x,
+                               T *xf, i64 count, i64 n, int threads, i32 *state_max, i64 *digest)
 {
     i32 smin = INT32_MAX, smax = INT32_MIN;
     u64 sum = 0, bits = 0;
-    const int with_digest = digest != NULL;
+    const int mode = xf ? (digest ? POSITION_DIGEST : THEN_POSITION) : (digest ? VELOCITY_DIGEST : VELOCITY_ONLY);
     PARALLEL_FOR_STATES_DIGEST
     for (i64 start = 0; start < count; start += BLOCK) {
         const i64 end = start + BLOCK < count ? start + BLOCK : count;
         i32 range[2];
         u64 local[2];
-        if (base && with_digest)
-            NAME(velocity_block)(v, state, out, base, start, end, n, 1, 1, range, local);
-        else if (base)
-            NAME(velocity_block)(v, state, out, base, start, end, n, 1, 0, range, local);
-        else if (with_digest)
-            NAME(velocity_block)(v, state, out, base, start, end, n, 0, 1, range, local);
-        else
-            NAME(velocity_block)(v, state, out, base, start, end, n, 0, 0, range, local);
+        switch (mode * 2 + (base != NULL)) {
+        case 0: VELOCITY_CASE(0, VELOCITY_ONLY); break;
+        case 1: VELOCITY_CASE(1, VELOCITY_ONLY); break;
+        case 2: VELOCITY_CASE(0, VELOCITY_DIGEST); break;
+        case 3: VELOCITY_CASE(1, VELOCITY_DIGEST); break;
+        case 4: VELOCITY_CASE(0, THEN_POSITION); break;
+        case 5: VELOCITY_CASE(1, THEN_POSITION); break;
+        case 6: VELOCITY_CASE(0, POSITION_DIGEST); break;
+        default: VELOCITY_CASE(1, POSITION_DIGEST); break;
+        }
         smin = range[0] < smin ? range[0] : smin;
         smax = range[1] > smax ? range[1] : smax;
         sum += local[0];
@@ -657,6 +685,7 @@ static i32 NAME(undo_velocity)(i64 *restrict v, i32 *restrict state, const T *re
     }
     return smin;
 }
+#undef VELOCITY_CASE
 
 /* a stack's start for v0 = 0: float(to_fixed(t)) into xf, the digest (wrapping sum, xor)
  * of to_fixed(t), and max |t| (NaN above inf) for the range check; the int64 x itself is

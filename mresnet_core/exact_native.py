@@ -51,7 +51,7 @@ except ImportError:  # Windows: no run-time builds (library() is for Linux)
 SOURCE = Path(__file__).with_name("exact_kernels.c")
 #: The library ``setup.py`` builds into the package.
 INSTALLED_LIBRARY = Path(__file__).with_name("libexact_kernels.so")
-VERSION = 7  # exact_kernels_version() of a library built from SOURCE
+VERSION = 8  # exact_kernels_version() of a library built from SOURCE
 #: Compiler flags of every build (setup.py has the same list; a test checks it). Never
 #: -ffast-math; -ffp-contract=off: a fused multiply-add would round differently.
 CFLAGS = ["-O3", "-std=c11", "-fPIC", "-fno-trapping-math", "-ffp-contract=off"]
@@ -256,7 +256,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         fs.argtypes, fs.restype = [p, p, p, p, p, p, i64, i64, i32, p, p], ctypes.c_double
         getattr(lib, f"undo_position_{t}").argtypes = [p, p, p, i64, i32, p]
         uv = getattr(lib, f"undo_velocity_{t}")
-        uv.argtypes, uv.restype = [p, p, p, p, i64, i64, i32, p, p], i32
+        uv.argtypes, uv.restype = [p, p, p, p, p, p, i64, i64, i32, p, p], i32
         st = getattr(lib, f"stack_start_{t}")
         st.argtypes, st.restype = [p, p, i64, i32, p], ctypes.c_double
         getattr(lib, f"adjoint_update_{t}").argtypes = [p, p, p, p, i64, ctypes.c_double, ctypes.c_double,
@@ -554,8 +554,8 @@ class NativeKernels:
         the smallest buffer state."""
         f = self._like(f, v)
         return getattr(self.lib, f"undo_velocity_{_TYPES[f.dtype]}")(
-            v.data_ptr(), state.data_ptr(), f.data_ptr(), None, v.numel(), self.n, torch.get_num_threads(), None,
-            None)
+            v.data_ptr(), state.data_ptr(), f.data_ptr(), None, None, None, v.numel(), self.n,
+            torch.get_num_threads(), None, None)
 
     def spill(self, state: torch.Tensor, limit: int):
         """Move the low byte of every state >= limit into a new word (uint8, element
@@ -632,29 +632,42 @@ class NativeBound:
         self._digested = [False, False]
         return xf, peak
 
+    def _float_x(self, spare):
+        """``spare`` (a tensor of the caller's that nothing else holds) where it can take
+        float x, else a new tensor."""
+        if (spare is not None and spare.dtype is self.dtype and spare.shape == self.shape
+                and spare.device.type == "cpu" and spare.is_contiguous()):
+            return spare
+        return torch.empty(self.shape, dtype=self.dtype)
+
     def undo_position(self, spare=None, digest=False):
         """x <- x - v; returns float x, written into ``spare`` (a tensor of the caller's
         that nothing else holds) where given and of the right kind. ``digest``: also
         take the fingerprint of the new x (``digests``)."""
-        xf = spare if (spare is not None and spare.dtype is self.dtype and spare.shape == self.shape
-                       and spare.device.type == "cpu" and spare.is_contiguous()) else None
-        xf = torch.empty(self.shape, dtype=self.dtype) if xf is None else xf
+        xf = self._float_x(spare)
         self._position(self.pointers[0], self.pointers[1], xf.data_ptr(), self.count, torch.get_num_threads(),
                        ctypes.addressof(self._digest_x) if digest else None)
         self._digested = [digest, False]
         return xf
 
-    def pop(self, out, base=None, release=None, digest=False) -> None:
+    def pop(self, out, base=None, release=None, digest=False, then_position=False, spare=None):
         """The velocity back, given f(x_n) = out - base (``base`` None: out), then a word
         refilled if a state fell below the buffer's low bound; ``release`` as in
-        ``exact.BoundKernels.pop``. ``digest``: also take the fingerprint of the new v."""
+        ``exact.BoundKernels.pop``. ``digest``: also take the fingerprint of the new v.
+        ``then_position``: the same pass goes on to the layer below's ``undo_position``
+        (v is read once for both) and returns its float x, written into ``spare`` as
+        there (out itself may be the spare); ``digest`` then fingerprints that x."""
         out = self._operand(out)
         base_ptr = self._operand(base).data_ptr() if base is not None else None
+        xf = self._float_x(spare) if then_position else None
         buffer = self.buffer
-        smallest = self._velocity(self.pointers[1], self.pointers[2], out.data_ptr(), base_ptr, self.count,
-                                  self.n, torch.get_num_threads(), self._max_address,
-                                  ctypes.addressof(self._digest_v) if digest else None)
-        self._digested[1] = digest
+        smallest = self._velocity(self.pointers[1], self.pointers[2], out.data_ptr(), base_ptr,
+                                  self.pointers[0] if then_position else None,
+                                  xf.data_ptr() if then_position else None, self.count, self.n,
+                                  torch.get_num_threads(), self._max_address,
+                                  ctypes.addressof(self._digest_x if then_position else self._digest_v)
+                                  if digest else None)
+        self._digested = [digest, False] if then_position else [self._digested[0], digest]
         out = release() if release is not None else None
         low, largest = buffer.low, self._max.value
         if smallest < low:
@@ -664,6 +677,7 @@ class NativeBound:
             smallest = self.kernels.refill(buffer.state, low, buffer.words.pop())
             largest = 1 << 62  # unknown: refilled states grew
         buffer.lower, buffer.upper = smallest, largest
+        return xf
 
     def digests(self):
         """[fingerprint of x, fingerprint of v] (``exact_walk.fingerprint``'s) as the last

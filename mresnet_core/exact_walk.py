@@ -250,15 +250,20 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
         buffer, x, v = tape.buffer.copy(), tape.x.clone(), tape.v.clone()
     k = exact.ExactKernels(x, stack.n).bind(x, v, buffer, tape.dtype)
     replays = tape.replays or [None] * len(stack.functions)
+    fuse_from = lowest_fused_layer(stack, x.numel() * tape.dtype.itemsize) if on_layer is not None else None
     spare = None  # the last layer's float x, once nothing else holds it: the next one's memory
+    below = None  # this layer's float x, rebuilt by the layer above's pop in the same pass
     for i in range(len(stack.functions) - 1, -1, -1):
         module = stack.functions[i]
         if spare is not None and not sole_owner(spare):
             spare = None  # held elsewhere: let it go before the next one is allocated
-        xf = k.undo_position(spare, digest=i == 0)
-        if xf is spare:  # a new tensor on that memory: no hook of the old one carries over
-            xf = xf.detach()
-        spare = None
+        if below is not None:
+            xf, below = below, None  # the spare stays for this layer's pop
+        else:
+            xf = k.undo_position(spare, digest=i == 0)
+            if xf is spare:  # a new tensor on that memory: no hook of the old one carries over
+                xf = xf.detach()
+            spare = None
         # the gradient is taken inside the replay too: autograd may check saved buffers
         with Replaying(module, replays[i], x.device):
             if on_layer is None:
@@ -270,9 +275,17 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                 with torch.enable_grad():
                     out, base = stack.split_residual(module, xf, args, kwargs)
                 freeable = _freeable(out, xf)
-            # out's data may go once the velocity is undone, before anything else is allocated
-            k.pop(out.detach(), None if base is None else base.detach(),
-                  release=functools.partial(free_storage, out) if freeable else None, digest=i == 0)
+            fused = fuse_from is not None and i >= fuse_from
+            if fused and spare is None and freeable:
+                spare, freeable = out.detach(), False  # out's memory takes x_{i-1}: not freed
+            # out's data may go once the velocity is undone, before anything else is allocated;
+            # from fuse_from up the same pass rebuilds x_{i-1} too (v read once for both)
+            below = k.pop(out.detach(), None if base is None else base.detach(),
+                          release=functools.partial(free_storage, out) if freeable else None,
+                          digest=i == (1 if fused else 0), then_position=fused, spare=spare)
+            if below is not None and below is spare:
+                below = below.detach()  # a new tensor on that memory, as above
+            spare = None
             if on_layer is not None:
                 # from here on only the graph needs out, and it lets out's data go as soon
                 # as the node that saved it has run (a block's last ReLU saves its output)
@@ -291,6 +304,28 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
     if buffer is None:
         return None
     return Tape(x=x, v=v, buffer=buffer, replays=[], dtype=tape.dtype, origin=tape.origin)
+
+
+def lowest_fused_layer(stack: Stack, x_bytes: int) -> int:
+    """The lowest layer whose backward pop may also rebuild the float x of the layer
+    below (v streamed once for both, ``below`` of the kernels' pop). That float x is then
+    held through the layer's backward, one tensor of ``x_bytes`` more than otherwise; the
+    backward's peak is at its bottom (layer 1, before the exact state is let go), where
+    the gradients of every layer's parameters exist, so fusing starts where the
+    gradients the layers below (down to layer 1) have yet to allocate outweigh it."""
+    depth = len(stack.functions)
+    seen, new_bytes = set(), [0] * depth
+    for i in range(depth - 1, -1, -1):  # a gradient is allocated at the highest layer using it
+        for p in stack.layer_params[i]:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                new_bytes[i] += p.numel() * p.element_size()
+    below = 0
+    for i in range(1, depth):
+        if below >= x_bytes:
+            return i
+        below += new_bytes[i]
+    return depth
 
 
 @functools.lru_cache(maxsize=None)

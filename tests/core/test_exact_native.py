@@ -257,6 +257,52 @@ def test_the_inverse_kernels_take_the_fingerprints_and_state_bounds_as_they_go(n
         assert torch.equal(x, x0) and not v.any() and bound.digests() == [exact_native.fingerprint(x0), [0, 0]]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("with_base", [False, True])
+@pytest.mark.parametrize("into", ["new", "spare", "out"])
+def test_a_pop_that_goes_on_to_the_layer_below_gives_the_bits_of_the_two_kernels(native, instruction_sets,
+                                                                                dtype, with_base, into):
+    """pop(then_position=True) (one pass over v) against pop then undo_position: the same
+    x, v, buffer states and bounds, float x and fingerprints, on every variant; the float
+    x may be written over the residual the pop reads (out itself as the spare)."""
+    n = exact.gamma_numerator(0.9)
+    g = torch.Generator().manual_seed(7)
+    size = 20011
+    base = torch.randn(size, generator=g, dtype=dtype)
+    outs = [torch.randn(size, generator=g, dtype=dtype) * 3 for _ in range(5)]
+    x0 = exact.to_fixed(torch.randn(size, generator=g, dtype=dtype))
+    for isa in instruction_sets:
+        assert native.use_instruction_set(isa)
+        states = []
+        for fused in (False, True):
+            x, v = x0.clone(), torch.zeros_like(x0)
+            buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+            bound = exact.ExactKernels(x, n, backend="native").bind(x, v, buf, dtype)
+            for out in outs:
+                bound.push(out, base if with_base else None)
+            seen = []
+            xf = bound.undo_position()
+            for i in range(len(outs) - 1, -1, -1):
+                out = outs[i].clone()
+                b = base if with_base else None
+                if fused and i > 0:
+                    spare = {"new": None, "spare": torch.full_like(out, float("nan")), "out": out}[into]
+                    xf = bound.pop(out, b, digest=i == 1, then_position=True, spare=spare)
+                    assert (xf is spare) == (spare is not None), isa
+                else:
+                    bound.pop(out, b, digest=i == 0)
+                    if i > 0:
+                        xf = bound.undo_position(digest=i == 1)
+                seen.append((xf.clone(), x.clone(), v.clone(), buf.state.clone(), buf.lower, buf.upper,
+                             list(buf.words)))
+            states.append((seen, bound.digests()))
+        (plain, plain_digests), (fused_seen, fused_digests) = states
+        assert plain_digests == fused_digests == [exact_native.fingerprint(x0), [0, 0]], isa
+        for a, b in zip(plain, fused_seen):
+            assert all(torch.equal(s, t) for s, t in zip(a[:4], b[:4])), isa
+            assert a[4:6] == b[4:6] and len(a[6]) == len(b[6]), isa
+
+
 def _adjoint_reference(a, g, c, alpha, w, lerp):
     """adjoint_update in torch operations, in float64."""
     a64 = torch.zeros_like(c, dtype=torch.float64)

@@ -147,7 +147,8 @@ def test_peak_step_memory_deep_ordinary_vs_memory_free(x):
     # without the gradients it creates, the memory-free peak does not grow with depth
     g_free = _peak(free, x, exclude_grads_of=free)
     assert g_free.excluded == param_bytes and g_free.retained == 0
-    short = MomentumNet(blocks[:8], 0.9, memory_efficient=True)
+    # (depth 16 fuses its upper pops too, as the deep stack does: exact_walk.lowest_fused_layer)
+    short = MomentumNet(blocks[:16], 0.9, memory_efficient=True)
     assert g_free.peak <= _peak(short, x, exclude_grads_of=short).peak + 4096
 
 
@@ -246,6 +247,61 @@ def test_memory_free_whole_step_is_close_to_ordinary_when_short_and_below_it_fro
         plain = training_step_memory(MomentumNet(fns[:depth], 0.9, memory_efficient=False), xb)
         free = training_step_memory(MomentumNet(fns[:depth], 0.9, memory_efficient=True), xb)
         assert free.whole_step < bound * plain.whole_step, (depth, free.whole_step / plain.whole_step)
+
+
+def _no_fused_pops(monkeypatch):
+    from mresnet_core import exact_walk
+    monkeypatch.setattr(exact_walk, "lowest_fused_layer", lambda stack, x_bytes: len(stack.functions))
+
+
+def test_fused_pops_keep_the_whole_step_peak_and_the_gradients_bits(x, monkeypatch):
+    """From ``exact_walk.lowest_fused_layer`` up, a layer's pop also rebuilds the float x
+    of the layer below in the same pass, which is then held through that layer's backward:
+    the whole step's peak stays what it is with separate passes (the gradients still to
+    come outweigh it), and the gradients are the same bits."""
+    from mresnet_core import exact_native, exact_walk
+    blocks = mlp_blocks(16)
+    net = MomentumNet(blocks, 0.9, memory_efficient=True)
+    assert 1 < exact_walk.lowest_fused_layer(net._stack(), x.nbytes) < 16  # some pops fuse, not all
+
+    def run():
+        net.zero_grad(set_to_none=True)
+        net(x).pow(2).mean().backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    fused_calls = []
+    real_pop = exact_native.NativeBound.pop
+    monkeypatch.setattr(exact_native.NativeBound, "pop", lambda self, *a, **k: (
+        fused_calls.append(k.get("then_position", False)), real_pop(self, *a, **k))[1])
+    fused_grads, fused_step = run(), training_step_memory(net, x).whole_step
+    if exact_native.available():
+        assert any(fused_calls)
+    _no_fused_pops(monkeypatch)
+    fused_calls.clear()
+    plain_grads, plain_step = run(), training_step_memory(net, x).whole_step
+    assert not any(fused_calls)
+    assert all(torch.equal(a, b) for a, b in zip(fused_grads, plain_grads))
+    assert fused_step <= plain_step
+
+
+def test_the_lowest_fused_layer_counts_the_gradients_still_to_come():
+    """It starts where the layers below (down to layer 1) have at least one float x's
+    bytes of parameter gradients left to allocate; a parameter shared with a layer above
+    is allocated there already, a frozen one never."""
+    from mresnet_core import exact_walk
+    from mresnet_core.replay import Stack, residual_of_function
+
+    def stack(fns):
+        return Stack(functions=fns, residual_of=residual_of_function, n=58982)
+
+    lin = [nn.Linear(10, 10) for _ in range(8)]  # 110 floats: 440 bytes each
+    assert exact_walk.lowest_fused_layer(stack(lin), 440) == 2
+    assert exact_walk.lowest_fused_layer(stack(lin), 441) == 3
+    assert exact_walk.lowest_fused_layer(stack(lin), 440 * 7) == 8  # = depth: never
+    shared = [lin[0]] * 8
+    assert exact_walk.lowest_fused_layer(stack(shared), 1) == 8
+    frozen = [nn.Linear(10, 10).requires_grad_(False) for _ in range(8)]
+    assert exact_walk.lowest_fused_layer(stack(frozen), 1) == 8
 
 
 @pytest.mark.parametrize("peak_of", [lambda b: 100 + 7 * b,                       # affine, as a step's peak
