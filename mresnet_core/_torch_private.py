@@ -18,6 +18,8 @@ ImportError that names it, and :func:`check` (run by the test suite) lists all o
   (``check_freeing``), and without them nothing is freed;
 * the state-dict hooks of torch < 2.5 (``register_state_dict_hooks``), with which a
   converted model saves and loads under the original model's names;
+* the autograd engine's entry point (``torch.autograd.graph._engine_run_backward``) for
+  one layer's vector-Jacobian product (``vjp``; ``torch.autograd.grad`` where it is gone);
 * tensor internals read as they are: a module's own ``_parameters``/``_buffers``
   (``parameters_and_buffers``), version counters (``version_of``), a view's base
   (``is_view``) and freeing a storage in place (``free_storage``).
@@ -54,6 +56,20 @@ none_or_dtype = _lookup("torch.nn.functional", "_none_or_dtype", "Transformer ma
 detect_is_causal_mask = _lookup("torch.nn.modules.transformer", "_detect_is_causal_mask", "Transformer masks")
 get_seq_len = _lookup("torch.nn.modules.transformer", "_get_seq_len", "Transformer masks")
 _event_type = _lookup("torch._C._profiler", "_EventType", "CPU step-memory peaks")
+_engine_backward = _lookup("torch.autograd.graph", "_engine_run_backward",
+                           "one layer's vector-Jacobian product without torch.autograd.grad's argument handling")
+
+
+def vjp(output, inputs: list, cotangent: torch.Tensor) -> tuple:
+    """``torch.autograd.grad(output, inputs, cotangent, allow_unused=True)``, ``output`` a
+    tensor or a GradientEdge. Where that is all grad would do (plain tensors: no
+    ``__torch_function__`` to defer to) the engine is called directly, which grad itself
+    ends with: its Python argument handling costs some 30 us, once per layer of the
+    memory-free backward. The engine checks the cotangent's shape as grad does."""
+    tensors = (cotangent, *inputs, *((output,) if isinstance(output, torch.Tensor) else ()))
+    if "torch.autograd.graph._engine_run_backward" in _MISSING or torch.overrides.has_torch_function(tensors):
+        return torch.autograd.grad(output, inputs, cotangent, allow_unused=True)
+    return _engine_backward((output,), (cotangent,), False, False, tuple(inputs), True, accumulate_grad=False)
 
 try:
     from torch.nn.modules.conv import _ConvNd as ConvNd

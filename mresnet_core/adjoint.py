@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from . import exact_native
+from ._torch_private import vjp
 
 
 class MomentumAdjoint:
@@ -55,33 +56,39 @@ class MomentumAdjoint:
                 self.c = (self.a if self.b is None else self.a + self.b) * (1.0 - gamma)
             self.b = None
         if gamma == 1.0:  # f has no influence: its cotangent is 0, dL/dv gains a per layer
-            grads = torch.autograd.grad(f_n, [x_n, *wrt], torch.zeros_like(self.c), allow_unused=True)
+            grads = vjp(f_n, [x_n, *wrt], torch.zeros_like(self.c))
             self.c.add_(self.a)
             return list(grads[1:])
         c = self.c
-        grads = torch.autograd.grad(f_n, [x_n, *wrt], c, allow_unused=True)
+        grads = vjp(f_n, [x_n, *wrt], c)
         gx = grads[0]
+        c_memory = _memory(c)
+        others = [_memory(t) for t in grads[1:] if t is not None]
         # gx may be c itself (f(x) = x + ...) or another input's gradient (f(x + w))
-        fresh = gx is not None and _writable(gx, [c, *grads[1:]])
+        fresh = gx is not None and _writable(gx, [c_memory, *others])
         # a gradient handed back may be c itself (f(x) = x + w): then c is replaced
-        aliased = any(_shares_memory(t, c) for t in grads[1:])
-        if not self._fused(gx, fresh, skip, lerp=not last and not aliased):
+        aliased = c_memory in others
+        fused = self._fused(gx, c_memory, fresh, skip, lerp=not last and not aliased)
+        if not fused:
             self._unfused(gx, fresh, skip)
-            if not last:
-                self.c = torch.lerp(c, self.a, 1.0 - gamma) if aliased else c.lerp_(self.a, 1.0 - gamma)
-        elif not last and aliased:
-            self.c = torch.lerp(c, self.a, 1.0 - gamma)
+        if not last and (aliased or not fused):
+            self.c = torch.lerp(c, self.a, 1.0 - gamma) if aliased else c.lerp_(self.a, 1.0 - gamma)
         return list(grads[1:])
 
-    def _fused(self, gx, fresh: bool, skip: bool, lerp: bool) -> bool:
+    def _first_scale(self, skip: bool) -> float:
+        """At the first layer a is formed from c: a = gx + scale c, c = (1 - gamma) a
+        (- c again for a block that adds its own skip connection)."""
+        return 1.0 / (1.0 - self.gamma) - (1.0 if skip else 0.0)
+
+    def _fused(self, gx, c_memory: int, fresh: bool, skip: bool, lerp: bool) -> bool:
         """a += J^T c (gx; - c if skip), then c's lerp (if ``lerp``), in one pass of the C
         kernel where it applies (False: nothing done). a goes into memory of our own: a's
-        if owned, else gx's if ``fresh``, else a new tensor."""
+        if owned, else gx's if ``fresh``, else a new tensor. ``c_memory``: c's storage."""
         c, a = self.c, self.a
-        if _shares_memory(gx, c):
+        if gx is not None and _memory(gx) == c_memory:
             return False  # the kernel reads gx while it writes c: only on distinct memory
         if a is None:  # the first layer: a = gx + c / (1 - gamma) (- c if skip)
-            alpha = 1.0 / (1.0 - self.gamma) - (1.0 if skip else 0.0)
+            alpha = self._first_scale(skip)
         else:
             alpha = -1.0 if skip else None
         if a is not None and self.a_owned:
@@ -99,7 +106,7 @@ class MomentumAdjoint:
         """``_fused``'s a, in torch operations."""
         c = self.c
         if self.a is None:  # a = c / (1 - gamma): a_n = gx + a (- c if skip) in one pass
-            scale = 1.0 / (1.0 - self.gamma) - (1.0 if skip else 0.0)
+            scale = self._first_scale(skip)
             if gx is None:
                 self.a = c * scale
             else:
@@ -130,15 +137,15 @@ class MomentumAdjoint:
         return self.a, self.c * (self.gamma / (1.0 - self.gamma))
 
 
-def _shares_memory(t: torch.Tensor | None, other: torch.Tensor) -> bool:
-    """Whether ``t`` (None: no tensor) lies on ``other``'s memory."""
-    return t is not None and t.untyped_storage().data_ptr() == other.untyped_storage().data_ptr()
+def _memory(t: torch.Tensor) -> int:
+    """The address of ``t``'s storage: tensors on the same memory share it."""
+    return t.untyped_storage().data_ptr()
 
 
 def _writable(g: torch.Tensor, others: list) -> bool:
     """Whether autograd's gradient g may be written to: a dense tensor on memory of its
-    own, neither a view (an expanded one) nor sharing memory with any of ``others`` (the
+    own, neither a view (an expanded one) nor on any of the storages ``others`` (the
     cotangent handed back, f(x) = x + ...; another input's gradient, f(x + w))."""
     if g._base is not None or not g.is_contiguous() or g.untyped_storage().nbytes() != g.nbytes:
         return False
-    return not any(_shares_memory(t, g) for t in others)
+    return _memory(g) not in others

@@ -59,3 +59,45 @@ def test_when_the_rules_do_not_hold_nothing_is_freed_and_gradients_stay_right(mo
     x.grad = None
     MomentumNet(fns, 0.9, memory_efficient="exact")(x).sum().backward()
     assert not freed and torch.equal(x.grad, gx)
+
+
+def test_vjp_is_torch_autograd_grad(monkeypatch):
+    """The engine called directly gives what torch.autograd.grad gives, for a tensor and
+    a GradientEdge as the output and an input the output does not use; a wrong-shaped
+    cotangent is refused as grad refuses it; without the engine's entry point, or for a
+    tensor subclass, torch.autograd.grad itself runs."""
+    import torch
+    from torch.autograd.graph import get_gradient_edge
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 4, dtype=torch.float64, requires_grad=True)
+    unused = torch.randn(2, requires_grad=True)
+    c = torch.randn(3, 4, dtype=torch.float64)
+
+    def graph():
+        return torch.tanh(x @ w)
+
+    expected = torch.autograd.grad(graph(), [x, w, unused], c, allow_unused=True)
+    assert expected[2] is None
+    for root in (graph(), get_gradient_edge(graph())):
+        got = _torch_private.vjp(root, [x, w, unused], c)
+        assert got[2] is None and all(torch.equal(a, b) for a, b in zip(got[:2], expected[:2]))
+    with pytest.raises(RuntimeError, match="shape"):
+        _torch_private.vjp(graph(), [x, w], torch.randn(4, 3, dtype=torch.float64))
+
+    calls = []
+    real = torch.autograd.grad
+    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    _torch_private.vjp(graph(), [x, w], c)
+    assert not calls  # the direct path
+
+    class Tagged(torch.Tensor):
+        pass
+
+    got = _torch_private.vjp(graph(), [x, w], c.as_subclass(Tagged))
+    assert calls and all(torch.equal(a, b) for a, b in zip(got, expected[:2]))
+    calls.clear()
+    monkeypatch.setitem(_torch_private._MISSING, "torch.autograd.graph._engine_run_backward", "test")
+    got = _torch_private.vjp(graph(), [x, w], c)
+    assert calls and all(torch.equal(a, b) for a, b in zip(got, expected[:2]))
