@@ -308,11 +308,19 @@ class ExactKernels:
                 if setting == "native":
                     warn_native_unavailable(self.native_missing, asked=True)
         want = setting == "compile" or (setting == "auto" and cpu and example.numel() >= COMPILE_MIN_NUMEL)
-        self.compiled = bool(want and _compiled().usable)
+        self._compiled = None if want else False  # None: not asked yet (importing the compiler takes seconds)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the torch.compile'd kernels run what the C kernels do not take; decided
+        when first asked, so that a stack the C kernels take whole never loads the compiler."""
+        if self._compiled is None:
+            self._compiled = bool(_compiled().usable)
+        return self._compiled
 
     def scratch_free(self, dtype: torch.dtype) -> bool:
         """Whether calls with residuals of ``dtype`` need no eager temporaries (native or compiled)."""
-        return self.compiled or (self.native is not None and dtype in exact_native.NativeKernels.DTYPES)
+        return (self.native is not None and dtype in exact_native.NativeKernels.DTYPES) or self.compiled
 
     def _run(self, name: str, *args):
         if self.compiled:
@@ -320,7 +328,7 @@ class ExactKernels:
                 return getattr(_compiled(), name)(*args)
             except Exception as err:
                 _compiled().usable = False
-                self.compiled = False
+                self._compiled = False
                 warnings.warn(f"compiling the exact kernels failed ({type(err).__name__}: {err}); "
                               "falling back to eager torch (slower, same results)")
         return _eager_in_chunks(name, *args)
