@@ -231,7 +231,8 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
     torch takes one, so that nothing of ours holds its memory).
 
     With ``on_layer`` the residual function is recomputed with autograd enabled (for the
-    backward pass); otherwise without. ``consume`` unwinds the tape's own tensors in
+    backward pass); otherwise without. With ``on_layer``, from `lowest_fused_layer` up a
+    layer's velocity undo also rebuilds the next layer's float x in the same pass. ``consume`` unwinds the tape's own tensors in
     place (no copy: what the backward pass does); otherwise the tape stays reusable.
     At depth 0 the buffer must be empty and (x_0, v_0) equal to the forward's start
     (``Tape.origin``), else ReconstructionError. ``release`` (with ``consume``): asked

@@ -34,6 +34,13 @@ def narrow_state(size, n, g):
     return torch.randint(n << 7, n << 15, (size,), generator=g, dtype=torch.int32)
 
 
+def bound_at(x0, n, dtype, backend="native"):
+    """(x, v, buffer, bound kernels) of a fresh exact state at x0 (int64) with v = 0."""
+    x, v = x0.clone(), torch.zeros_like(x0)
+    buf = exact.InformationBuffer.empty(x.shape, x.device, n)
+    return x, v, buf, exact.ExactKernels(x, n, backend=backend).bind(x, v, buf, dtype)
+
+
 NS = [256, 257, 655, 6554, 32768, 58982, 65535, 65536]  # every n of the 31-bit layout's edges
 
 
@@ -101,9 +108,7 @@ def test_a_block_output_and_its_input_give_the_bits_of_their_difference(native, 
         assert native.use_instruction_set(isa)
         runs = []
         for split in (False, True):
-            x, v = x0.clone(), torch.zeros_like(x0)
-            buf = exact.InformationBuffer.empty(x.shape, x.device, n)
-            bound = exact.ExactKernels(x, n, backend="native").bind(x, v, buf, dtype)
+            x, v, buf, bound = bound_at(x0, n, dtype)
             trail = []
             for out in outs:
                 if split:
@@ -134,9 +139,7 @@ def test_the_torch_kernels_take_a_block_output_and_its_input_too():
     x0 = exact.to_fixed(torch.randn(999, generator=g))
     states = []
     for split in (False, True):
-        x, v = x0.clone(), torch.zeros_like(x0)
-        buf = exact.InformationBuffer.empty(x.shape, x.device, n)
-        bound = exact.ExactKernels(x, n, backend="eager").bind(x, v, buf, torch.float32)
+        x, v, buf, bound = bound_at(x0, n, torch.float32, backend="eager")
         assert isinstance(bound, exact.BoundKernels)
         xf, _ = bound.push(out.clone(), base, reuse=True) if split else bound.push(out - base)
         states.append((xf, x.clone(), v.clone()))
@@ -239,9 +242,7 @@ def test_the_inverse_kernels_take_the_fingerprints_and_state_bounds_as_they_go(n
     x0 = exact.to_fixed(torch.randn(size, generator=g))
     for isa in instruction_sets:
         assert native.use_instruction_set(isa)
-        x, v = x0.clone(), torch.zeros_like(x0)
-        buf = exact.InformationBuffer.empty(x.shape, x.device, n)
-        bound = exact.ExactKernels(x, n, backend="native").bind(x, v, buf, torch.float32)
+        x, v, buf, bound = bound_at(x0, n, torch.float32)
         for out in outs:
             bound.push(out, base if with_base else None)
         for i, out in reversed(list(enumerate(outs))):
@@ -275,9 +276,7 @@ def test_a_pop_that_goes_on_to_the_layer_below_gives_the_bits_of_the_two_kernels
         assert native.use_instruction_set(isa)
         states = []
         for fused in (False, True):
-            x, v = x0.clone(), torch.zeros_like(x0)
-            buf = exact.InformationBuffer.empty(x.shape, x.device, n)
-            bound = exact.ExactKernels(x, n, backend="native").bind(x, v, buf, dtype)
+            x, v, buf, bound = bound_at(x0, n, dtype)
             for out in outs:
                 bound.push(out, base if with_base else None)
             seen = []
