@@ -51,6 +51,11 @@ typedef uint32_t u32;
 #define SCALE 1099511627776.0            /* 2**40: exact.SCALE */
 #define BLOCK 4096                       /* elements per parallel work item */
 #define STATE_LOW_31 (1 << 23)           /* exact.STATE_LOW: every state of an empty buffer */
+/* what undo_velocity does besides the velocity (velocity_block) */
+#define VELOCITY_ONLY 0
+#define VELOCITY_DIGEST 1
+#define THEN_POSITION 2
+#define POSITION_DIGEST 3
 
 /* below PARALLEL_MIN elements a parallel region costs more than it saves */
 #define PARALLEL_MIN 16384
@@ -588,13 +593,6 @@ static void NAME(undo_position)(i64 *restrict x, const i64 *restrict v, T *restr
  * float(x) into xf (which may be out's own memory: each element is read before it is
  * written), so that v is streamed once for both; POSITION_DIGEST: that, and the digest of
  * the new x. The smallest and largest states go to range[0] and range[1]. */
-#ifndef VELOCITY_MODES
-#define VELOCITY_MODES
-#define VELOCITY_ONLY 0
-#define VELOCITY_DIGEST 1
-#define THEN_POSITION 2
-#define POSITION_DIGEST 3
-#endif
 VARIANT_TARGET ALWAYS_INLINE void NAME(velocity_block)(i64 *restrict v, i32 *restrict state, const T *out,
                                                        const T *base, i64 *restrict x, T *xf, i64 start,
                                                        i64 end, i64 n, const int with_base, const int mode,

@@ -231,9 +231,10 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
     torch takes one, so that nothing of ours holds its memory).
 
     With ``on_layer`` the residual function is recomputed with autograd enabled (for the
-    backward pass); otherwise without. With ``on_layer``, from `lowest_fused_layer` up a
-    layer's velocity undo also rebuilds the next layer's float x in the same pass. ``consume`` unwinds the tape's own tensors in
-    place (no copy: what the backward pass does); otherwise the tape stays reusable.
+    backward pass), and from `lowest_fused_layer` up a layer's velocity undo also rebuilds
+    the next layer's float x in the same pass; otherwise without. ``consume`` unwinds the
+    tape's own tensors in place (no copy: what the backward pass does); otherwise the tape
+    stays reusable.
     At depth 0 the buffer must be empty and (x_0, v_0) equal to the forward's start
     (``Tape.origin``), else ReconstructionError. ``release`` (with ``consume``): asked
     once depth 0 is reached and checked, before the first layer's ``on_layer``; if it
@@ -277,13 +278,15 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
                     out, base = stack.split_residual(module, xf, args, kwargs)
                 freeable = _freeable(out, xf)
             fused = fuse_from is not None and i >= fuse_from
+            # depth 0's fingerprints: of x where the pop rebuilding it is layer 1's, fused
+            depth_0_digest = i == 1 if fused else i == 0
             if fused and spare is None and freeable:
                 spare, freeable = out.detach(), False  # out's memory takes x_{i-1}: not freed
             # out's data may go once the velocity is undone, before anything else is allocated;
             # from fuse_from up the same pass rebuilds x_{i-1} too (v read once for both)
             below = k.pop(out.detach(), None if base is None else base.detach(),
                           release=functools.partial(free_storage, out) if freeable else None,
-                          digest=i == (1 if fused else 0), then_position=fused, spare=spare)
+                          digest=depth_0_digest, then_position=fused, spare=spare)
             if below is not None and below is spare:
                 below = below.detach()  # a new tensor on that memory, as above
             spare = None
@@ -309,11 +312,12 @@ def run_inverse(stack: Stack, tape: Tape, args, kwargs, on_layer=None, consume=F
 
 def lowest_fused_layer(stack: Stack, x_bytes: int) -> int:
     """The lowest layer whose backward pop may also rebuild the float x of the layer
-    below (v streamed once for both, ``below`` of the kernels' pop). That float x is then
-    held through the layer's backward, one tensor of ``x_bytes`` more than otherwise; the
-    backward's peak is at its bottom (layer 1, before the exact state is let go), where
-    the gradients of every layer's parameters exist, so fusing starts where the
-    gradients the layers below (down to layer 1) have yet to allocate outweigh it."""
+    below (v streamed once for both: the kernels' ``pop(then_position=True)``). That
+    float x is then held through the layer's backward, one tensor of ``x_bytes`` more
+    than otherwise; the backward's peak is at its bottom (layer 1, before the exact
+    state is let go), where the gradients of every layer's parameters exist, so fusing
+    starts where the gradients the layers below (down to layer 1) have yet to allocate
+    outweigh it."""
     depth = len(stack.functions)
     seen, new_bytes = set(), [0] * depth
     for i in range(depth - 1, -1, -1):  # a gradient is allocated at the highest layer using it
