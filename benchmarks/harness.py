@@ -291,6 +291,20 @@ def run_config(cfg: dict, contenders, device_name: str, threads: int) -> list:
     return list(rows.values())
 
 
+def allocator() -> str:
+    """The CPU memory allocator the runs use, as the environment sets it (the children
+    inherit it): a preloaded allocator library, glibc malloc's tunables, or the default.
+    It moves the CPU time ratios: glibc returns large freed blocks to the system, so
+    their pages are faulted in afresh in every step (benchmarks/RESULTS.md)."""
+    preloaded = [Path(p).name for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
+                 if "malloc" in Path(p).name]
+    tunables = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
+    tunables += [f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"] if "GLIBC_TUNABLES" in os.environ else []
+    if preloaded:
+        return " ".join(preloaded) + " (LD_PRELOAD)"
+    return "glibc malloc, " + (" ".join(tunables) if tunables else "default settings")
+
+
 def _meta(cfg, device_name, device) -> dict:
     import torch
     return dict(workload=cfg["workload"], size=cfg["size"], threads=torch.get_num_threads(), device=device_name,
@@ -412,7 +426,7 @@ def fit_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def table(rows: list, contenders) -> str:
+def table(rows: list, contenders, allocator_used: str | None = None) -> str:
     """Markdown: per configuration, the original model's absolute figures and every
     contender's ratios to it; the Figure 7 rows as `fit_table`."""
     fit = [r for r in rows if r.get("budget_bytes") is not None]
@@ -420,7 +434,8 @@ def table(rows: list, contenders) -> str:
     others = [c for c in contenders if c != BASELINE]
     meta = next((r for r in rows + fit if r.get("threads")), {})
     head = (f"Device {meta.get('device', '?')}, {meta.get('threads', '?')} thread(s), torch "
-            f"{meta.get('torch', '?')}, {meta.get('machine', '?')}. Ratios: contender / the original "
+            f"{meta.get('torch', '?')}, {meta.get('machine', '?')}"
+            + (f", CPU allocator: {allocator_used}" if allocator_used else "") + ". Ratios: contender / the original "
             "(unconverted) model trained by ordinary backprop (time: median step; whole step: the larger "
             "peak of the first step at the measured batch and a later one, parameter gradients "
             "included; act.: without them).\n\n")
@@ -466,7 +481,7 @@ def write_results(out: Path, rows: list, name: str, device: str, threads: int, t
         writer.writerows(rows)
     info = dict(profile=name, device=device, threads=threads, torch=torch_version,
                 machine=f"{platform.platform()} ({os.cpu_count()} cpus)", python=platform.python_version(),
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                allocator=allocator(), date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 seconds=round(time.perf_counter() - t0, 1), rows=rows)
     (out / "results.json").write_text(json.dumps(info, indent=1))
     return info
@@ -526,7 +541,7 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(configs)}] {cfg['workload']} {cfg['size']}", file=sys.stderr, flush=True)
         rows += run_in_fresh_process(cfg, contenders, args.device, threads, args.timeout)
         info = write_results(out, add_ratios(rows), name, args.device, threads, torch.__version__, t0)
-    print(table(rows, contenders))
+    print(table(rows, contenders, allocator()))
     print(f"\n{len(configs)} configurations in {info['seconds']:.0f} s; results in {out}/results.csv and .json")
     return 0
 

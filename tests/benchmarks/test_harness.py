@@ -21,6 +21,7 @@ def test_smoke_run_writes_csv_json_and_table(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     info = json.loads((tmp_path / "results.json").read_text())
     assert info["threads"] == 1 and info["torch"] and info["machine"] and info["profile"] == "smoke"
+    assert info["allocator"] and f"CPU allocator: {info['allocator']}" in done.stdout
     contenders = {"original", "ordinary", "checkpoint", "reference", "exact", "auto"}
     ours_and_torch = ("original", "ordinary", "checkpoint", "exact", "auto")  # never fail
     for workload in ("toy", "transformer"):
@@ -51,14 +52,36 @@ def test_smoke_run_writes_csv_json_and_table(tmp_path):
     assert "Figure 7 regime" in done.stdout
 
 
-def test_a_child_imports_the_package_first_on_pythonpath(monkeypatch):
-    """A caller's PYTHONPATH (the notebook's package, a patched copy in the trip tests)
-    comes before this checkout in every child, so the package measured is the caller's."""
+def _harness():
+    """benchmarks/harness.py as a module (it is a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("harness_under_test", ROOT / "benchmarks" / "harness.py")
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
+    return harness
+
+
+def test_the_allocator_of_a_run_is_named(monkeypatch):
+    """The CPU time ratios depend on the allocator (benchmarks/RESULTS.md), so a run
+    records which one its environment sets: a preloaded library, glibc's tunables, or
+    the default."""
+    harness = _harness()
+    for name in ("LD_PRELOAD", "GLIBC_TUNABLES", *[k for k in os.environ if k.startswith("MALLOC_")]):
+        monkeypatch.delenv(name, raising=False)
+    assert harness.allocator() == "glibc malloc, default settings"
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "268435456")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")
+    assert harness.allocator() == "glibc malloc, MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TOP_PAD_=268435456"
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libfoo.so /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert harness.allocator() == "libtcmalloc_minimal.so.4 (LD_PRELOAD)"
+    assert "CPU allocator: libtcmalloc_minimal.so.4" in harness.table([], ["original"], harness.allocator())
+
+
+def test_a_child_imports_the_package_first_on_pythonpath(monkeypatch):
+    """A caller's PYTHONPATH (the notebook's package, a patched copy in the trip tests)
+    comes before this checkout in every child, so the package measured is the caller's."""
+    harness = _harness()
     seen = {}
 
     def fake_run(cmd, env, **kwargs):
