@@ -298,10 +298,9 @@ def allocator() -> str:
     their pages are faulted in afresh in every step (benchmarks/RESULTS.md)."""
     preloaded = [Path(p).name for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
                  if "malloc" in Path(p).name]
-    tunables = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_"))
-    tunables += [f"GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}"] if "GLIBC_TUNABLES" in os.environ else []
     if preloaded:
         return " ".join(preloaded) + " (LD_PRELOAD)"
+    tunables = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")
     return "glibc malloc, " + (" ".join(tunables) if tunables else "default settings")
 
 
@@ -541,7 +540,7 @@ def main(argv=None) -> int:
         print(f"[{i}/{len(configs)}] {cfg['workload']} {cfg['size']}", file=sys.stderr, flush=True)
         rows += run_in_fresh_process(cfg, contenders, args.device, threads, args.timeout)
         info = write_results(out, add_ratios(rows), name, args.device, threads, torch.__version__, t0)
-    print(table(rows, contenders, allocator()))
+    print(table(rows, contenders, info["allocator"]))
     print(f"\n{len(configs)} configurations in {info['seconds']:.0f} s; results in {out}/results.csv and .json")
     return 0
 
