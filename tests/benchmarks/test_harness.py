@@ -52,21 +52,11 @@ def test_smoke_run_writes_csv_json_and_table(tmp_path):
     assert "Figure 7 regime" in done.stdout
 
 
-def _harness():
-    """benchmarks/harness.py as a module (it is a script, not part of the package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("harness_under_test", ROOT / "benchmarks" / "harness.py")
-    harness = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(harness)
-    return harness
-
-
-def test_the_allocator_of_a_run_is_named(monkeypatch):
+def test_the_allocator_of_a_run_is_named(monkeypatch, load_script):
     """The CPU time ratios depend on the allocator (benchmarks/RESULTS.md), so a run
     records which one its environment sets: a preloaded library, glibc's tunables, or
     the default."""
-    harness = _harness()
+    harness = load_script("benchmarks/harness.py")
     for name in ("LD_PRELOAD", "GLIBC_TUNABLES", *[k for k in os.environ if k.startswith("MALLOC_")]):
         monkeypatch.delenv(name, raising=False)
     assert harness.allocator() == "glibc malloc, default settings"
@@ -78,10 +68,10 @@ def test_the_allocator_of_a_run_is_named(monkeypatch):
     assert "CPU allocator: libtcmalloc_minimal.so.4" in harness.table([], ["original"], harness.allocator())
 
 
-def test_a_child_imports_the_package_first_on_pythonpath(monkeypatch):
+def test_a_child_imports_the_package_first_on_pythonpath(monkeypatch, load_script):
     """A caller's PYTHONPATH (the notebook's package, a patched copy in the trip tests)
     comes before this checkout in every child, so the package measured is the caller's."""
-    harness = _harness()
+    harness = load_script("benchmarks/harness.py")
     seen = {}
 
     def fake_run(cmd, env, **kwargs):

@@ -1,5 +1,4 @@
 """The C exact kernels (exact_kernels.c) against the torch kernels of exact.py, bit for bit."""
-import importlib.util
 import math
 import os
 import subprocess
@@ -541,11 +540,9 @@ def test_the_kernels_share_torch_openmp_runtime(native):
     assert torchs == "True", f"the kernels link an OpenMP runtime other than torch's: {before}"
 
 
-def test_setup_py_builds_what_the_loader_expects():
+def test_setup_py_builds_what_the_loader_expects(load_script):
     """setup.py (which cannot import torch) has the loader's flags and key."""
-    spec = importlib.util.spec_from_file_location("mresnet_setup", ROOT / "setup.py")
-    setup_py = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(setup_py)  # defines; setup() runs only as __main__
+    setup_py = load_script("setup.py")  # defines; setup() runs only as __main__
     assert setup_py.CFLAGS == exact_native.CFLAGS
     source = exact_native.SOURCE.read_bytes()
     assert setup_py.source_key(source, setup_py.CFLAGS) == exact_native.source_key(source, exact_native.CFLAGS)

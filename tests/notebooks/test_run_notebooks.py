@@ -1,19 +1,14 @@
 """The notebook runner behind run_all.sh: summary, exit status, resuming with --skip-done."""
-import importlib.util
 import json
-from pathlib import Path
 
 import nbformat
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "run_notebooks.py"
 
 
 @pytest.fixture
-def runner(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("run_notebooks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def runner(tmp_path, monkeypatch, load_script):
+    module = load_script("scripts/run_notebooks.py")
     nbdir = tmp_path / "notebooks"
     (nbdir / "params").mkdir(parents=True)
     (nbdir / "params" / "quick.yaml").write_text("01_fails:\n  value: 2\n")
