@@ -14,6 +14,11 @@ and reported claims without asserting them (at these sizes they mean nothing) an
 only the identities. A smoke run's executed notebooks, logs, cached runs and figures go
 to results/<profile>-smoke/ (figures in its figures/ folder), never to figures/.
 ``$MRESNET_RESULTS_DIR`` replaces results/ (the test suite points it at a scratch folder).
+
+``--jobs N`` runs N notebooks at a time, each in its own kernel (the sweeps of a smoke
+run first, as without it). For smoke runs and machines with cores to spare: the times a
+notebook measures (the Performance notebook's) then depend on the others running beside
+it, so the quick profile's references (``--update-committed``) are executed one at a time.
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
@@ -80,7 +87,7 @@ def select(names: list[str]) -> list[Path]:
 
 
 def run_one(nb: Path, profile: str, out_dir: Path, in_place: bool = False,
-            smoke: bool = False) -> tuple[str, float, str]:
+            smoke: bool = False, progress: bool = True) -> tuple[str, float, str]:
     import papermill as pm
 
     out = nb if in_place else out_dir / nb.name
@@ -91,7 +98,7 @@ def run_one(nb: Path, profile: str, out_dir: Path, in_place: bool = False,
         try:
             pm.execute_notebook(
                 str(nb), str(out), parameters=params, cwd=str(NOTEBOOKS), kernel_name="python3",
-                progress_bar=True, stdout_file=log_file, stderr_file=log_file,
+                progress_bar=progress, stdout_file=log_file, stderr_file=log_file,
             )
             status, detail = "ok", ""
         except Exception as err:  # papermill raises PapermillExecutionError naming the cell
@@ -134,9 +141,15 @@ def main(argv=None) -> int:
                     help="a smoke run of the profile: notebooks/params/smoke.yaml shrinks every notebook to "
                          "seconds to show its code paths run (claims printed, only identities asserted); "
                          "results and figures in results/<profile>-smoke/")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="notebooks run at a time, each in its own kernel (default 1; the times a notebook "
+                         "measures then depend on the others: not with --update-committed)")
     args = ap.parse_args(argv)
     if args.update_committed and (args.profile != "quick" or args.smoke):
         ap.error("--update-committed is for the quick profile: the committed notebooks are its references")
+    if args.jobs < 1 or (args.jobs > 1 and args.update_committed):
+        ap.error("--jobs must be 1 or more, and 1 with --update-committed (the committed notebooks' "
+                 "measured times must not depend on other notebooks running beside them)")
 
     name = args.profile + ("-smoke" if args.smoke else "")
     out_dir = results_base() / name
@@ -162,19 +175,27 @@ def main(argv=None) -> int:
             st, seconds, detail = run_sweep(nb.stem, args.profile, out_dir)
             print(f"  {detail}", flush=True)
             rows.append((f"sweep {SWEEPS[nb.stem]}", st, seconds, detail))
-    for i, nb in enumerate(notebooks, 1):
+    recording = threading.Lock()  # status.json and the printed lines, one notebook at a time
+
+    def execute(i: int, nb: Path) -> tuple[str, str, float, str]:
         previous = status.get(nb.stem, {})
         if args.skip_done and previous.get("status") == "ok" and (out_dir / nb.name).exists():
-            rows.append((nb.stem, "skipped (done)", previous.get("seconds", 0.0), ""))
-            continue
-        print(f"[{i}/{len(notebooks)}] {nb.name}", flush=True)
+            return nb.stem, "skipped (done)", previous.get("seconds", 0.0), ""
+        with recording:
+            print(f"[{i}/{len(notebooks)}] {nb.name}", flush=True)
         st, seconds, detail = run_one(nb, args.profile, out_dir, in_place=args.update_committed,
-                                      smoke=args.smoke)
-        if not args.update_committed:  # status.json describes the copies in results/ only
-            status[nb.stem] = {"status": st, "seconds": round(seconds, 1), "detail": detail,
-                               "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-            status_file.write_text(json.dumps(status, indent=2))
-        rows.append((nb.stem, st, seconds, detail))
+                                      smoke=args.smoke, progress=args.jobs == 1)
+        with recording:
+            if args.jobs > 1:
+                print(f"  {nb.name}: {st} in {seconds:.0f} s", flush=True)
+            if not args.update_committed:  # status.json describes the copies in results/ only
+                status[nb.stem] = {"status": st, "seconds": round(seconds, 1), "detail": detail,
+                                   "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+                status_file.write_text(json.dumps(status, indent=2))
+        return nb.stem, st, seconds, detail
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # papermill's kernels are processes
+        rows += list(pool.map(execute, range(1, len(notebooks) + 1), notebooks))
 
     print(f"\nsummary (profile {name}, {time.monotonic() - total:.0f} s in all)")
     failed = []

@@ -32,8 +32,10 @@ def test_every_notebook_runs_the_paper_profile_shrunk(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
     env.pop("MRESNET_SMOKE", None)  # the runner's --smoke sets it
 
+    # two notebooks at a time, one thread each (OMP_NUM_THREADS above): a smoke run measures nothing
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "run_notebooks.py"), "--profile", "paper",
-                           "--smoke"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+                           "--smoke", "--jobs", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1800)
     out_dir = tmp_path / "results" / "paper-smoke"
     status = json.loads((out_dir / "status.json").read_text())
     failed = {stem: s["detail"] for stem, s in status.items() if s["status"] != "ok"}

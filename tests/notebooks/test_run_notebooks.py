@@ -48,3 +48,21 @@ def test_unknown_profile_and_selection_are_clear_errors(runner):
         module.main(["--profile", "nope"])
     with pytest.raises(SystemExit, match="no notebook matches 'zzz'"):
         module.main(["zzz"])
+
+
+def test_jobs_run_notebooks_side_by_side_with_the_same_summary(runner, capsys):
+    """--jobs 2: both notebooks run (each in its own kernel), status.json and the summary
+    say what they say one at a time, a failure still fails the run; the committed
+    references are executed one at a time only."""
+    module, root = runner
+    assert module.main(["--jobs", "2"]) == 1
+    out = capsys.readouterr().out
+    assert "00_works.ipynb: ok" in out and "01_fails.ipynb: failed" in out and "bad value" in out
+    status = json.loads((root / "results" / "quick" / "status.json").read_text())
+    assert status["00_works"]["status"] == "ok" and status["01_fails"]["status"] == "failed"
+    executed = nbformat.read(root / "results" / "quick" / "00_works.ipynb", as_version=4)
+    assert executed.cells[-1].outputs[0]["text"].strip() == "2"
+    with pytest.raises(SystemExit):
+        module.main(["--jobs", "2", "--update-committed"])
+    with pytest.raises(SystemExit):
+        module.main(["--jobs", "0"])
