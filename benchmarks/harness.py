@@ -58,7 +58,7 @@ FIELDS = ["workload", "size", "contender", "status", "time_s", "whole_step_bytes
           "gradient_bytes", "first_step_bytes", "later_step_bytes", "time_ratio", "whole_step_ratio",
           "activation_ratio", "largest_batch", "batch_ratio", "batch_vs_checkpoint", "sample_time_s",
           "budget_bytes", "modes", "error",
-          "threads", "device", "torch", "machine"]
+          "threads", "device", "torch", "machine", "allocator"]
 
 
 # ------------------------------------------------------------------------------ profiles
@@ -296,19 +296,22 @@ def allocator() -> str:
     inherit it): a preloaded allocator library, glibc malloc's tunables, or the default.
     It moves the CPU time ratios: glibc returns large freed blocks to the system, so
     their pages are faulted in afresh in every step (benchmarks/RESULTS.md)."""
+    # torch's own switch: tensors of 2 MiB and more on huge pages (no help here: RESULTS.md)
+    huge = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    pages = f", THP_MEM_ALLOC_ENABLE={huge}" if huge else ""
     preloaded = [Path(p).name for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
                  if "malloc" in Path(p).name]
     if preloaded:
-        return " ".join(preloaded) + " (LD_PRELOAD)"
+        return " ".join(preloaded) + " (LD_PRELOAD)" + pages
     tunables = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")
-    return "glibc malloc, " + (" ".join(tunables) if tunables else "default settings")
+    return "glibc malloc, " + (" ".join(tunables) if tunables else "default settings") + pages
 
 
 def _meta(cfg, device_name, device) -> dict:
     import torch
     return dict(workload=cfg["workload"], size=cfg["size"], threads=torch.get_num_threads(), device=device_name,
                 torch=torch.__version__, machine=f"{platform.machine()} {platform.node()} ({os.cpu_count()} cpus)"
-                + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
+                + (f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""), allocator=allocator())
 
 
 def run_fit_config(cfg: dict, contenders, device_name: str, threads: int) -> list:

@@ -22,6 +22,7 @@ def test_smoke_run_writes_csv_json_and_table(tmp_path):
     info = json.loads((tmp_path / "results.json").read_text())
     assert info["threads"] == 1 and info["torch"] and info["machine"] and info["profile"] == "smoke"
     assert info["allocator"] and f"CPU allocator: {info['allocator']}" in done.stdout
+    assert all(r["allocator"] == info["allocator"] for r in rows)  # each row names its own (the children's)
     contenders = {"original", "ordinary", "checkpoint", "reference", "exact", "auto"}
     ours_and_torch = ("original", "ordinary", "checkpoint", "exact", "auto")  # never fail
     for workload in ("toy", "transformer"):
@@ -57,13 +58,18 @@ def test_the_allocator_of_a_run_is_named(monkeypatch, load_script):
     records which one its environment sets: a preloaded library, glibc's tunables, or
     the default."""
     harness = load_script("benchmarks/harness.py")
-    for name in ("LD_PRELOAD", "GLIBC_TUNABLES", *[k for k in os.environ if k.startswith("MALLOC_")]):
+    for name in ("LD_PRELOAD", "GLIBC_TUNABLES", "THP_MEM_ALLOC_ENABLE",
+                 *[k for k in os.environ if k.startswith("MALLOC_")]):
         monkeypatch.delenv(name, raising=False)
     assert harness.allocator() == "glibc malloc, default settings"
     monkeypatch.setenv("MALLOC_TOP_PAD_", "268435456")
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")
     assert harness.allocator() == "glibc malloc, MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TOP_PAD_=268435456"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    assert harness.allocator().endswith("MALLOC_TOP_PAD_=268435456, THP_MEM_ALLOC_ENABLE=1")
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libfoo.so /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert harness.allocator() == "libtcmalloc_minimal.so.4 (LD_PRELOAD), THP_MEM_ALLOC_ENABLE=1"
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE")
     assert harness.allocator() == "libtcmalloc_minimal.so.4 (LD_PRELOAD)"
     assert "CPU allocator: libtcmalloc_minimal.so.4" in harness.table([], ["original"], harness.allocator())
 
