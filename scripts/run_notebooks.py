@@ -152,7 +152,7 @@ def main(argv=None) -> int:
                  "measured times must not depend on other notebooks running beside them)")
 
     name = args.profile + ("-smoke" if args.smoke else "")
-    out_dir = results_base() / name
+    out_dir = results_base().absolute() / name  # absolute: the notebooks run from notebooks/ (below)
     out_dir.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         _check_profile(args.profile)  # an unknown profile fails here, before anything runs
@@ -194,8 +194,17 @@ def main(argv=None) -> int:
                 status_file.write_text(json.dumps(status, indent=2))
         return nb.stem, st, seconds, detail
 
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # papermill's kernels are processes
-        rows += list(pool.map(execute, range(1, len(notebooks) + 1), notebooks))
+    # papermill starts each kernel in notebooks/ by changing this process's directory there
+    # and back; from several threads those changes would interleave and could leave the
+    # process elsewhere, so it moves there once for the whole loop (each notebook's change
+    # and return are then the same folder) and comes back at the end
+    home = os.getcwd()
+    os.chdir(NOTEBOOKS)
+    try:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # papermill's kernels are processes
+            rows += list(pool.map(execute, range(1, len(notebooks) + 1), notebooks))
+    finally:
+        os.chdir(home)
 
     print(f"\nsummary (profile {name}, {time.monotonic() - total:.0f} s in all)")
     failed = []

@@ -1,5 +1,6 @@
 """The notebook runner behind run_all.sh: summary, exit status, resuming with --skip-done."""
 import json
+import os
 
 import nbformat
 import pytest
@@ -55,7 +56,12 @@ def test_jobs_run_notebooks_side_by_side_with_the_same_summary(runner, capsys):
     say what they say one at a time, a failure still fails the run; the committed
     references are executed one at a time only."""
     module, root = runner
+    here = os.getcwd()
     assert module.main(["--jobs", "2"]) == 1
+    # papermill moves the process to a notebook's folder and back: the runner's threads must
+    # not leave it there. A race (it depends on which notebook ends first): before the fix,
+    # one run of the suite was left in this test's scratch folder and nbval lost its files
+    assert os.getcwd() == here
     out = capsys.readouterr().out
     assert "00_works.ipynb: ok" in out and "01_fails.ipynb: failed" in out and "bad value" in out
     status = json.loads((root / "results" / "quick" / "status.json").read_text())
