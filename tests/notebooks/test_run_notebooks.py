@@ -1,10 +1,10 @@
-"""The notebook runner behind run_all.sh: summary, exit status, resuming with --skip-done."""
+"""The notebook runner behind run_all.sh: summary, exit status, resuming with --skip-done,
+notebooks side by side with --jobs."""
 import json
 import os
 
 import nbformat
 import pytest
-
 
 
 @pytest.fixture
