@@ -4,7 +4,9 @@
 # Sets $PY to the interpreter to use.
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _ready() {  # does interpreter $1 import everything, with mresnet_core from this checkout?
-    "$1" - "$_root" >/dev/null 2>&1 <<'PYCHECK'
+    # run from / : from the checkout, "python -" would import its mresnet_core through the
+    # working directory, and an environment holding another checkout would pass
+    (cd / && "$1" - "$_root") >/dev/null 2>&1 <<'PYCHECK'
 import os, sys
 import mresnet_core, papermill, nbval, jupytext, torchvision  # noqa: F401
 here = os.path.realpath(os.path.dirname(os.path.dirname(mresnet_core.__file__)))

@@ -47,3 +47,24 @@ def test_this_environment_runs_the_locked_versions_of_torch_and_the_notebook_too
 def test_the_set_up_and_environment_yml_use_the_lock():
     assert re.search(r'-c "\$_root/requirements.lock"', (ROOT / "scripts" / "ensure_env.sh").read_text())
     assert '"-c requirements.lock"' in (ROOT / "environment.yml").read_text()
+
+
+def _ready(interpreter: str, checkout: Path) -> bool:
+    """ensure_env.sh's readiness check alone, run from ``checkout`` (the rest of the
+    script would install)."""
+    import subprocess
+    script = '_root="$PWD"; eval "$(sed -n \'/^_ready()/,/^}/p\' scripts/ensure_env.sh)"; _ready "$1"'
+    return subprocess.run(["bash", "-c", script, "ready", interpreter], cwd=checkout).returncode == 0
+
+
+def test_the_set_up_accepts_an_environment_only_with_this_checkouts_package(tmp_path):
+    import sys
+    assert _ready(sys.executable, ROOT)  # this environment: the project installed from here
+    # another checkout with a package of the same name: its working directory must not
+    # stand in for the environment's installed package
+    other = tmp_path / "other-checkout"
+    (other / "scripts").mkdir(parents=True)
+    (other / "scripts" / "ensure_env.sh").write_text((ROOT / "scripts" / "ensure_env.sh").read_text())
+    (other / "mresnet_core").mkdir()
+    (other / "mresnet_core" / "__init__.py").write_text("")
+    assert not _ready(sys.executable, other)
