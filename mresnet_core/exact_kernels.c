@@ -65,9 +65,6 @@ typedef uint32_t u32;
 #define PARALLEL_FOR_MAX_PEAK                                                                \
     _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
              reduction(max : peak, smax)")
-#define PARALLEL_FOR_MIN_STATE                                                               \
-    _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
-             reduction(min : smin)")
 #define PARALLEL_FOR_PEAK                                                                    \
     _Pragma("omp parallel for schedule(static) num_threads(threads) if(count >= PARALLEL_MIN) \
              reduction(max : peak)")
@@ -83,7 +80,6 @@ typedef uint32_t u32;
 #else
 #define PARALLEL_FOR
 #define PARALLEL_FOR_MAX_PEAK
-#define PARALLEL_FOR_MIN_STATE
 #define PARALLEL_FOR_PEAK
 #define PARALLEL_FOR_DIGEST
 #define PARALLEL_FOR_PEAK_DIGEST
