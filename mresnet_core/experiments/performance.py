@@ -39,7 +39,7 @@ def harness_path() -> Path:
 #: the columns of :func:`run_benchmark`'s rows (those of the harness's results.json)
 COLUMNS = ["workload", "size", "contender", "status", "time_s", "whole_step_bytes", "activation_bytes",
            "gradient_bytes", "first_step_bytes", "later_step_bytes", "time_ratio", "whole_step_ratio",
-           "activation_ratio", "modes", "error", "threads", "device", "torch", "machine"]
+           "activation_ratio", "modes", "error", "threads", "device", "torch", "machine", "allocator"]
 FIGURE7_COLUMNS = ["largest_batch", "batch_ratio", "batch_vs_checkpoint", "sample_time_s", "budget_bytes", "peaks"]
 
 
@@ -50,9 +50,11 @@ def run_benchmark(profile: str = "quick", *, threads: int | None = None, workloa
 
     Returns a pandas DataFrame with the columns of ``results.json`` (workload, size,
     contender, status, time_s, whole_step_bytes, activation_bytes, gradient_bytes,
-    first_step_bytes, later_step_bytes, the three ratios to the original model, modes,
-    error, threads, device, torch, machine; for 'figure7' also largest_batch,
-    batch_ratio, batch_vs_checkpoint, sample_time_s, budget_bytes, peaks).
+    first_step_bytes, later_step_bytes, the ratios to the original model (time_ratio,
+    whole_step_ratio, activation_ratio), modes, error, threads, device, torch, machine,
+    allocator (the CPU allocator and its settings, which move wide stacks' CPU times);
+    for 'figure7' also largest_batch, batch_ratio, batch_vs_checkpoint, sample_time_s,
+    budget_bytes, peaks).
     ``workloads``, ``contenders`` and ``sizes`` (toy depths, image sizes, sequence
     lengths, network depths) filter the profile's configurations; ``budget_mib`` sets
     the memory budget of the 'figure7' rows (None: the harness's, 256 MiB on the CPU and

@@ -81,3 +81,11 @@ def test_run_benchmark_smoke_returns_a_dataframe(tmp_path):
     assert (tmp_path / "results.csv").is_file()
     fig = performance.plot_ratios(df)
     assert len(fig.axes) == 2
+
+
+def test_the_documented_columns_are_those_the_harness_writes(load_script):
+    harness = load_script("benchmarks/harness.py")
+    documented = performance.COLUMNS + performance.FIGURE7_COLUMNS
+    assert sorted(documented) == sorted(harness.FIELDS + ["peaks"])  # peaks: JSON only, per batch tried
+    for column in documented:  # and run_benchmark's docstring names each of them
+        assert column in performance.run_benchmark.__doc__, column
