@@ -33,13 +33,13 @@ def fingerprint(*tensors: torch.Tensor, freed_later: bool = False) -> list:
     """Integer digests of integer tensors: equal tensors give equal digests; a rebuilt
     state that is off anywhere almost surely not. Two order-independent reductions each
     (a wrapping sum, and an xor on the CPU / a sum of the values mixed with their high
-    bits elsewhere), exact in any order. On the CPU numpy reduces in one pass without any
-    temporary, except for tensors whose storage is to be freed in place afterwards
-    (``freed_later``: a numpy view makes a storage fixed-size for good); the others are
-    reduced by torch on slices."""
+    bits elsewhere), exact in any order. On the CPU the C kernels reduce an int64 tensor
+    in one threaded pass, and numpy any other without a temporary, except for tensors
+    whose storage is to be freed in place afterwards (``freed_later``: a numpy view makes
+    a storage fixed-size for good); the others are reduced by torch on slices."""
     out = []
     for t in tensors:
-        native = exact_native.fingerprint(t) if not freed_later else None
+        native = exact_native.fingerprint(t)  # reads the memory, holds nothing
         if native is not None:  # int64 on the CPU: one threaded pass for both reductions
             out.append(native)
             continue

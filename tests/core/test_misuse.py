@@ -49,7 +49,7 @@ class Counting(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.lin, self.calls = nn.Linear(6, 6).double(), 0
+        self.lin, self.calls = nn.Linear(6, 6), 0
 
     def forward(self, x):
         self.calls += 1
@@ -61,19 +61,20 @@ class PythonRandom(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.lin = nn.Linear(6, 6).double()
+        self.lin = nn.Linear(6, 6)
 
     def forward(self, x):
         return self.lin(x) * random.uniform(0.9, 1.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # float32: digests of int64 views
 @pytest.mark.parametrize("make", [Counting, PythonRandom])
 @pytest.mark.parametrize("mode", FREE_MODES)
-def test_non_deterministic_residual_functions_raise_in_every_mode(make, mode):
+def test_non_deterministic_residual_functions_raise_in_every_mode(make, mode, dtype):
     torch.manual_seed(0)
-    net = MomentumNet([nn.Sequential(nn.Linear(6, 6), nn.Tanh()).double(), make(),
-                       nn.Linear(6, 6).double()] * 4, 0.9, memory_efficient=mode)
-    x = torch.randn(64, 6, dtype=torch.float64, requires_grad=True)
+    net = MomentumNet([nn.Sequential(nn.Linear(6, 6), nn.Tanh()), make(),
+                       nn.Linear(6, 6)] * 4, 0.9, memory_efficient=mode).to(dtype)
+    x = torch.randn(64, 6, dtype=dtype, requires_grad=True)
     loss = net(x).pow(2).sum()
     assert net.training_mode in ("exact", "recompute")
     with pytest.raises(ReconstructionError, match="not deterministic"):
@@ -205,3 +206,29 @@ def test_torch_compile_of_a_momentum_net_gives_the_eager_gradients(mode):
     ge = grads_of(eager, x)
     gc = grads_of(torch.compile(compiled), x)
     assert worst_relative(gc, ge) < 1e-5
+
+
+class OneUlpLater(nn.Module):
+    """Linear, whose output from the second call on is one float step off in one element."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.lin, self.calls = nn.Linear(d, d), 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.lin(x)
+        if self.calls > 1:
+            out = out.clone()
+            out[-1, -1] = torch.nextafter(out[-1, -1], torch.tensor(float("inf")))
+        return out
+
+
+@pytest.mark.parametrize("rows, d", [(64, 6), (63, 5)])  # whole int64 words of float32, and not
+def test_a_recomputation_one_float_step_off_is_caught(rows, d):
+    torch.manual_seed(0)
+    net = MomentumNet([nn.Sequential(nn.Linear(d, d), nn.Tanh()), OneUlpLater(d)], 0.9,
+                      memory_efficient="recompute")
+    loss = net(torch.randn(rows, d, requires_grad=True)).pow(2).sum()
+    with pytest.raises(ReconstructionError, match="not deterministic"):
+        loss.backward()
