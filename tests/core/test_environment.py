@@ -1,6 +1,8 @@
 """The pinned environment: requirements.lock pins every dependency pyproject.toml names,
 inside its ranges, is what this environment runs, and the set-up and environment.yml use it."""
 import re
+import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -52,13 +54,11 @@ def test_the_set_up_and_environment_yml_use_the_lock():
 def _ready(interpreter: str, checkout: Path) -> bool:
     """ensure_env.sh's readiness check alone, run from ``checkout`` (the rest of the
     script would install)."""
-    import subprocess
     script = '_root="$PWD"; eval "$(sed -n \'/^_ready()/,/^}/p\' scripts/ensure_env.sh)"; _ready "$1"'
     return subprocess.run(["bash", "-c", script, "ready", interpreter], cwd=checkout).returncode == 0
 
 
 def test_the_set_up_accepts_an_environment_only_with_this_checkouts_package(tmp_path):
-    import sys
     assert _ready(sys.executable, ROOT)  # this environment: the project installed from here
     # another checkout with a package of the same name: its working directory must not
     # stand in for the environment's installed package
